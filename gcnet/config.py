@@ -1,0 +1,113 @@
+"""Single place for the paper's constants and for every choice the paper leaves open.
+
+Every choice below is documented (with its reason) in docs/choices.md and can be changed with a flag of
+tools/make_prototxt.py / tools/run_folds.sh.  Nothing here imports caffe.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+# ----------------------------------------------------------------------------------------------- datasets
+CKPLUS_EMOTIONS = ["neutral", "anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"]  # CK+ codes 0-7
+BASIC6 = ["anger", "disgust", "fear", "happiness", "sadness", "surprise"]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    reader: str                 # module in gcnet.data
+    class_names: Tuple[str, ...]
+    neutral_label: int          # class index of "neutral", -1 when the protocol has no neutral class
+    peak_frames: int = 3        # last N frames of a sequence are its peak samples
+    table: str = ""             # the paper's table for this protocol
+
+
+DATASETS: Dict[str, DatasetSpec] = {
+    "ck+": DatasetSpec("ck+", "ckplus", tuple(CKPLUS_EMOTIONS[1:]), -1, 3, "Table 2"),
+    "ck+8": DatasetSpec("ck+8", "ckplus", tuple(CKPLUS_EMOTIONS), 0, 3, "Table 3"),
+    "oulu": DatasetSpec("oulu", "oulu", tuple(BASIC6), -1, 3, "Table 5"),
+    "mmi": DatasetSpec("mmi", "mmi", tuple(BASIC6), -1, 3, "Table 4"),
+    # the synthetic set is written in the CK+ layout and run with the 7-class CK+ protocol
+    "synthetic": DatasetSpec("synthetic", "ckplus", tuple(CKPLUS_EMOTIONS[1:]), -1, 3, "none (synthetic data)"),
+}
+
+# ----------------------------------------------------------------------------------------------- paper numbers
+# Averaged accuracy (%) of the paper's Tables 2-5.  Table 3's last row is printed as "GCNet S0R0" a second time
+# in the paper; by its position (and Table 2's order) it is S1R1.
+PAPER_RESULTS: Dict[str, Dict[str, float]] = {
+    "ck+": {"LBP-TOP": 88.99, "HOG 3D": 91.44, "MSR": 91.4, "TMS (4-fold)": 91.89, "STM-ExpLet": 94.19,
+            "DTAGN-Joint": 97.25, "3D-CNN": 85.9, "3D-CNN-DAP": 92.4,
+            "cnn": 96.94, "gcnet_s0r0": 97.08, "gcnet_s1r0": 97.83, "gcnet_s0r1": 97.53, "gcnet_s1r1": 97.93},
+    "ck+8": {"AURF": 92.22, "AUDB": 93.70, "Zero-bias CNN+AD": 96.4,
+             "cnn": 95.47, "gcnet_s0r0": 95.74, "gcnet_s1r0": 96.75, "gcnet_s0r1": 96.50, "gcnet_s1r1": 97.28},
+    "mmi": {"LBP-TOP": 59.51, "HOG 3D": 60.89, "ITBN": 59.7, "CSPL": 73.53, "STM-ExpLet": 75.12,
+            "DTAGN-Joint": 70.24, "3D-CNN": 53.2, "3D-CNN-DAP": 63.4,
+            "cnn": 77.68, "gcnet_s0r0": 76.20, "gcnet_s1r0": 78.86, "gcnet_s0r1": 77.00, "gcnet_s1r1": 81.53},
+    "oulu": {"LBP-TOP": 68.13, "HOG 3D": 70.63, "AdaLBP": 73.54, "Atlases": 75.52, "STM-ExpLet": 74.59,
+             "DTAGN-Joint": 81.46,
+             "cnn": 83.96, "gcnet_s0r0": 84.65, "gcnet_s1r0": 86.39, "gcnet_s0r1": 85.83, "gcnet_s1r1": 86.11},
+}
+PAPER_MODEL_KEYS = ("cnn", "gcnet_s0r0", "gcnet_s1r0", "gcnet_s0r1", "gcnet_s1r1")
+
+# ----------------------------------------------------------------------------------------------- models
+EXPRESSION_MODELS = ("cnn", "gcnet_s0r0", "gcnet_s1r0", "gcnet_s0r1", "gcnet_s1r1")
+PRETRAIN_MODELS = ("encdec", "cnn_id")
+ALL_MODELS = PRETRAIN_MODELS + EXPRESSION_MODELS
+
+
+@dataclass
+class NetOptions:
+    """Architecture choices (paper section 4.1, Table 1).  See docs/choices.md for the reasons."""
+    crop: int = 64                       # Wsize: 66x66 aligned faces, random 64x64 crop
+    stored_size: int = 66
+    # Table 1 encoder: (kernel, channels) of the convs and the max-pool windows
+    conv_kernels: Tuple[int, ...] = (5, 3, 3)
+    conv_channels: Tuple[int, ...] = (32, 64, 96)
+    pool_kernels: Tuple[int, ...] = (5, 3, 3)
+    pool_stride: int = 2                 # "each layer halves the size" -> stride 2 (64 -> 31 -> 15 -> 7, ceil rounding)
+    pool_pad: int = 0
+    conv_pad_same: bool = True           # pad = k // 2 so convs keep the size
+    # decoder deconv output channels, in decoder order (after unpool3, unpool2, unpool1).  Table 1 prints 32, 64, 1,
+    # which cannot feed the 64- and 32-channel pooling masks; the mirror order 64, 32, 1 is used.
+    decoder_channels: Tuple[int, ...] = (64, 32, 1)
+    fc1: int = 384                       # (0.5*64)^2 * 3 / 2^3
+    dropout: float = 0.5
+    fc1_relu: bool = True
+    decoder_lr_mult: float = 10.0        # "learning rate at layers of the decoder networks is set to 10"
+    margin: float = 1.0                  # contrastive margin m of Eq. 4 (Caffe's ContrastiveLoss default)
+    lambda_s: float = 1.0
+    lambda_gen_r: float = 1.0
+    lambda_rec_r: float = 0.25
+    lambda_rec_i: float = 0.25
+    n_classes: int = 7
+    neutral_label: int = -1
+    n_identities: int = 100              # cnn_id output size (set from the pretraining data)
+    batch_size: int = 64
+    test_batch_size: int = 64
+    mirror: bool = True
+    train_source: str = "data/lmdb/fold_0/train"
+    test_source: str = "data/lmdb/fold_0/test"
+
+
+@dataclass
+class SolverOptions:
+    """Section 4.1: Nesterov, 'inverse' policy, base_lr 0.001, momentum 0.9, weight decay 1e-4, 3e5 iterations.
+    The paper's "gamma term of 0.75" is read as Caffe's inv *power* 0.75 with Caffe's usual gamma 1e-4
+    (lr = base_lr * (1 + gamma * iter) ** -power; see docs/choices.md)."""
+    base_lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0001
+    lr_policy: str = "inv"
+    gamma: float = 0.0001
+    power: float = 0.75
+    max_iter: int = 300000
+    display: int = 100
+    snapshot: int = 10000
+    test_interval: int = 1000
+    test_iter: int = 10
+    solver_mode: str = "CPU"
+    random_seed: int = 1701
+
+
+def inv_lr(it: int, s: SolverOptions = SolverOptions()) -> float:
+    """Caffe's `inv` learning-rate policy."""
+    return s.base_lr * (1.0 + s.gamma * it) ** (-s.power)

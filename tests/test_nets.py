@@ -1,0 +1,168 @@
+"""Networks generated from gcnet/nets.py: committed prototxt up to date, every net instantiates, shapes, losses."""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+caffe = pytest.importorskip("caffe") if os.environ.get("GCNET_ALLOW_NO_CAFFE") == "1" else __import__("caffe")
+import lmdb  # noqa: E402
+from caffe.proto import caffe_pb2  # noqa: E402
+
+from gcnet.config import ALL_MODELS, EXPRESSION_MODELS, NetOptions  # noqa: E402
+from gcnet import nets  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPECTED_LOSSES = {
+    "encdec": {"loss_rec"},
+    "cnn_id": {"loss_id"},
+    "cnn": {"loss_cls"},
+    "gcnet_s0r0": {"loss_cls", "loss_gen_r"},
+    "gcnet_s1r0": {"loss_cls", "loss_gen_r", "loss_contr"},
+    "gcnet_s0r1": {"loss_cls", "loss_gen_r", "loss_rec_r", "loss_rec_i"},
+    "gcnet_s1r1": {"loss_cls", "loss_gen_r", "loss_contr", "loss_rec_r", "loss_rec_i"},
+}
+ALL_LOSSES = {"loss_rec", "loss_id", "loss_cls", "loss_gen_r", "loss_contr", "loss_rec_r", "loss_rec_i"}
+N_CLASSES = 7
+BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def tiny_lmdb(tmp_path_factory):
+    """An LMDB of 2x66x66 uint8 Datums [X, X_r] with labels 0..6, as the data pipeline writes them."""
+    path = str(tmp_path_factory.mktemp("lmdb") / "db")
+    rng = np.random.RandomState(0)
+    env = lmdb.open(path, map_size=1 << 26)
+    with env.begin(write=True) as txn:
+        for i in range(16):
+            d = caffe_pb2.Datum(channels=2, height=66, width=66, label=i % N_CLASSES,
+                                data=rng.randint(0, 256, (2, 66, 66), dtype=np.uint8).tobytes())
+            txn.put(b"%08d" % i, d.SerializeToString())
+    env.close()
+    return path
+
+
+def _net(model, phase, tmp_path, source, **kw):
+    opts = NetOptions(n_classes=N_CLASSES, batch_size=BATCH, test_batch_size=BATCH, train_source=source,
+                      test_source=source, n_identities=5, **kw)
+    path = str(tmp_path / ("%s_%s.prototxt" % (model, phase)))
+    nets.write_net(model, opts, phase, path)
+    return caffe.Net(path, caffe.TRAIN if phase == "train_val" else caffe.TEST)
+
+
+def test_committed_prototxt_match_the_source():
+    r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_prototxt.py"), "--check"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for model in ALL_MODELS:
+        for f in ("train_val", "deploy", "solver"):
+            assert os.path.exists(os.path.join(REPO, "prototxt", model, f + ".prototxt"))
+
+
+def test_check_names_a_stale_file(tmp_path):
+    out = tmp_path / "prototxt"
+    shutil.copytree(os.path.join(REPO, "prototxt"), out)
+    stale = out / "gcnet_s1r1" / "train_val.prototxt"
+    stale.write_text(stale.read_text().replace("num_output: 384", "num_output: 385"))
+    r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_prototxt.py"), "--check", "--out",
+                        str(out)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "gcnet_s1r1/train_val.prototxt" in r.stderr
+    assert "deploy.prototxt" not in r.stderr
+
+
+def test_pooled_sizes_follow_caffe_ceil_rounding():
+    assert nets.encoder_sizes(NetOptions()) == [64, 31, 15, 7]
+
+
+def test_table1_decoder_order_is_rejected_with_a_reason():
+    with pytest.raises(ValueError, match="pooling masks"):
+        nets.build_net("gcnet_s0r0", NetOptions(decoder_channels=(32, 64, 1)))
+
+
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_train_val_net_shapes_and_losses(model, tmp_path, tiny_lmdb):
+    net = _net(model, "train_val", tmp_path, tiny_lmdb)
+    b = net.blobs
+    assert b["data"].data.shape == (BATCH, 2, 64, 64)
+    assert b["x"].data.shape == (BATCH, 1, 64, 64)
+    prefix = "en1" if model in ("encdec",) or model.startswith("gcnet") else "en2"
+    assert b[prefix + "_pool1"].data.shape == (BATCH, 32, 31, 31)
+    assert b[prefix + "_pool2"].data.shape == (BATCH, 64, 15, 15)
+    assert b[prefix + "_pool3"].data.shape == (BATCH, 96, 7, 7)
+    if model.startswith("gcnet") or model == "encdec":
+        assert b["gen_r"].data.shape == (BATCH, 1, 64, 64)
+    if model.startswith("gcnet"):
+        assert b["en2r_pool3"].data.shape == (BATCH, 96, 7, 7)
+        assert b["delta"].data.shape == (BATCH, 96, 7, 7)
+    if model in EXPRESSION_MODELS:
+        assert b["fc1"].data.shape == (BATCH, 384)
+        assert b["fc2"].data.shape == (BATCH, N_CLASSES)
+    if model == "cnn_id":
+        assert b["id_fc2"].data.shape == (BATCH, 5)
+    losses = set(net.outputs) & ALL_LOSSES
+    assert losses == EXPECTED_LOSSES[model]
+    out = net.forward()
+    net.backward()
+    for name in losses:
+        assert np.isfinite(out[name]).all() and float(out[name].ravel()[0]) >= 0, (name, out[name])
+    # gradients reach the first encoder layer(s)
+    first = "en1_conv1" if prefix == "en1" else "en2_conv1"
+    assert np.abs(net.params[first][0].diff).sum() > 0
+    if model.startswith("gcnet"):
+        # the classification / contrastive / reconstruction losses reach En_2 through both branches
+        assert np.abs(net.params["en2_conv1"][0].diff).sum() > 0
+
+
+def test_en2_is_one_encoder_shared_by_both_branches(tmp_path, tiny_lmdb):
+    net = _net("gcnet_s1r1", "train_val", tmp_path, tiny_lmdb)
+    for layer in ("conv1", "scale2", "bn3"):
+        a, b = net.params["en2_" + layer], net.params["en2r_" + layer]
+        a[0].data[...] = 0.125
+        assert np.all(b[0].data == 0.125)
+    # En_1 is not shared with En_2
+    net.params["en1_conv1"][0].data[...] = 3.0
+    assert not np.any(net.params["en2_conv1"][0].data == 3.0)
+
+
+def test_decoders_learn_ten_times_faster_in_gcnets():
+    net = nets.build_net("gcnet_s1r1", NetOptions())
+    mults = {l.name: [p.lr_mult for p in l.param] for l in net.layer}
+    for dec in ("de1r", "de2r", "de2i"):
+        assert mults[dec + "_deconv1"] == [10, 20]
+        assert mults[dec + "_scale3"] == [10, 20]
+        assert mults[dec + "_bn2"] == [0, 0, 0]
+    assert mults["en1_conv1"] == [1, 2]
+    pre = {l.name: [p.lr_mult for p in l.param] for l in nets.build_net("encdec", NetOptions()).layer}
+    assert pre["de1r_deconv1"] == [1, 2]
+
+
+def test_loss_weights_are_the_papers_lambdas():
+    net = nets.build_net("gcnet_s1r1", NetOptions())
+    w = {l.name: list(l.loss_weight) for l in net.layer if l.loss_weight}
+    assert w == {"loss_contr": [1.0], "loss_gen_r": [1.0], "loss_rec_r": [0.25], "loss_rec_i": [0.25]}
+
+
+@pytest.mark.parametrize("model", EXPRESSION_MODELS)
+def test_deploy_nets_take_one_image(model, tmp_path, tiny_lmdb):
+    net = _net(model, "deploy", tmp_path, tiny_lmdb)
+    assert list(net.inputs) == ["x"]
+    net.blobs["x"].reshape(3, 1, 64, 64)
+    net.blobs["x"].data[...] = np.random.RandomState(1).rand(3, 1, 64, 64)
+    prob = net.forward()["prob"]
+    assert prob.shape == (3, N_CLASSES)
+    np.testing.assert_allclose(prob.sum(1), 1, rtol=1e-5)
+    if model.startswith("gcnet"):
+        assert net.blobs["gen_r"].data.shape == (3, 1, 64, 64)
+    if model.endswith("r1"):
+        assert net.blobs["rec_r"].data.shape == net.blobs["rec_i"].data.shape == (3, 1, 64, 64)
+
+
+def test_contrastive_layer_gets_margin_and_neutral_label():
+    net = nets.build_net("gcnet_s1r0", NetOptions(margin=2.5, neutral_label=0))
+    layer = [l for l in net.layer if l.name == "loss_contr"][0]
+    assert '"margin": 2.5' in layer.python_param.param_str
+    assert '"neutral_label": 0' in layer.python_param.param_str
+    assert list(layer.bottom) == ["en2_pool3", "en2r_pool3", "label"]
