@@ -109,26 +109,29 @@ def _bn_scale_relu(n, prefix: str, idx: int, top, owner: str, lr: float, shared:
 
 
 # ----------------------------------------------------------------------------------------------- builders
-def encoder(n, prefix: str, bottom, opts: NetOptions, owner: str = None, lr: float = 1.0):
-    """Table 1 encoder: 3 x [Conv - BNorm - ReLU - MaxPool].  Returns (output, [masks of pool1..3]).
+def encoder(n, prefix: str, bottom, opts: NetOptions, owner: str = None, lr: float = 1.0, masks: bool = True):
+    """Table 1 encoder: 3 x [Conv - BNorm - ReLU - MaxPool].  Returns (output, [masks of pool1..3]); the pooling
+    layers only produce masks (top `<prefix>_pool<i>_mask`) when a decoder will unpool with them (`masks`).
 
     `owner` != prefix re-uses the parameters of encoder `owner` (Caffe named-param sharing): En_2 applied to
     X (`en2_*`) and to the generated reference (`en2r_*`) is ONE encoder.
     """
     owner = owner or prefix
     shared = owner != prefix or prefix in ("en2",)
-    masks, top = [], bottom
+    with_masks, masks, top = masks, [], bottom
     for i, (k, c, pk) in enumerate(zip(opts.conv_kernels, opts.conv_channels, opts.pool_kernels), start=1):
         conv = L.Convolution(top, num_output=c, kernel_size=k, pad=k // 2 if opts.conv_pad_same else 0,
                              weight_filler=WEIGHT_FILLER, bias_filler=BIAS_FILLER,
                              param=_params("%s_conv%d" % (owner, i), lr, shared))
         setattr(n, "%s_conv%d" % (prefix, i), conv)
         _bn_scale_relu(n, prefix, i, conv, owner, lr, shared)
-        pool, mask = L.Pooling(conv, pool=P.Pooling.MAX, kernel_size=pk, stride=opts.pool_stride,
-                               pad=opts.pool_pad, ntop=2)
+        pool = L.Pooling(conv, pool=P.Pooling.MAX, kernel_size=pk, stride=opts.pool_stride, pad=opts.pool_pad,
+                         ntop=2 if with_masks else 1)
+        if with_masks:
+            pool, mask = pool
+            setattr(n, "%s_pool%d_mask" % (prefix, i), mask)
+            masks.append(mask)
         setattr(n, "%s_pool%d" % (prefix, i), pool)
-        setattr(n, "%s_pool%d_mask" % (prefix, i), mask)
-        masks.append(mask)
         top = pool
     return top, masks
 
@@ -184,7 +187,7 @@ def _body(n, model: str, opts: NetOptions, deploy: bool) -> None:
             n.loss_rec = L.EuclideanLoss(n.gen_r, n.x, loss_weight=1.0)
         return
     if model in ("cnn", "cnn_id"):
-        en2, _ = encoder(n, "en2", n.x, opts)
+        en2, _ = encoder(n, "en2", n.x, opts, masks=False)
         prefix = "id_" if model == "cnn_id" else ""
         out = classifier(n, en2, opts.n_identities if model == "cnn_id" else opts.n_classes, opts, prefix)
         loss = "loss_id" if model == "cnn_id" else "loss_cls"
@@ -197,8 +200,8 @@ def _body(n, model: str, opts: NetOptions, deploy: bool) -> None:
     en1, en1_masks = encoder(n, "en1", n.x, opts)
     n.gen_r = decoder(n, "de1r", en1, en1_masks, opts, lr=dec_lr)
     # En_2 on X and on X_r hat (one encoder, shared weights)
-    en2_x, en2_x_masks = encoder(n, "en2", n.x, opts)
-    en2_r, en2_r_masks = encoder(n, "en2r", n.gen_r, opts, owner="en2")
+    en2_x, en2_x_masks = encoder(n, "en2", n.x, opts, masks=recon)
+    en2_r, en2_r_masks = encoder(n, "en2r", n.gen_r, opts, owner="en2", masks=recon)
     # contrastive representation delta = d(En_2(X), En_2(X_r hat)) (Eq. 2)
     n.delta = L.Python(en2_x, en2_r, python_param=dict(module=PY_MODULE, layer="ElementwiseDistance"))
     out = classifier(n, n.delta, opts.n_classes, opts)

@@ -104,6 +104,7 @@ def test_train_val_net_shapes_and_losses(model, tmp_path, tiny_lmdb):
         assert b["id_fc2"].data.shape == (BATCH, 5)
     losses = set(net.outputs) & ALL_LOSSES
     assert losses == EXPECTED_LOSSES[model]
+    assert set(net.outputs) == losses, "blobs nobody consumes: %s" % (set(net.outputs) - losses)
     out = net.forward()
     net.backward()
     for name in losses:
@@ -151,6 +152,7 @@ def test_deploy_nets_take_one_image(model, tmp_path, tiny_lmdb):
     assert list(net.inputs) == ["x"]
     net.blobs["x"].reshape(3, 1, 64, 64)
     net.blobs["x"].data[...] = np.random.RandomState(1).rand(3, 1, 64, 64)
+    assert set(net.outputs) <= {"prob", "rec_r", "rec_i"}, net.outputs
     prob = net.forward()["prob"]
     assert prob.shape == (3, N_CLASSES)
     np.testing.assert_allclose(prob.sum(1), 1, rtol=1e-5)
