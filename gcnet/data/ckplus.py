@@ -1,0 +1,146 @@
+"""CK+ reader (datasets `ck+`, `ck+8`, `synthetic`).
+
+Layout (the root may wrap everything in one more folder; it is searched one level down):
+    cohn-kanade-images/Sxxx/yyy/Sxxx_yyy_zzzzzzzz.png
+    Emotion/Sxxx/yyy/Sxxx_yyy_zzzzzzzz_emotion.txt      (or Emotion_labels/; one float, CK+ code 0-7)
+    Landmarks/Sxxx/yyy/Sxxx_yyy_zzzzzzzz_landmarks.txt  (optional, 68 lines "x y")
+Only labelled sequences give samples: the last 3 frames (label = class index of the CK+ code's emotion), and for
+`ck+8` also the first frame as neutral.  The reference X_r is the first frame of the same sequence.
+"""
+import os
+from typing import List, Optional
+
+from gcnet.config import CKPLUS_EMOTIONS, DATASETS
+from gcnet.data.records import (IMAGE_EXTS, auto_landmarks_root, DataError, ReadResult, Sample, SequenceInfo, check_image_file,
+                                check_root, class_index, find_wrapped, last_frames, list_dirs, list_files,
+                                mirror_landmarks)
+
+IMAGES_DIR = "cohn-kanade-images"
+LABEL_DIRS = ("Emotion", "Emotion_labels")
+LANDMARK_DIRS = ("Landmarks", "Landmarks_labels")
+
+
+def _descend(path: str, names) -> str:
+    """Some archives unpack as Emotion_labels/Emotion/Sxxx: step into a same-role child holding no subjects."""
+    for _ in range(2):
+        subs = list_dirs(path)
+        if any(s[:1].upper() == "S" and s[1:].isdigit() for s in subs):
+            return path
+        inner = [s for s in subs if s in names]
+        if len(inner) != 1:
+            return path
+        path = os.path.join(path, inner[0])
+    return path
+
+
+def _find_dir(bases: List[str], names) -> Optional[str]:
+    for b in bases:
+        for n in names:
+            p = os.path.join(b, n)
+            if os.path.isdir(p):
+                return _descend(p, names)
+    return None
+
+
+def find_base(root: str) -> Optional[str]:
+    return find_wrapped(root, lambda p: os.path.isdir(os.path.join(p, IMAGES_DIR)))
+
+
+def _parse_code(path: str):
+    """CK+ emotion file -> int code, or a skip reason string."""
+    try:
+        with open(path, "r", errors="replace") as f:
+            text = f.read().split()
+    except OSError as e:
+        return "unreadable label file: %s" % e.strerror
+    if not text:
+        return "unreadable label file: empty"
+    try:
+        v = float(text[0])
+    except ValueError:
+        return "unknown label code: %r" % text[0][:20]
+    if v != int(v) or not 0 <= int(v) < len(CKPLUS_EMOTIONS):
+        return "unknown label code: %g" % v
+    return int(v)
+
+
+def read(root: str, dataset_name: str = "ck+", landmarks_root: Optional[str] = None, peak_frames: int = None,
+         **opts) -> ReadResult:
+    if dataset_name not in DATASETS or DATASETS[dataset_name].reader != "ckplus":
+        raise DataError("the CK+ reader serves datasets %s, not '%s'"
+                        % (", ".join(k for k, v in DATASETS.items() if v.reader == "ckplus"), dataset_name))
+    spec = DATASETS[dataset_name]
+    k_peak = peak_frames or spec.peak_frames
+    root = check_root(root)
+    base = find_base(root)
+    if base is None:
+        raise DataError("not a CK+ root (no %s/ in %s or one level down)" % (IMAGES_DIR, root))
+    images = _descend(os.path.join(base, IMAGES_DIR), (IMAGES_DIR,))
+    bases = [base, root] + [os.path.join(root, d) for d in list_dirs(root)]
+    labels = _find_dir(bases, LABEL_DIRS)
+    lmdir = _find_dir(bases, LANDMARK_DIRS)
+    res = ReadResult(layout="ckplus")
+    if labels is None:
+        raise DataError("CK+ root %s has no label folder (looked for %s in %s and one level down)"
+                        % (root, " or ".join(d + "/" for d in LABEL_DIRS), root))
+    mirror_roots = [root, base]
+    landmarks_root = landmarks_root or auto_landmarks_root(root) or auto_landmarks_root(base)
+    short = []
+    for subj in list_dirs(images):
+        for seq in list_dirs(os.path.join(images, subj)):
+            seq_dir = os.path.join(images, subj, seq)
+            frames = [os.path.join(seq_dir, f) for f in list_files(seq_dir, IMAGE_EXTS)]
+            lab_dir = os.path.join(labels, subj, seq)
+            lab_files = [os.path.join(lab_dir, f) for f in list_files(lab_dir, (".txt",))]
+            emo = [f for f in lab_files if f.endswith("_emotion.txt")] or lab_files
+            if not emo:
+                res.skip(seq_dir, "unlabelled sequence")
+                continue
+            res.sources.append(emo[0])
+            code = _parse_code(emo[0])
+            if isinstance(code, str):
+                res.skip(emo[0], code)
+                continue
+            label = class_index(dataset_name, CKPLUS_EMOTIONS[code])
+            if label < 0:
+                res.skip(emo[0], "unknown label code: %d (%s is not a class of %s)"
+                         % (code, CKPLUS_EMOTIONS[code], dataset_name))
+                continue
+            if len(frames) < 2:
+                res.skip(seq_dir, "no neutral frame: sequence has %d frame(s)" % len(frames))
+                continue
+
+            def lm(path):
+                if lmdir:
+                    stem = os.path.splitext(os.path.basename(path))[0]
+                    p = os.path.join(lmdir, subj, seq, stem + "_landmarks.txt")
+                    if os.path.isfile(p):
+                        return p
+                return mirror_landmarks(landmarks_root, mirror_roots, path)
+
+            lms = [lm(f) for f in frames]
+            seq_id = "%s/%s" % (subj, seq)
+            res.sequences.append(SequenceInfo(subj, seq_id, frames, lms))
+            ref = frames[0]
+            bad = check_image_file(ref)
+            if bad:
+                res.skip(ref, "no neutral frame: reference %s" % bad)
+                continue
+            idx = last_frames(len(frames), k_peak)
+            if len(idx) < k_peak:
+                short.append(seq_id)
+            if spec.neutral_label >= 0:
+                idx = [0] + idx
+            for i in idx:
+                bad = check_image_file(frames[i]) if i else None
+                if bad:
+                    res.skip(frames[i], bad)
+                    continue
+                res.samples.append(Sample(subj, seq_id, frames[i], spec.neutral_label if i == 0 else label, ref, i,
+                                          lms[i], lms[0]))
+    if short:
+        res.note("CK+: %d sequence(s) shorter than %d+1 frames give fewer peak samples (%s)"
+                 % (len(short), k_peak, ", ".join(short[:5]) + (" ..." if len(short) > 5 else "")))
+    if lmdir is None and not landmarks_root:
+        res.note("CK+: no Landmarks/ folder: faces located by the detector")
+    return res

@@ -1,0 +1,73 @@
+"""Oulu-CASIA VIS reader (dataset `oulu`).
+
+Layout (possibly wrapped in one more folder):
+    OriginalImg/VL/Strong/Pxxx/<Anger|Disgust|Fear|Happiness|Sadness|Surprise>/NNN.jpeg
+The last 3 frames of a sequence are its peak samples, the first frame is the reference X_r.  The real set has no
+landmarks: faces are found by the detector unless a landmarks mirror tree is given (or exists next to the root as
+`<root>_landmarks/`), holding `OriginalImg/VL/Strong/Pxxx/<Emotion>/NNN.pts`.
+"""
+import os
+from typing import Optional
+
+from gcnet.config import DATASETS
+from gcnet.data.records import (IMAGE_EXTS, DataError, ReadResult, Sample, SequenceInfo, auto_landmarks_root,
+                                check_image_file, check_root, class_index, find_wrapped, last_frames, list_dirs,
+                                list_files, mirror_landmarks)
+
+STRONG = os.path.join("OriginalImg", "VL", "Strong")
+EMOTIONS = {"anger": "anger", "disgust": "disgust", "fear": "fear", "happiness": "happiness", "happy": "happiness",
+            "sadness": "sadness", "sad": "sadness", "surprise": "surprise"}
+
+
+def find_base(root: str) -> Optional[str]:
+    """Folder holding OriginalImg/VL/Strong (root or one level down)."""
+    return find_wrapped(root, lambda p: os.path.isdir(os.path.join(p, STRONG)))
+
+
+def read(root: str, dataset_name: str = "oulu", landmarks_root: Optional[str] = None, peak_frames: int = None,
+         **opts) -> ReadResult:
+    if dataset_name not in DATASETS or DATASETS[dataset_name].reader != "oulu":
+        raise DataError("the Oulu-CASIA reader serves dataset 'oulu', not '%s'" % dataset_name)
+    spec = DATASETS[dataset_name]
+    k_peak = peak_frames or spec.peak_frames
+    root = check_root(root)
+    base = find_base(root)
+    if base is None:
+        raise DataError("not an Oulu-CASIA root (no %s/ in %s or one level down)" % (STRONG, root))
+    landmarks_root = landmarks_root or auto_landmarks_root(root) or auto_landmarks_root(base)
+    strong = os.path.join(base, STRONG)
+    res = ReadResult(layout="oulu")
+    short = []
+    for subj in list_dirs(strong):
+        for emo in list_dirs(os.path.join(strong, subj)):
+            seq_dir = os.path.join(strong, subj, emo)
+            name = EMOTIONS.get(emo.lower())
+            label = class_index(dataset_name, name) if name else -1
+            if label < 0:
+                res.skip(seq_dir, "unknown label code: folder name %r" % emo)
+                continue
+            frames = [os.path.join(seq_dir, f) for f in list_files(seq_dir, IMAGE_EXTS)]
+            if len(frames) < 2:
+                res.skip(seq_dir, "no neutral frame: sequence has %d frame(s)" % len(frames))
+                continue
+            lms = [mirror_landmarks(landmarks_root, [root, base], f) for f in frames]
+            seq_id = "%s/%s" % (subj, emo)
+            res.sequences.append(SequenceInfo(subj, seq_id, frames, lms))
+            bad = check_image_file(frames[0])
+            if bad:
+                res.skip(frames[0], "no neutral frame: reference %s" % bad)
+                continue
+            idx = last_frames(len(frames), k_peak)
+            if len(idx) < k_peak:
+                short.append(seq_id)
+            for i in idx:
+                bad = check_image_file(frames[i])
+                if bad:
+                    res.skip(frames[i], bad)
+                    continue
+                res.samples.append(Sample(subj, seq_id, frames[i], label, frames[0], i, lms[i], lms[0]))
+    if short:
+        res.note("Oulu-CASIA: %d sequence(s) shorter than %d+1 frames give fewer peak samples" % (len(short), k_peak))
+    res.note("Oulu-CASIA: landmarks from %s" % landmarks_root if landmarks_root
+             else "Oulu-CASIA: no landmarks: faces located by the detector")
+    return res

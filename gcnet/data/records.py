@@ -1,0 +1,266 @@
+"""Records shared by the readers (Sample, ReadResult), the fatal-input error, and small file helpers.
+
+A *frame* is a string: an image path, or ``"path/to/video.avi#<index>"`` for frame <index> (0-based) of a video.
+Skip reasons are ``"<category>"`` or ``"<category>: <detail>"``; reports count them by category.
+"""
+import collections
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm")
+VIDEO_EXTS = (".avi", ".mp4", ".mov", ".mpg", ".mpeg", ".wmv", ".mkv")
+
+
+class DataError(Exception):
+    """Fatal input error (missing/empty root, no matching layout, nothing usable).  CLIs print it and exit 2."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    subject: str
+    sequence: str
+    frame: str                      # absolute image path, or "video.avi#index"
+    label: int                      # class index of the dataset (gcnet.config.DATASETS[name].class_names)
+    reference: str                  # the neutral frame X_r of the same sequence (first frame)
+    frame_index: int                # index of `frame` in its sequence
+    landmarks: Optional[str] = None  # landmark file of `frame` (68 or 5 points) or None -> detector
+    ref_landmarks: Optional[str] = None
+
+
+@dataclass
+class SequenceInfo:
+    """All frames of one labelled sequence (used for the pretraining LMDB when no WebFace root is given)."""
+    subject: str
+    sequence: str
+    frames: List[str]
+    landmarks: List[Optional[str]]
+
+
+@dataclass
+class ReadResult:
+    samples: List[Sample] = field(default_factory=list)
+    skipped: List[Tuple[str, str]] = field(default_factory=list)   # (path, reason)
+    notes: List[str] = field(default_factory=list)
+    sequences: List[SequenceInfo] = field(default_factory=list)    # labelled sequences, all frames
+    sources: List[str] = field(default_factory=list)               # label/xml/csv files read (for the manifest)
+    layout: str = ""
+
+    def skip(self, path: str, reason: str) -> None:
+        self.skipped.append((str(path), reason))
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+
+def reason_category(reason: str) -> str:
+    return reason.split(":", 1)[0].strip()
+
+
+def count_reasons(skipped: Iterable[Tuple[str, str]]) -> Dict[str, int]:
+    c = collections.Counter(reason_category(r) for _, r in skipped)
+    return dict(sorted(c.items()))
+
+
+# ----------------------------------------------------------------------------------------------- small helpers
+def natural_key(s: str):
+    """Sort key with digit runs compared as numbers ("S5" < "S10")."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t.lower()) for t in re.split(r"(\d+)", str(s)) if t != ""]
+
+
+def list_dirs(path: str) -> List[str]:
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return []
+    return sorted((n for n in names if not n.startswith(".") and os.path.isdir(os.path.join(path, n))),
+                  key=natural_key)
+
+
+def list_files(path: str, exts: Tuple[str, ...]) -> List[str]:
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return []
+    return sorted((n for n in names if not n.startswith(".") and n.lower().endswith(exts)
+                   and os.path.isfile(os.path.join(path, n))), key=natural_key)
+
+
+def split_frame(frame: str) -> Tuple[str, Optional[int]]:
+    """"video.avi#12" -> ("video.avi", 12); "img.png" -> ("img.png", None)."""
+    m = re.match(r"^(.*\.(?:%s))#(\d+)$" % "|".join(e[1:] for e in VIDEO_EXTS), frame, re.IGNORECASE)
+    if m:
+        return m.group(1), int(m.group(2))
+    return frame, None
+
+
+_MAGIC = {
+    ".png": [b"\x89PNG\r\n\x1a\n"],
+    ".jpg": [b"\xff\xd8"], ".jpeg": [b"\xff\xd8"],
+    ".bmp": [b"BM"],
+    ".tif": [b"II*\x00", b"MM\x00*"], ".tiff": [b"II*\x00", b"MM\x00*"],
+    ".pgm": [b"P2", b"P5"], ".ppm": [b"P3", b"P6"],
+}
+
+
+def check_image_file(path: str) -> Optional[str]:
+    """Cheap test of an image file (exists, non-empty, right signature).  Returns a skip reason or None.
+    Truncated files that pass this test are caught when the builder decodes them."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return "missing image"
+    if size == 0:
+        return "corrupt image: empty file"
+    magics = _MAGIC.get(os.path.splitext(path)[1].lower())
+    if magics:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8)
+        except OSError as e:
+            return "corrupt image: cannot open (%s)" % e.strerror
+        if not any(head.startswith(m) for m in magics):
+            return "corrupt image: not a %s file" % os.path.splitext(path)[1][1:].upper()
+    return None
+
+
+def imread_gray(path: str) -> np.ndarray:
+    """Decode an image as grey uint8; raises ValueError with a skip reason."""
+    import cv2
+    buf = np.fromfile(path, dtype=np.uint8) if os.path.exists(path) else None
+    if buf is None:
+        raise ValueError("missing image")
+    img = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if buf.size else None
+    if img is None or img.size == 0:
+        raise ValueError("corrupt image: cannot decode")
+    return img
+
+
+def video_frame_count(path: str) -> int:
+    """Frame count of a video (header value, or counted by grabbing when the header has none); -1 if unreadable."""
+    import cv2
+    cap = cv2.VideoCapture(path)
+    try:
+        if not cap.isOpened():
+            return -1
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        if n > 0:
+            return n
+        n = 0
+        while cap.grab():
+            n += 1
+        return n
+    finally:
+        cap.release()
+
+
+def iter_gray_frames(frames: Iterable[str]) -> Iterator[Tuple[str, Optional[np.ndarray], Optional[str]]]:
+    """Yield (frame, grey image or None, skip reason or None) for each frame, in the given order.  Frames of one
+    video are decoded in one sequential pass (pass them grouped by video, sorted by index, for speed)."""
+    import cv2
+    cur_video, cap, pos = None, None, 0
+    try:
+        for frame in frames:
+            path, idx = split_frame(frame)
+            if idx is None:
+                try:
+                    yield frame, imread_gray(path), None
+                except ValueError as e:
+                    yield frame, None, str(e)
+                continue
+            if path != cur_video or idx < pos:
+                if cap is not None:
+                    cap.release()
+                cur_video, cap, pos = path, cv2.VideoCapture(path), 0
+                if not cap.isOpened():
+                    cap.release()
+                    cap = None
+            if cap is None:
+                yield frame, None, "unreadable video"
+                continue
+            ok = True
+            while pos < idx and ok:
+                ok = cap.grab()
+                pos += 1
+            ok, img = cap.read() if ok else (False, None)
+            pos += 1
+            if not ok or img is None:
+                yield frame, None, "corrupt image: cannot decode video frame %d" % idx
+                continue
+            if img.ndim == 3:
+                img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+            yield frame, img, None
+    finally:
+        if cap is not None:
+            cap.release()
+
+
+def auto_landmarks_root(root: str) -> Optional[str]:
+    """`<root>/../<basename(root)>_landmarks/` when it exists (written by the synthetic sets)."""
+    root = os.path.abspath(root)
+    cand = os.path.join(os.path.dirname(root), os.path.basename(root.rstrip(os.sep)) + "_landmarks")
+    return cand if os.path.isdir(cand) else None
+
+
+def mirror_landmarks(landmarks_root: Optional[str], roots: Iterable[str], path: str) -> Optional[str]:
+    """Landmark file of image `path` in a mirror tree: its path relative to one of `roots`, suffix -> .pts."""
+    if not landmarks_root:
+        return None
+    for r in roots:
+        try:
+            rel = os.path.relpath(path, r)
+        except ValueError:
+            continue
+        if rel.startswith(".."):
+            continue
+        cand = os.path.join(landmarks_root, os.path.splitext(rel)[0] + ".pts")
+        if os.path.isfile(cand):
+            return cand
+    return None
+
+
+def find_wrapped(root: str, test) -> Optional[str]:
+    """`root` if test(root) else the single (first, sorted) child folder of root passing test, else None."""
+    if test(root):
+        return root
+    for d in list_dirs(root):
+        p = os.path.join(root, d)
+        if test(p):
+            return p
+    return None
+
+
+def check_root(root: str) -> str:
+    """Absolute root; DataError when it is missing, not a folder, or empty."""
+    if root is None:
+        raise DataError("no data root given")
+    a = os.path.abspath(os.path.expanduser(root))
+    if not os.path.exists(a):
+        raise DataError("data root does not exist: %s" % a)
+    if not os.path.isdir(a):
+        raise DataError("data root is not a folder: %s" % a)
+    try:
+        entries = [n for n in os.listdir(a) if not n.startswith(".")]
+    except OSError as e:
+        raise DataError("cannot list data root %s: %s" % (a, e.strerror))
+    if not entries:
+        raise DataError("data root is empty: %s" % a)
+    return a
+
+
+def class_index(dataset_name: str, class_name: str) -> int:
+    """Index of `class_name` in the dataset's class list, -1 when the protocol has no such class."""
+    from gcnet.config import DATASETS
+    if dataset_name not in DATASETS:
+        raise DataError("unknown dataset '%s' (known: %s)" % (dataset_name, ", ".join(DATASETS)))
+    names = DATASETS[dataset_name].class_names
+    return names.index(class_name) if class_name in names else -1
+
+
+def last_frames(n: int, k: int) -> List[int]:
+    """Indices of the last k frames of an n-frame sequence, never the first frame (the reference)."""
+    return list(range(max(1, n - k), n))
