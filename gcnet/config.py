@@ -73,7 +73,10 @@ class NetOptions:
     dropout: float = 0.5
     fc1_relu: bool = True
     decoder_lr_mult: float = 10.0        # "learning rate at layers of the decoder networks is set to 10"
-    margin: float = 1.0                  # contrastive margin m of Eq. 4 (Caffe's ContrastiveLoss default)
+    # contrastive margin m of Eq. 4.  Caffe's default 1.0 is far below the distances between En_2 features
+    # (96x7x7 = 4704 values; ~50-80 apart at initialisation), which would make L_Contr identically 0 for every
+    # dissimilar pair, i.e. for all samples of the 6- and 7-class protocols.  See docs/choices.md.
+    margin: float = 100.0
     lambda_s: float = 1.0
     lambda_gen_r: float = 1.0
     lambda_rec_r: float = 0.25
@@ -106,6 +109,10 @@ class SolverOptions:
     test_iter: int = 10
     solver_mode: str = "CPU"
     random_seed: int = 1701
+    # Caffe's clip_gradients (global L2 norm of all parameter gradients).  Not in the paper: the summed-over-pixels
+    # Euclidean losses (Eq. 7-10, ~800 at start) with 10x decoder rates diverge in one step or kill the decoder's
+    # final ReLU without it (measured, docs/choices.md).  0 disables.
+    clip_gradients: float = 10.0
 
 
 def inv_lr(it: int, s: SolverOptions = SolverOptions()) -> float:

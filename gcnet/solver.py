@@ -24,6 +24,8 @@ def make_solver(train_net_path: str, sopts: SolverOptions = None, snapshot_prefi
     sp.snapshot_prefix = snapshot_prefix
     sp.solver_mode = caffe_pb2.SolverParameter.GPU if s.solver_mode.upper() == "GPU" else caffe_pb2.SolverParameter.CPU
     sp.random_seed = s.random_seed
+    if s.clip_gradients > 0:
+        sp.clip_gradients = s.clip_gradients
     if with_test:
         sp.test_iter.append(s.test_iter)
         sp.test_interval = s.test_interval

@@ -168,3 +168,31 @@ def test_contrastive_layer_gets_margin_and_neutral_label():
     assert '"margin": 2.5' in layer.python_param.param_str
     assert '"neutral_label": 0' in layer.python_param.param_str
     assert list(layer.bottom) == ["en2_pool3", "en2r_pool3", "label"]
+
+
+def test_default_margin_keeps_the_contrastive_term_active(tmp_path, tiny_lmdb):
+    """With Caffe's default m = 1 the hinge is 0 for every dissimilar pair (docs/choices.md)."""
+    net = _net("gcnet_s1r0", "train_val", tmp_path, tiny_lmdb)
+    assert float(net.forward()["loss_contr"].ravel()[0]) > 0
+
+
+def test_solver_defaults_train_the_generator_without_diverging(tmp_path, tiny_lmdb):
+    """The paper's solver (Nesterov, inv, 10x decoder rates) plus clip_gradients: L_Gen,r falls and stays finite."""
+    from gcnet.config import SolverOptions
+    from gcnet.solver import make_solver
+    net_path = str(tmp_path / "net.prototxt")
+    nets.write_net("gcnet_s1r1", NetOptions(n_classes=N_CLASSES, batch_size=8, train_source=tiny_lmdb,
+                                            test_source=tiny_lmdb), "train_val", net_path)
+    solver_path = tmp_path / "solver.prototxt"
+    solver_path.write_text(make_solver(net_path, SolverOptions(max_iter=100), str(tmp_path / "snap"),
+                                       with_test=False))
+    caffe.set_random_seed(3)
+    solver = caffe.get_solver(str(solver_path))
+    solver.step(1)
+    first = float(solver.net.blobs["loss_gen_r"].data.ravel()[0])
+    gen = []
+    for _ in range(25):
+        solver.step(1)
+        gen.append(float(solver.net.blobs["loss_gen_r"].data.ravel()[0]))
+    assert np.all(np.isfinite(gen)) and max(gen) < 1.5 * first, (first, gen)
+    assert max(gen[-5:]) < 0.85 * first, (first, gen)

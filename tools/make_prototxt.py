@@ -36,6 +36,8 @@ def parse_args(argv=None):
     ap.add_argument("--gamma", type=float, default=SolverOptions.gamma, help="inv policy gamma")
     ap.add_argument("--power", type=float, default=SolverOptions.power, help="inv policy power")
     ap.add_argument("--iters", type=int, default=SolverOptions.max_iter)
+    ap.add_argument("--clip-gradients", type=float, default=SolverOptions.clip_gradients,
+                    help="solver clip_gradients (0 = off)")
     ap.add_argument("--data-root", default="data/lmdb/ck+/fold_0", help="LMDB folder named in train_val nets")
     return ap.parse_args(argv)
 
@@ -54,7 +56,8 @@ def generate(args, out_dir):
                           batch_size=args.batch,
                           train_source="%s/%s" % (args.data_root, "pretrain" if pre else "train"),
                           test_source="%s/%s" % (args.data_root, "pretrain" if pre else "test"))
-        sopts = SolverOptions(gamma=args.gamma, power=args.power, max_iter=args.iters)
+        sopts = SolverOptions(gamma=args.gamma, power=args.power, max_iter=args.iters,
+                              clip_gradients=args.clip_gradients)
         d = os.path.join(out_dir, model)
         os.makedirs(d, exist_ok=True)
         for phase in ("train_val", "deploy"):

@@ -22,10 +22,11 @@ MODE=cpu
 CUDA_ARCH_BIN="${CUDA_ARCH_BIN:-}"
 SKIP_APT=0
 SKIP_FACE=0
+ENV_FILE="$REPO/tools/env.sh"
 
 usage() {
   cat <<EOF
-usage: tools/setup.sh [--cuda] [--cuda-arch "37 90"] [--no-apt] [--no-face] [--help]
+usage: tools/setup.sh [--cuda] [--cuda-arch "37 90"] [--no-apt] [--no-face] [--env-file PATH] [--help]
 
 Builds BVLC Caffe 1.0 with pycaffe and Python layers, creates the project venv and writes tools/env.sh.
 Afterwards:  source tools/env.sh
@@ -34,6 +35,7 @@ Afterwards:  source tools/env.sh
   --cuda-arch LIST   CUDA machine-code architectures (default: 90 if nvcc >= 11.8, plus 37 if nvcc <= 11.8)
   --no-apt           do not install apt build dependencies (they must already be present)
   --no-face          skip the optional face detector (mediapipe) used to align photos without landmarks
+  --env-file PATH    where to write the environment file (default tools/env.sh)
 Environment: CAFFE_PREFIX (cache root, now $CACHE_ROOT), PYTHON (now $PYTHON), JOBS (now $JOBS).
 Remove the cache with:  rm -rf "$CACHE_ROOT"
 EOF
@@ -45,6 +47,7 @@ while [ $# -gt 0 ]; do
     --cuda-arch) CUDA_ARCH_BIN="${2:?--cuda-arch needs a list such as \"90\"}"; shift ;;
     --no-apt) SKIP_APT=1 ;;
     --no-face) SKIP_FACE=1 ;;
+    --env-file) ENV_FILE="${2:?--env-file needs a path}"; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "setup: unknown option '$1'" >&2; usage >&2; exit 2 ;;
   esac
@@ -123,7 +126,11 @@ if [ "$MODE" = cuda ]; then
   PTX="${CUDA_ARCH_BIN##* }"
   CMAKE_OPTS+=(-DCPU_ONLY=OFF -DUSE_CUDNN=OFF -DCUDA_ARCH_NAME=Manual "-DCUDA_ARCH_BIN=$CUDA_ARCH_BIN" "-DCUDA_ARCH_PTX=$PTX")
   # CUDA 13 ships no cuBLAS/cuRAND in the toolkit on some machines: take them from the PyPI wheels then.
-  CUDA_ROOT="$(dirname "$(dirname "$(command -v nvcc)")")"
+  # the toolkit root (nvcc on PATH may be a wrapper script elsewhere)
+  CUDA_ROOT="${CUDA_HOME:-}"
+  [ -n "$CUDA_ROOT" ] || { [ -x /usr/local/cuda/bin/nvcc ] && CUDA_ROOT=/usr/local/cuda; } || true
+  [ -n "$CUDA_ROOT" ] || CUDA_ROOT="$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")"
+  CMAKE_OPTS+=("-DCUDA_TOOLKIT_ROOT_DIR=$CUDA_ROOT")
   if [ ! -e "$CUDA_ROOT/include/cublas_v2.h" ] && [ ! -e "$CUDA_ROOT/targets/x86_64-linux/include/cublas_v2.h" ]; then
     stage "no cuBLAS in $CUDA_ROOT: installing nvidia-cublas / nvidia-curand wheels into the venv"
     run_logged "cuda (pip install nvidia-cublas nvidia-curand)" pip-cuda "$VENV/bin/pip" install nvidia-cublas nvidia-curand
@@ -215,7 +222,6 @@ else
 fi
 
 # ---------------------------------------------------------------- 6. environment file
-ENV_FILE="$REPO/tools/env.sh"
 EXTRA_LD=""; [ -f "$PREFIX/cuda_extra_libs" ] && EXTRA_LD="$(cat "$PREFIX/cuda_extra_libs"):"
 SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 # Debian's patch series installs pycaffe under lib/python3/dist-packages; find it wherever it is.
