@@ -1,0 +1,1475 @@
+"""Experiment runner: the stages behind tools/run_folds.sh (paper section 4: 10-fold subject-independent CV).
+
+    1 lmdb      per-fold paired LMDBs under <out>/<dataset>/lmdb (gcnet.data.lmdb_build, cached by its inputs)
+    2 pretrain  per fold: `encdec` (reconstruction) and `cnn_id` (identity) on fold_K/pretrain, the training
+                folds' faces (or, with --pretrain-data, WebFace faces: then trained once and shared by the folds)
+    3 surgery   init.caffemodel of each expression model from the pretrained nets (gcnet.surgery)
+    4 train     `caffe train --solver solver.prototxt --weights init.caffemodel` (resumes from the latest
+                snapshots/*.solverstate after an interruption); final.caffemodel
+    5 test      the peak frames of the held-out fold through the deploy net (pycaffe, centre crop) -> test.json
+    6 summary   <out>/<dataset>/summary.{json,md}; then the figures (gcnet.figures) unless --no-figures
+
+Every stage is skipped when its outputs exist and the hash of its inputs (prototxts, solver, data manifest,
+weights it starts from) is unchanged (stage.json in each folder).  Results layout: docs/ARCHITECTURE.md.
+
+Exit status: 0 all requested folds done, 1 some fold failed (the summary says which and why), 2 bad input,
+130 interrupted (snapshots kept: rerun the same command to resume).
+"""
+import argparse
+import concurrent.futures as cf
+import datetime
+import errno
+import fcntl
+import glob
+import hashlib
+import json
+import math
+import os
+import queue
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from gcnet import config as C
+from gcnet.logparse import LogParser, last_lines
+
+REPO = Path(os.environ.get("GCNET_ROOT") or Path(__file__).resolve().parents[1])
+DATASET_NAMES = tuple(C.DATASETS)
+
+# --------------------------------------------------------------------------------------------- schedules
+# The paper's schedule (section 4.1): 3e5 iterations, mini-batch 64, ten folds.  Pretraining iterations are not
+# given in the paper; they default to --iters.
+PAPER_SCHEDULE = dict(n_folds=10, folds="0-9", iters=300000, pretrain_iters=None, batch=64)
+
+# `synthetic` without --iters: a CPU-sized profile (about 30 min on 2 cores; tuned by timing, see docs).
+SYNTHETIC_PROFILE = dict(
+    subjects=20,          # synthetic identities written by gcnet.data.synthetic.make_synthetic
+    n_folds=10,           # the paper's protocol (subject-independent 10 folds) ...
+    folds="0-1",          # ... of which these are run
+    iters=200,            # expression-model iterations
+    pretrain_iters=200,   # encdec / cnn_id iterations
+    batch=16,
+    augment=2,            # augmented copies per training sample in the LMDB
+    display=10,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+class Interrupted(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------------------------- small helpers
+_print_lock = threading.Lock()
+
+
+def say(msg: str = "") -> None:
+    with _print_lock:
+        print(msg, flush=True)
+
+
+def sha256_file(path, chunk=1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def sha_text(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update((p if isinstance(p, str) else json.dumps(p, sort_keys=True, default=str)).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def write_json(path, data) -> None:
+    path = str(path)
+    tmp = "%s.tmp%d.%d" % (path, os.getpid(), threading.get_ident())
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, default=_json_default)
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(repr(o))
+
+
+def read_json(path, default=None):
+    try:
+        with open(str(path)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return default
+
+
+def write_text(path, text) -> None:
+    tmp = "%s.tmp%d.%d" % (path, os.getpid(), threading.get_ident())
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, str(path))
+
+
+def fmt_duration(s: float) -> str:
+    if s is None or not math.isfinite(s):
+        return "?"
+    s = int(round(s))
+    if s < 60:
+        return "%ds" % s
+    if s < 3600:
+        return "%dm%02ds" % (s // 60, s % 60)
+    return "%dh%02dm" % (s // 3600, (s % 3600) // 60)
+
+
+def fmt_num(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return "%.4g" % v
+
+
+class FileLock:
+    """fcntl.flock on <dir>/.lock: serialises stages between runners (threads, Slurm array tasks)."""
+
+    def __init__(self, directory, name=".lock"):
+        os.makedirs(str(directory), exist_ok=True)
+        self.path = os.path.join(str(directory), name)
+        self.fd = None
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            say("  waiting for another runner holding %s ..." % self.path)
+            while True:
+                if STOP.is_set():
+                    os.close(self.fd)
+                    raise Interrupted()
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    time.sleep(1.0)
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self.fd)
+
+
+def parse_folds(text: str, n_folds: int) -> List[int]:
+    """"0-9", "3", "0,2,5-7" -> sorted fold indices, each in [0, n_folds)."""
+    out = set()
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
+        if m:
+            a, b = int(m.group(1)), int(m.group(2))
+            if a > b:
+                raise UsageError("bad fold range %r: %d > %d" % (part, a, b))
+            out.update(range(a, b + 1))
+        elif re.fullmatch(r"\d+", part):
+            out.add(int(part))
+        else:
+            raise UsageError("bad --folds %r: use e.g. 0-9, 3 or 0,2,5-7" % text)
+    if not out:
+        raise UsageError("--folds %r selects no fold" % text)
+    bad = sorted(k for k in out if k >= n_folds)
+    if bad:
+        raise UsageError("fold(s) %s out of range: there are %d folds (0-%d)"
+                         % (",".join(map(str, bad)), n_folds, n_folds - 1))
+    return sorted(out)
+
+
+def parse_models(text: str) -> List[str]:
+    models = [m.strip() for m in str(text).split(",") if m.strip()]
+    if not models:
+        raise UsageError("--models selects no model")
+    bad = [m for m in models if m not in C.EXPRESSION_MODELS]
+    if bad:
+        raise UsageError("unknown model(s) %s; choose from %s" % (", ".join(bad), ",".join(C.EXPRESSION_MODELS)))
+    return list(dict.fromkeys(models))
+
+
+def parse_gpus(text: str) -> Optional[List[int]]:
+    if text is None or str(text).strip().lower() in ("", "cpu", "none"):
+        return None
+    try:
+        ids = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise UsageError("bad --gpu %r: use cpu, 0 or 0,1,2,3" % text)
+    if not ids or any(i < 0 for i in ids):
+        raise UsageError("bad --gpu %r: use cpu, 0 or 0,1,2,3" % text)
+    return ids
+
+
+def n_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+# --------------------------------------------------------------------------------------------- settings
+@dataclass
+class Settings:
+    dataset: str
+    data_root: Optional[str]
+    out: str                           # <out>/<dataset>
+    models: List[str]
+    folds: List[int]
+    n_folds: int
+    iters: int
+    pretrain_iters: int
+    batch: int
+    augment: Optional[int]
+    margin: float
+    gamma: float
+    power: float
+    base_lr: float
+    gpus: Optional[List[int]]
+    jobs: int
+    threads: int
+    display: int
+    snapshot: int
+    test_interval: int
+    seed: int
+    pretrain_data: Optional[str]
+    landmarks: Optional[str]
+    mmi_peaks: Optional[str]
+    figures: bool
+    summary: bool
+    synthetic: bool
+    synthetic_subjects: Optional[int]
+    profile: str                       # "paper" | "synthetic-cpu" | "custom"
+    stop_after: Optional[str]
+    keep_snapshots: int
+    models_explicit: bool = False
+
+    @property
+    def lmdb_dir(self) -> Path:
+        return Path(self.out) / "lmdb"
+
+    @property
+    def scaled_down(self) -> bool:
+        return (self.iters < PAPER_SCHEDULE["iters"] or self.batch != PAPER_SCHEDULE["batch"]
+                or self.n_folds != PAPER_SCHEDULE["n_folds"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="tools/run_folds.sh",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the GCNet experiments of the paper (Kim et al., section 4) on one dataset:\n"
+                    "  1 per-fold LMDBs  2 pretraining (encdec, cnn_id)  3 net surgery  4 caffe train of each model\n"
+                    "  on each fold  5 test on the held-out fold  6 summary (+ figures).\n"
+                    "Every stage is cached; rerunning the same command resumes where it stopped (Ctrl-C snapshots).",
+        epilog="Defaults are the paper's: all five models, ten folds, 3e5 iterations, batch 64.  `synthetic` "
+               "without --iters uses a CPU-sized profile (gcnet/runner.py SYNTHETIC_PROFILE: %s) on "
+               "data/synthetic/ck+, generated on first use.\n\n"
+               "Examples:\n"
+               "  tools/run_folds.sh synthetic\n"
+               "  tools/run_folds.sh ck+ --data /data/CK+ --gpu 0,1,2,3\n"
+               "  tools/run_folds.sh mmi --data /data/MMI --mmi-peaks peaks.csv --models cnn,gcnet_s1r1 --folds 0-4\n"
+               "  tools/run_folds.sh ck+ --collect          # rebuild the summary from what is on disk\n\n"
+               "Exit status: 0 ok, 1 some fold failed (see the summary), 2 bad input, 130 interrupted "
+               "(rerun to resume)." % ", ".join("%s=%s" % kv for kv in SYNTHETIC_PROFILE.items()))
+    ap.add_argument("dataset", help="one of: %s" % ", ".join(DATASET_NAMES))
+    g = ap.add_argument_group("data")
+    g.add_argument("--data", metavar="ROOT", help="dataset root in its original layout (required except for "
+                   "synthetic, whose default is data/synthetic/ck+, generated when missing)")
+    g.add_argument("--landmarks", metavar="DIR", help="landmark files mirroring the dataset tree (else the "
+                   "dataset's own / the face detector)")
+    g.add_argument("--mmi-peaks", metavar="CSV", help="MMI peak frames (session,peak_frame)")
+    g.add_argument("--augment", type=int, metavar="K", help="augmented copies per training sample in the LMDB "
+                   "(default: gcnet.data.lmdb_build's %s)" % _lmdb_default_augment())
+    g.add_argument("--pretrain-data", metavar="ROOT", help="CASIA-WebFace root for pretraining (paper); default: "
+                   "the training folds' faces with identity labels (fold_K/pretrain)")
+    g.add_argument("--synthetic-subjects", type=int, metavar="N",
+                   help="identities when the synthetic set is generated (default %d)" % SYNTHETIC_PROFILE["subjects"])
+    g = ap.add_argument_group("experiment")
+    g.add_argument("--models", default=",".join(C.EXPRESSION_MODELS),
+                   help="comma-separated subset of %s (default all)" % ",".join(C.EXPRESSION_MODELS))
+    g.add_argument("--folds", help="folds to run, e.g. 0-9, 3 or 0,2,5-7 (default all)")
+    g.add_argument("--n-folds", type=int, help="number of cross-validation folds (default 10)")
+    g.add_argument("--iters", type=int, help="training iterations of each expression model (default 3e5)")
+    g.add_argument("--pretrain-iters", type=int, help="iterations of encdec and cnn_id (default: --iters)")
+    g.add_argument("--batch", type=int, help="mini-batch size (default 64)")
+    g.add_argument("--margin", type=float, default=C.NetOptions.margin, help="contrastive margin m (Eq. 4)")
+    g.add_argument("--gamma", type=float, default=C.SolverOptions.gamma, help="inv policy gamma")
+    g.add_argument("--power", type=float, default=C.SolverOptions.power, help="inv policy power")
+    g.add_argument("--base-lr", type=float, default=C.SolverOptions.base_lr, help="base learning rate")
+    g.add_argument("--display", type=int, help="log/progress interval in iterations (default min(100, iters/20))")
+    g.add_argument("--snapshot", type=int, help="snapshot interval (default min(10000, iters/4))")
+    g.add_argument("--test-interval", type=int, help="in-training test interval (default min(1000, iters/5))")
+    g.add_argument("--seed", type=int, default=0, help="seed of the LMDB shuffling/augmentation and of the "
+                   "synthetic set")
+    g = ap.add_argument_group("execution")
+    g.add_argument("--gpu", default="cpu", metavar="ID[,ID..]|cpu", help="GPUs; each job gets its own "
+                   "(default cpu)")
+    g.add_argument("--jobs", type=int, help="fold trainings run at once (default: number of GPUs, 1 on CPU)")
+    g.add_argument("--out", default=str(REPO / "results"), help="results root (default %(default)s); "
+                   "everything goes to <out>/<dataset>/")
+    g.add_argument("--no-figures", action="store_true", help="skip the figures step")
+    g.add_argument("--no-summary", action="store_true", help="skip summary and figures (Slurm array tasks)")
+    g.add_argument("--collect", action="store_true", help="only build summary (+figures) from what is on disk")
+    g.add_argument("--stop-after", choices=("lmdb", "pretrain"), help="stop after this stage (Slurm prep jobs)")
+    g.add_argument("--keep-snapshots", type=int, default=2, help="snapshots kept per training (default 2)")
+    g = ap.add_argument_group("Slurm arrays (tools/slurm/)")
+    g.add_argument("--task-index", type=int, metavar="I", help="run only task I of the selected models x folds "
+                   "(I = fold position * number of models + model position); with --stop-after pretrain, "
+                   "task I = the I-th selected fold")
+    g.add_argument("--count-tasks", action="store_true", help="print the number of tasks (models x folds, or "
+                   "folds with --stop-after pretrain) and exit")
+    return ap
+
+
+def _lmdb_default_augment():
+    try:
+        from gcnet.data.lmdb_build import DEFAULT_AUGMENT
+        return DEFAULT_AUGMENT
+    except Exception:
+        return "?"
+
+
+def resolve_settings(a) -> Settings:
+    if a.dataset not in C.DATASETS:
+        raise UsageError("unknown dataset %r; choose from %s" % (a.dataset, ", ".join(DATASET_NAMES)))
+    synthetic = a.dataset == "synthetic"
+    use_profile = synthetic and a.iters is None
+    prof = SYNTHETIC_PROFILE if use_profile else {}
+    n_folds = a.n_folds or prof.get("n_folds") or PAPER_SCHEDULE["n_folds"]
+    if n_folds < 2:
+        raise UsageError("--n-folds must be >= 2")
+    folds_text = a.folds or prof.get("folds") or "0-%d" % (n_folds - 1)
+    folds = parse_folds(folds_text, n_folds)
+    models = parse_models(a.models)
+    iters = a.iters if a.iters is not None else prof.get("iters", PAPER_SCHEDULE["iters"])
+    if iters < 1:
+        raise UsageError("--iters must be >= 1")
+    pre_iters = a.pretrain_iters if a.pretrain_iters is not None else prof.get("pretrain_iters") or iters
+    if pre_iters < 1:
+        raise UsageError("--pretrain-iters must be >= 1")
+    batch = a.batch or prof.get("batch") or PAPER_SCHEDULE["batch"]
+    if batch < 1:
+        raise UsageError("--batch must be >= 1")
+    augment = a.augment if a.augment is not None else prof.get("augment")
+    if augment is not None and augment < 0:
+        raise UsageError("--augment must be >= 0")
+    gpus = parse_gpus(a.gpu)
+    jobs = a.jobs or (len(gpus) if gpus else 1)
+    if jobs < 1:
+        raise UsageError("--jobs must be >= 1")
+    threads = max(1, n_cores() // jobs)
+    display = a.display or prof.get("display") or min(100, max(1, iters // 20))
+    snapshot = a.snapshot or min(10000, max(display, iters // 4))
+    test_interval = a.test_interval or min(1000, max(display, iters // 5))
+    if a.margin <= 0:
+        raise UsageError("--margin must be > 0")
+
+    data_root = a.data
+    if getattr(a, "collect", False):
+        data_root = data_root and os.path.abspath(data_root)
+    elif synthetic:
+        data_root = os.path.abspath(data_root or str(REPO / "data" / "synthetic" / "ck+"))
+    elif not data_root:
+        raise UsageError("--data ROOT is required for %s (the dataset root in its original layout); only "
+                         "`synthetic` has a default" % a.dataset)
+    else:
+        data_root = os.path.abspath(data_root)
+        if not os.path.isdir(data_root):
+            raise UsageError("data root %s does not exist or is not a folder" % data_root)
+    for name, path in (("--pretrain-data", a.pretrain_data), ("--landmarks", a.landmarks)):
+        if path and not os.path.isdir(path):
+            raise UsageError("%s %s does not exist or is not a folder" % (name, path))
+    if a.mmi_peaks and not os.path.isfile(a.mmi_peaks):
+        raise UsageError("--mmi-peaks %s does not exist" % a.mmi_peaks)
+    if use_profile:
+        profile = "synthetic-cpu"
+    elif (iters, batch, n_folds) == (PAPER_SCHEDULE["iters"], PAPER_SCHEDULE["batch"], PAPER_SCHEDULE["n_folds"]):
+        profile = "paper"
+    else:
+        profile = "custom"
+    return Settings(
+        dataset=a.dataset, data_root=data_root, out=os.path.abspath(os.path.join(a.out, a.dataset)),
+        models=models, folds=folds, n_folds=n_folds, iters=iters, pretrain_iters=pre_iters, batch=batch,
+        augment=augment, margin=a.margin, gamma=a.gamma, power=a.power, base_lr=a.base_lr, gpus=gpus, jobs=jobs,
+        threads=threads, display=display, snapshot=snapshot, test_interval=test_interval, seed=a.seed,
+        pretrain_data=a.pretrain_data and os.path.abspath(a.pretrain_data),
+        landmarks=a.landmarks and os.path.abspath(a.landmarks),
+        mmi_peaks=a.mmi_peaks and os.path.abspath(a.mmi_peaks),
+        figures=not (a.no_figures or a.no_summary), summary=not a.no_summary, synthetic=synthetic,
+        synthetic_subjects=a.synthetic_subjects or (SYNTHETIC_PROFILE["subjects"] if synthetic else None),
+        profile=profile, stop_after=a.stop_after, keep_snapshots=max(1, a.keep_snapshots),
+        models_explicit=a.models != ",".join(C.EXPRESSION_MODELS))
+
+
+# --------------------------------------------------------------------------------------------- processes
+STOP = threading.Event()
+_children_lock = threading.Lock()
+_children: Dict[int, subprocess.Popen] = {}
+_signal_count = [0]
+
+
+def _register(p: subprocess.Popen):
+    with _children_lock:
+        _children[p.pid] = p
+
+
+def _unregister(p: subprocess.Popen):
+    with _children_lock:
+        _children.pop(p.pid, None)
+
+
+_IN_JOBS = threading.Event()      # set while jobs (caffe, surgery, test subprocesses) run
+
+
+def _on_signal(signum, frame):
+    _signal_count[0] += 1
+    STOP.set()
+    if not _IN_JOBS.is_set():
+        raise KeyboardInterrupt()    # data generation / LMDB build (atomic: an interrupted build is redone)
+    with _children_lock:
+        kids = list(_children.values())
+    if _signal_count[0] == 1:
+        say("\n%s: asking caffe to snapshot and stop (send it again twice to kill at once) ..."
+            % signal.Signals(signum).name)
+        for p in kids:
+            try:
+                p.send_signal(signal.SIGINT)       # caffe train: -sigint_effect stop = snapshot, then exit
+            except OSError:
+                pass
+    elif _signal_count[0] >= 3:
+        say("killing %d child process(es)" % len(kids))
+        for p in kids:
+            try:
+                p.kill()
+            except OSError:
+                pass
+
+
+def install_signal_handlers():
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGTERM, _on_signal)
+
+
+def child_env(s: Settings, gpu: Optional[int] = None, quiet_glog=False) -> dict:
+    env = dict(os.environ)
+    t = str(s.threads)
+    env.update(OPENBLAS_NUM_THREADS=t, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, GLOG_logtostderr="1",
+               PYTHONUNBUFFERED="1")
+    env["GLOG_minloglevel"] = "1" if quiet_glog else "0"
+    pp = [str(REPO), str(REPO / "python_layers")]
+    env["PYTHONPATH"] = os.pathsep.join(pp + [x for x in env.get("PYTHONPATH", "").split(os.pathsep) if x])
+    return env
+
+
+def run_logged(cmd: List[str], cwd, log_path, env, on_line=None) -> int:
+    """Run cmd with stdout+stderr appended to log_path (and fed line by line to on_line).  In its own session,
+    so that a terminal Ctrl-C reaches only the runner, which forwards SIGINT (see _on_signal)."""
+    with open(str(log_path), "a") as log:
+        log.write("=== gcnet runner %s: %s (cwd %s)\n"
+                  % (datetime.datetime.now().isoformat(timespec="seconds"), " ".join(shlex.quote(c) for c in cmd),
+                     cwd))
+        log.flush()
+        if STOP.is_set():
+            raise Interrupted()
+        p = subprocess.Popen(cmd, cwd=str(cwd), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True, bufsize=1, universal_newlines=True,
+                             errors="replace")
+        _register(p)
+        try:
+            if STOP.is_set():                      # a signal between the check and the registration
+                p.send_signal(signal.SIGINT)
+            for line in p.stdout:
+                log.write(line)
+                log.flush()
+                if on_line is not None:
+                    try:
+                        on_line(line)
+                    except Exception as e:  # a progress bug must never kill a training
+                        log.write("=== gcnet runner: progress error %r\n" % e)
+            return p.wait()
+        finally:
+            _unregister(p)
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+_caffe_cache = {}
+
+
+def caffe_binary() -> str:
+    exe = shutil.which("caffe")
+    if not exe:
+        raise UsageError("`caffe` is not on PATH: run `source tools/env.sh` (build Caffe first with tools/setup.sh)")
+    return exe
+
+
+def caffe_version() -> str:
+    if "v" not in _caffe_cache:
+        try:
+            out = subprocess.run([caffe_binary(), "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 universal_newlines=True, timeout=60).stdout
+            _caffe_cache["v"] = out.strip().splitlines()[0] if out.strip() else "unknown"
+        except Exception as e:
+            _caffe_cache["v"] = "unknown (%s)" % e
+    return _caffe_cache["v"]
+
+
+def git_commit() -> str:
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, universal_newlines=True, timeout=30).stdout.strip()
+        if not rev:
+            return "unknown (no commit)"
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True,
+                               timeout=30).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+# --------------------------------------------------------------------------------------------- stage 0/1: data
+def ensure_synthetic(s: Settings) -> None:
+    root = s.data_root
+    if os.path.isdir(root) and os.listdir(root):
+        return
+    from gcnet.data.synthetic import make_synthetic
+    say("[%s] generating the synthetic set (%d subjects, seed %d) in %s" % (s.dataset, s.synthetic_subjects,
+                                                                         s.seed, root))
+    t0 = time.time()
+
+    def prog(done, total, frames, elapsed):
+        if done == total or done % max(1, total // 5) == 0:
+            say("  synthetic: %d/%d subjects, %d frames, %s" % (done, total, frames, fmt_duration(elapsed)))
+    with FileLock(os.path.dirname(root), ".synthetic.lock"):
+        if os.path.isdir(root) and os.listdir(root):
+            return
+        make_synthetic("ck+", root, subjects=s.synthetic_subjects, seed=s.seed, progress=prog)
+    say("  synthetic set written in %s" % fmt_duration(time.time() - t0))
+
+
+def stage_lmdb(s: Settings) -> dict:
+    from gcnet.data.lmdb_build import build_lmdbs
+    kw = dict(n_folds=s.n_folds, folds=None, seed=s.seed, landmarks_root=s.landmarks,
+              pretrain_root=s.pretrain_data, mmi_peaks=s.mmi_peaks, progress=lambda m: say("  " + m))
+    if s.augment is not None:
+        kw["augment_copies"] = s.augment
+    with FileLock(s.out, ".lmdb.lock"):
+        # always all folds: the LMDBs (and their hash) do not depend on which folds a run trains
+        man = build_lmdbs(s.dataset, s.data_root, str(s.lmdb_dir), **kw)
+    return man
+
+
+def fold_info(man: dict, k: int) -> dict:
+    info = (man.get("folds") or {}).get(str(k))
+    if info is None:
+        raise UsageError("fold %d is not in the LMDB manifest %s" % (k, "lmdb/manifest.json"))
+    return info
+
+
+def data_fingerprint(man: dict, k: int, what: str) -> str:
+    info = fold_info(man, k)
+    keys = {"train": ("n_train", "n_train_unique", "augment_copies", "n_test", "train_per_class", "test_per_class",
+                      "test_subjects"),
+            "pretrain": ("n_pretrain", "n_identities", "pretrain_source")}[what]
+    src = man.get("inputs", {}).get("pretrain_hash") if (what == "pretrain" and man.get("pretrain")) else \
+        man.get("inputs", {}).get("hash")
+    return sha_text(src, k, {x: info.get(x) for x in keys})
+
+
+# --------------------------------------------------------------------------------------------- jobs
+@dataclass
+class Job:
+    kind: str                          # "pretrain" | "model"
+    model: str
+    fold: int                          # -1: shared (WebFace) pretraining
+    dir: Path
+    label: str
+    status: str = "pending"            # done | cached | failed | interrupted | skipped
+    action: str = ""                   # what was done: "trained", "resumed", "cached", "tested", ...
+    error: str = ""
+    log_tail: List[str] = field(default_factory=list)
+    seconds: float = 0.0
+    diverged: Optional[str] = None
+
+
+def pretrain_dir(s: Settings, man: dict, k: int, net: str) -> Path:
+    base = Path(s.out) / "pretrain"
+    if man.get("pretrain"):
+        return base / "webface" / net
+    return base / ("fold_%d" % k) / net
+
+
+def net_options(s: Settings, man: dict, k: int, model: str):
+    info = fold_info(man, k)
+    spec = C.DATASETS[s.dataset]
+    lm = s.lmdb_dir / ("fold_%d" % k)
+    opts = C.NetOptions(n_classes=len(spec.class_names), neutral_label=spec.neutral_label, batch_size=s.batch,
+                        margin=s.margin)
+    if model in C.PRETRAIN_MODELS:
+        # the shared WebFace LMDB by its own path, so that the shared pretraining does not depend on --folds
+        src = str(s.lmdb_dir / man["pretrain"].get("path", "pretrain_webface")) if man.get("pretrain") \
+            else str(lm / "pretrain")
+        opts = replace(opts, n_identities=int(info["n_identities"]), train_source=src, test_source=src,
+                       test_batch_size=min(s.batch, 64))
+    else:
+        n_test = max(1, int(info["n_test"]))
+        opts = replace(opts, n_identities=int(info["n_identities"]), train_source=str(lm / "train"),
+                       test_source=str(lm / "test"), test_batch_size=min(64, n_test))
+    return opts
+
+
+def solver_options(s: Settings, model: str, opts) -> "C.SolverOptions":
+    iters = s.pretrain_iters if model in C.PRETRAIN_MODELS else s.iters
+    display = min(s.display, max(1, iters))
+    so = C.SolverOptions(base_lr=s.base_lr, gamma=s.gamma, power=s.power, max_iter=iters, display=display,
+                         snapshot=min(s.snapshot, iters), test_interval=min(s.test_interval, iters),
+                         solver_mode="GPU" if s.gpus else "CPU")
+    return so
+
+
+def _portable(text: str, s: Settings) -> str:
+    """Text with the results folder replaced, so that moving <out> does not invalidate the caches."""
+    return text.replace(s.out, "$OUT")
+
+
+def write_prototxts(s: Settings, man: dict, job: Job) -> dict:
+    """train_val/deploy/solver prototxt of a job; returns their texts (for the input hash)."""
+    from gcnet.nets import build_net, net_text
+    from gcnet.solver import make_solver
+    opts = net_options(s, man, job.fold if job.fold >= 0 else s.folds[0], job.model)
+    so = solver_options(s, job.model, opts)
+    if job.kind == "model":
+        info = fold_info(man, job.fold)
+        so.test_iter = max(1, math.ceil(int(info["n_test"]) / opts.test_batch_size))
+    header = "# Generated by gcnet/runner.py from gcnet/nets.py (%s, %s)\n" % (s.dataset, job.label.strip("[]"))
+    tv = header + net_text(build_net(job.model, opts, "train_val"))
+    dp = header + net_text(build_net(job.model, opts, "deploy"))
+    sv = make_solver("train_val.prototxt", so, "snapshots/%s" % job.model, with_test=(job.kind == "model"))
+    job.dir.mkdir(parents=True, exist_ok=True)
+    for name, text in (("train_val.prototxt", tv), ("deploy.prototxt", dp), ("solver.prototxt", sv)):
+        p = job.dir / name
+        if not p.exists() or p.read_text() != text:
+            write_text(p, text)
+    return {"train_val": tv, "deploy": dp, "solver": sv, "opts": asdict(opts), "solver_opts": asdict(so)}
+
+
+def clean_outputs(d: Path, keep=("train_val.prototxt", "deploy.prototxt", "solver.prototxt", ".lock")):
+    for p in d.iterdir():
+        if p.name in keep:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(str(p))
+        else:
+            p.unlink()
+
+
+_SNAP_RE = re.compile(r"_iter_(\d+)\.solverstate$")
+
+
+def snapshots(d: Path) -> List[Tuple[int, Path, Path]]:
+    """[(iter, solverstate, caffemodel)] of complete snapshot pairs, by iteration."""
+    out = []
+    for st in glob.glob(str(d / "snapshots" / "*_iter_*.solverstate")):
+        m = _SNAP_RE.search(st)
+        cm = st[: -len(".solverstate")] + ".caffemodel"
+        if m and os.path.exists(cm) and os.path.getsize(st) > 0:
+            out.append((int(m.group(1)), Path(st), Path(cm)))
+    return sorted(out)
+
+
+def prune_snapshots(d: Path, keep: int) -> None:
+    snaps = snapshots(d)
+    for it, st, cm in snaps[:-keep] if keep > 0 else []:
+        for p in (st, cm):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+
+
+class Progress:
+    """Live progress of one training: one line per display interval."""
+
+    def __init__(self, label: str, max_iter: int):
+        self.label = label
+        self.max_iter = max_iter
+        self.parser = LogParser()
+        self.t0 = None
+        self.it0 = None
+        self.last_acc = None
+        self.fatal: List[str] = []
+
+    def __call__(self, line: str):
+        for ev in self.parser.feed(line):
+            k = ev["kind"]
+            if k == "train" and ev.get("lr") is not None:
+                self._print(ev)
+            elif k == "test":
+                acc = ev["outputs"].get("accuracy")
+                if acc is not None:
+                    self.last_acc = (ev["iter"], acc)
+            elif k == "fatal":
+                self.fatal.append(ev["message"])
+
+    def _print(self, ev):
+        now = time.time()
+        it = ev["iter"]
+        if self.t0 is None:
+            self.t0, self.it0 = now, it
+        rate = (it - self.it0) / (now - self.t0) if now > self.t0 and it > self.it0 else None
+        # (Caffe's own iter/s of the first display of a run is meaningless: measured here instead)
+        eta = (self.max_iter - it) / rate if rate and rate > 0 else None
+        parts = ["%s iter %d/%d" % (self.label, it, self.max_iter), "loss %s" % fmt_num(ev.get("loss"))]
+        parts += ["%s %s" % (n, fmt_num(v)) for n, v in ev["outputs"].items()]
+        parts.append("lr %.3g" % ev["lr"])
+        if self.last_acc is not None:
+            parts.append("val_acc %.3f" % self.last_acc[1])
+        say(" ".join(parts) + ("  %.2f it/s  ETA %s" % (rate, fmt_duration(eta)) if eta is not None else "  ETA ?"))
+
+    def divergence(self) -> Optional[str]:
+        """"loss_gen_r = inf at iteration 8" when the last training record has a non-finite loss."""
+        for r in reversed(self.parser.train):
+            vals = dict(r["outputs"])
+            if r.get("loss") is not None:
+                vals = dict(vals, loss=r["loss"])
+            if not vals:
+                continue
+            bad = [(n, v) for n, v in vals.items() if v is not None and not math.isfinite(v)]
+            if bad:
+                return "%s = %s at iteration %d" % (bad[0][0], bad[0][1], r["iter"])
+            return None
+        return None
+
+
+def train_with_caffe(s: Settings, job: Job, max_iter: int, weights: Optional[str], gpu: Optional[int]) -> str:
+    """caffe train in job.dir (resuming from the latest snapshot); returns "trained" | "resumed"; raises on error."""
+    d = job.dir
+    (d / "snapshots").mkdir(exist_ok=True)
+    final = d / "final.caffemodel"
+    snaps = snapshots(d)
+    action = "trained"
+    cmd = [caffe_binary(), "train", "--solver=solver.prototxt", "--sigint_effect=stop", "--sighup_effect=snapshot"]
+    if gpu is not None:
+        cmd.append("--gpu=%d" % gpu)
+    if snaps and snaps[-1][0] >= max_iter:
+        say("%s training already complete (snapshot at iteration %d)" % (job.label, snaps[-1][0]))
+        _finalize(d, snaps[-1][2], final, s.keep_snapshots)
+        return "finalized"
+    if snaps:
+        it, st, _ = snaps[-1]
+        say("%s resuming from %s (iteration %d of %d)" % (job.label, st.relative_to(d), it, max_iter))
+        cmd.append("--snapshot=%s" % st.relative_to(d))
+        action = "resumed"
+    elif weights:
+        cmd.append("--weights=%s" % weights)
+    prog = Progress(job.label, max_iter)
+
+    def on_line(line):
+        prog(line)
+        if "Snapshotting solver state" in line:
+            prune_snapshots(d, s.keep_snapshots + 1)   # +1: the one being written is not complete yet
+
+    rc = run_logged(cmd, d, d / "train.log", child_env(s, gpu), on_line)
+    res = prog.parser.result()
+    snaps = snapshots(d)
+    job.diverged = prog.divergence()
+    if rc != 0:
+        why = prog.fatal[0] if prog.fatal else (res["errors"][0] if res["errors"] else "")
+        if job.diverged:
+            why = (why + "; " if why else "") + "training diverged: " + job.diverged
+        raise JobError("caffe train exited with status %d%s" % (rc, (": " + why) if why else ""))
+    if not snaps or snaps[-1][0] < max_iter or res["stopped_early"]:
+        if STOP.is_set() or res["stopped_early"]:
+            raise Interrupted()
+        raise JobError("caffe train ended without a snapshot at iteration %d" % max_iter)
+    _finalize(d, snaps[-1][2], final, s.keep_snapshots)
+    return action
+
+
+def _finalize(d: Path, model: Path, final: Path, keep: int):
+    tmp = str(final) + ".tmp"
+    shutil.copyfile(str(model), tmp)
+    os.replace(tmp, str(final))
+    prune_snapshots(d, keep)
+
+
+class JobError(Exception):
+    pass
+
+
+def _stage_state(d: Path) -> dict:
+    return read_json(d / "stage.json", {}) or {}
+
+
+def run_pretrain_job(s: Settings, man: dict, job: Job, gpu: Optional[int]) -> None:
+    with FileLock(job.dir):
+        texts = write_prototxts(s, man, job)
+        fp = data_fingerprint(man, job.fold if job.fold >= 0 else s.folds[0], "pretrain")
+        h = sha_text("pretrain-v1", _portable(texts["train_val"], s), texts["solver"], fp)
+        st = _stage_state(job.dir)
+        final = job.dir / "final.caffemodel"
+        if st.get("hash") == h and st.get("status") == "done" and final.exists():
+            job.status, job.action = "cached", "cached"
+            return
+        if st.get("hash") != h:
+            clean_outputs(job.dir)
+        state = {"hash": h, "status": "running", "kind": "pretrain", "model": job.model, "fold": job.fold,
+                 "iters": s.pretrain_iters, "started": _now(), "host": os.uname().nodename}
+        write_json(job.dir / "stage.json", state)
+        t0 = time.time()
+        try:
+            job.action = train_with_caffe(s, job, s.pretrain_iters, None, gpu)
+        except Interrupted:
+            write_json(job.dir / "stage.json", dict(state, status="interrupted"))
+            raise
+        except Exception as e:
+            write_json(job.dir / "stage.json", dict(state, status="failed", error=str(e),
+                                                    log_tail=last_lines(str(job.dir / "train.log"), 15)))
+            raise
+        state.update(status="done", finished=_now(), seconds=round(time.time() - t0, 1),
+                     weights_sha256=sha256_file(final), pretrain_source=man_pretrain_source(man),
+                     n_identities=texts["opts"]["n_identities"], diverged=job.diverged)
+        write_json(job.dir / "stage.json", state)
+        if job.diverged:
+            say("%s WARNING: pretraining diverged (%s)" % (job.label, job.diverged))
+        job.status = "done"
+
+
+def man_pretrain_source(man: dict) -> str:
+    if man.get("pretrain"):
+        return "webface:%s" % man.get("options", {}).get("pretrain_root")
+    return "training folds (fold_K/pretrain: faces of the training subjects, identity labels)"
+
+
+def run_model_job(s: Settings, man: dict, job: Job, pre: Dict[str, Path], gpu: Optional[int]) -> None:
+    d = job.dir
+    with FileLock(d):
+        texts = write_prototxts(s, man, job)
+        init_src = {net: str(pre[net] / "final.caffemodel") for net in C.PRETRAIN_MODELS}
+        src_sha = {net: (_stage_state(pre[net]).get("weights_sha256") or sha256_file(p))
+                   for net, p in init_src.items()}
+        fp = data_fingerprint(man, job.fold, "train")
+        h_train = sha_text("model-v1", _portable(texts["train_val"], s), texts["solver"], fp, src_sha)
+        st = _stage_state(d)
+        final, test_json = d / "final.caffemodel", d / "test.json"
+        h_test = None
+        trained = st.get("hash") == h_train and "train" in (st.get("stages") or {}) and final.exists()
+        if trained:
+            h_test = sha_text("test-v1", _portable(texts["deploy"], s), _portable(texts["train_val"], s),
+                              sha256_file(final), fp)
+            tj = read_json(test_json, {})
+            if tj.get("inputs_hash") == h_test and st.get("status") == "done":
+                job.status, job.action = "cached", "cached"
+                return
+        if st.get("hash") != h_train:
+            clean_outputs(d)
+            st = {}
+        state = {"hash": h_train, "status": "running", "kind": "model", "model": job.model, "fold": job.fold,
+                 "iters": s.iters, "started": st.get("started") or _now(), "host": os.uname().nodename,
+                 "init": st.get("init"), "stages": st.get("stages", {})}
+        write_json(d / "stage.json", state)
+        t0 = time.time()
+        stage = "surgery"
+        try:
+            # 3: surgery
+            init = d / "init.caffemodel"
+            if not init.exists() or not (d / "surgery.json").exists():
+                say("%s net surgery -> init.caffemodel" % job.label)
+                cmd = [sys.executable, "-m", "gcnet.surgery", job.model, "train_val.prototxt", "init.caffemodel",
+                       "--encdec", init_src["encdec"], "--cnn-id", init_src["cnn_id"], "--report", "surgery.json"]
+                rc = run_logged(cmd, d, d / "surgery.log", child_env(s, quiet_glog=True))
+                if rc != 0:
+                    tail = [l for l in last_lines(str(d / "surgery.log"), 40) if l.strip()]
+                    err = next((l for l in reversed(tail) if l.startswith("error:")), None)
+                    if STOP.is_set():
+                        raise Interrupted()
+                    raise JobError("net surgery failed (status %d): %s" % (rc, err or (tail[-1] if tail else "?")))
+                rep = read_json(d / "surgery.json", {})
+                state["init"] = {"copied": len(rep.get("copied", [])), "random": [r["layer"] for r in
+                                                                                 rep.get("random", [])]}
+                state["stages"]["surgery"] = _now()
+                write_json(d / "stage.json", state)
+            # 4: train
+            stage = "train"
+            if not trained:
+                job.action = train_with_caffe(s, job, s.iters, "init.caffemodel", gpu)
+                state.update(status="trained", train_seconds=round(time.time() - t0, 1), diverged=job.diverged)
+                if job.diverged:
+                    say("%s WARNING: training diverged (%s)" % (job.label, job.diverged))
+                state["stages"]["train"] = _now()
+                write_json(d / "stage.json", state)
+            # 5: test
+            stage = "test"
+            if h_test is None:
+                h_test = sha_text("test-v1", _portable(texts["deploy"], s), _portable(texts["train_val"], s),
+                                  sha256_file(final), fp)
+            info = fold_info(man, job.fold)
+            lm = s.lmdb_dir / ("fold_%d" % job.fold)
+            write_json(d / "meta.json", make_meta(s, man, job, texts, state))
+            cmd = [sys.executable, "-m", "gcnet.runner", "_evaluate", "--dir", str(d), "--lmdb", str(lm / "test"),
+                   "--index", str(lm / "test_index.json"), "--n-classes", str(texts["opts"]["n_classes"]),
+                   "--n-train", str(info["n_train"]), "--hash", h_test]
+            if gpu is not None:
+                cmd += ["--gpu", str(gpu)]
+            rc = run_logged(cmd, d, d / "test.log", child_env(s, gpu, quiet_glog=True))
+            if rc != 0:
+                if STOP.is_set():
+                    raise Interrupted()
+                tail = [l for l in last_lines(str(d / "test.log"), 20) if l.strip()]
+                raise JobError("test failed (status %d): %s" % (rc, tail[-1] if tail else "?"))
+            tj = read_json(test_json, {})
+            state.update(status="done", finished=_now(), accuracy=tj.get("accuracy"))
+            state["stages"]["test"] = _now()
+            write_json(d / "stage.json", state)
+            job.status = "done"
+            job.action = job.action or "tested"
+            say("%s accuracy %.4f (%d/%d test images)" % (job.label, tj["accuracy"],
+                                                          int(round(tj["accuracy"] * tj["n_test"])), tj["n_test"]))
+        except Interrupted:
+            write_json(d / "stage.json", dict(state, status="interrupted"))
+            raise
+        except Exception as e:
+            log = {"surgery": "surgery.log", "train": "train.log", "test": "test.log"}[stage]
+            write_json(d / "stage.json", dict(state, status="failed", failed_stage=stage, error=str(e),
+                                              log_tail=last_lines(str(d / log), 15)))
+            raise
+
+
+def make_meta(s: Settings, man: dict, job: Job, texts: dict, state: dict) -> dict:
+    spec = C.DATASETS[s.dataset]
+    info = fold_info(man, job.fold)
+    so = texts["solver_opts"]
+    return {"dataset": s.dataset, "model": job.model, "fold": job.fold, "class_names": list(spec.class_names),
+            "neutral_label": spec.neutral_label, "n_classes": len(spec.class_names), "iters": s.iters,
+            "batch": s.batch, "base_lr": so["base_lr"], "lr_policy": so["lr_policy"], "gamma": so["gamma"],
+            "power": so["power"], "momentum": so["momentum"], "weight_decay": so["weight_decay"],
+            "margin": s.margin, "n_train": info["n_train"], "n_train_unique": info.get("n_train_unique"),
+            "n_test": info["n_test"], "n_identities": info.get("n_identities"),
+            "train_source": texts["opts"]["train_source"], "test_source": texts["opts"]["test_source"],
+            "test_lmdb": texts["opts"]["test_source"],
+            "pretrain_source": man_pretrain_source(man), "pretrain_iters": s.pretrain_iters,
+            "init": state.get("init"), "synthetic": s.synthetic, "caffe_build": os.environ.get("CAFFE_BUILD", ""),
+            "train_seconds": state.get("train_seconds"), "finished": _now()}
+
+
+def _now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------------------------- stage 5: evaluate
+def evaluate(model_dir: str, lmdb_path: str, index_path: Optional[str], n_classes: int, gpu: Optional[int] = None,
+             batch: int = 64) -> dict:
+    """Every sample of the test LMDB, X channel only, centre crop, through deploy.prototxt + final.caffemodel."""
+    import lmdb
+    import numpy as np
+    import caffe
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+    d = Path(model_dir)
+    # the Data layers' transform (scale, crop) as training saw it
+    tv = caffe_pb2.NetParameter()
+    text_format.Merge((d / "train_val.prototxt").read_text(), tv)
+    tp = next(l.transform_param for l in tv.layer if l.type == "Data")
+    scale = tp.scale if tp.HasField("scale") else 1.0
+    crop = tp.crop_size
+    means = list(tp.mean_value)
+    imgs, labels = [], []
+    env = lmdb.open(lmdb_path, readonly=True, lock=False, readahead=False)
+    with env.begin() as txn:
+        for _, v in txn.cursor():
+            dt = caffe_pb2.Datum()
+            dt.ParseFromString(v)
+            a = np.frombuffer(dt.data, np.uint8).reshape(dt.channels, dt.height, dt.width)
+            imgs.append(a[0])
+            labels.append(int(dt.label))
+    env.close()
+    n = len(imgs)
+    if gpu is not None:
+        caffe.set_mode_gpu()
+        caffe.set_device(gpu)
+    else:
+        caffe.set_mode_cpu()
+    net = caffe.Net(str(d / "deploy.prototxt"), caffe.TEST, weights=str(d / "final.caffemodel"))
+    probs = np.zeros((n, n_classes), np.float32)
+    if n:
+        x = np.stack(imgs).astype(np.float32)[:, None]
+        h, w = x.shape[2:]
+        c = crop or h
+        oh, ow = (h - c) // 2, (w - c) // 2         # Caffe's TEST-phase crop: centred
+        x = x[:, :, oh:oh + c, ow:ow + c]
+        if means:
+            x = x - means[0]
+        x = x * scale
+        for i in range(0, n, batch):
+            xb = x[i:i + batch]
+            net.blobs["x"].reshape(*xb.shape)
+            net.reshape()
+            net.blobs["x"].data[...] = xb
+            out = net.forward()
+            probs[i:i + len(xb)] = out["prob"].reshape(len(xb), -1)[:, :n_classes]
+    pred = probs.argmax(1).tolist() if n else []
+    conf = [[0] * n_classes for _ in range(n_classes)]
+    for t, p in zip(labels, pred):
+        conf[t][p] += 1
+    index = read_json(index_path, []) if index_path else []
+    frames = [e.get("frame") if isinstance(e, dict) else e for e in index] if len(index) == n else []
+    acc = sum(int(t == p) for t, p in zip(labels, pred)) / n if n else 0.0
+    return {"accuracy": acc, "n_test": n, "confusion": conf, "labels": labels, "predictions": pred,
+            "frames": frames, "probs": probs.round(6).tolist(), "crop": c if n else crop, "scale": scale}
+
+
+def _evaluate_main(argv) -> int:
+    ap = argparse.ArgumentParser(prog="python -m gcnet.runner _evaluate")
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--lmdb", required=True)
+    ap.add_argument("--index")
+    ap.add_argument("--n-classes", type=int, required=True)
+    ap.add_argument("--n-train", type=int, default=0)
+    ap.add_argument("--hash", default="")
+    ap.add_argument("--gpu", type=int)
+    a = ap.parse_args(argv)
+    t0 = time.time()
+    res = evaluate(a.dir, a.lmdb, a.index, a.n_classes, a.gpu)
+    meta = read_json(Path(a.dir) / "meta.json", {}) or {}
+    res.update(n_train=a.n_train, inputs_hash=a.hash, seconds=round(time.time() - t0, 2))
+    res["class_names"] = meta.get("class_names")
+    order = ["accuracy", "n_train", "n_test", "confusion", "labels", "predictions", "frames", "probs"]
+    write_json(Path(a.dir) / "test.json", {k: res[k] for k in order + [k for k in res if k not in order]})
+    print("accuracy %.4f on %d test images" % (res["accuracy"], res["n_test"]))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- scheduling
+def run_jobs(s: Settings, jobs: List[Job], fn) -> None:
+    """Run fn(job, gpu) for each job on a pool of s.jobs threads; each job gets a GPU (round robin) or None."""
+    gq: "queue.Queue" = queue.Queue()
+    if s.gpus:
+        for i in range(s.jobs):
+            gq.put(s.gpus[i % len(s.gpus)])
+
+    def work(job: Job):
+        if STOP.is_set():
+            job.status = "skipped"
+            return
+        gpu = gq.get() if s.gpus else None
+        t0 = time.time()
+        try:
+            fn(job, gpu)
+        except Interrupted:
+            job.status = "interrupted"
+        except (JobError, UsageError) as e:
+            job.status, job.error = "failed", str(e)
+        except Exception as e:  # anything else: report, keep the other folds going
+            job.status, job.error = "failed", "%s: %s" % (type(e).__name__, e)
+        finally:
+            job.seconds = time.time() - t0
+            if s.gpus:
+                gq.put(gpu)
+        if job.status == "failed":
+            job.log_tail = last_lines(str(job.dir / "train.log"), 10)
+            st = _stage_state(job.dir)
+            if st.get("log_tail"):
+                job.log_tail = st["log_tail"]
+            say("%s FAILED: %s" % (job.label, job.error))
+            for l in job.log_tail[-5:]:
+                say("    | " + l)
+        elif job.status == "interrupted":
+            say("%s interrupted" % job.label)
+
+    _IN_JOBS.set()
+    try:
+        with cf.ThreadPoolExecutor(max_workers=s.jobs) as ex:
+            futs = [ex.submit(work, j) for j in jobs]
+            pending = set(futs)
+            while pending:
+                done, pending = cf.wait(pending, timeout=0.5)
+                for f in done:
+                    f.result()
+    finally:
+        _IN_JOBS.clear()
+
+
+# --------------------------------------------------------------------------------------------- summary
+def paper_numbers(dataset: str) -> dict:
+    spec = C.DATASETS[dataset]
+    res = C.PAPER_RESULTS.get(dataset)
+    if not res:
+        return {"table": None, "note": "the paper has no numbers for %s data" % dataset}
+    models = {m: res[m] / 100.0 for m in C.PAPER_MODEL_KEYS if m in res}
+    prior = {k: v / 100.0 for k, v in res.items() if k not in C.PAPER_MODEL_KEYS}
+    best = max(prior.items(), key=lambda kv: kv[1]) if prior else (None, None)
+    return {"table": spec.table, "models": models, "cnn_baseline": models.get("cnn"), "prior": prior,
+            "best_prior": {"method": best[0], "accuracy": best[1]}}
+
+
+def _model_dirs(out: Path) -> Dict[str, Dict[int, Path]]:
+    found: Dict[str, Dict[int, Path]] = {}
+    for m in C.EXPRESSION_MODELS:
+        for fd in sorted(glob.glob(str(out / m / "fold_*"))):
+            mm = re.search(r"fold_(\d+)$", fd)
+            if mm:
+                found.setdefault(m, {})[int(mm.group(1))] = Path(fd)
+    return found
+
+
+def collect_summary(out: Path, dataset: str, models: Optional[Sequence[str]] = None,
+                    folds: Optional[Sequence[int]] = None, settings: Optional[dict] = None) -> dict:
+    """summary dict from what is on disk under out (= <out>/<dataset>)."""
+    import statistics
+    found = _model_dirs(out)
+    run = read_json(out / "run_settings.json", {}) or {}
+    settings = dict(settings or run.get("settings") or {})
+    models = list(models or [m for m in C.EXPRESSION_MODELS if m in found])
+    folds = list(folds if folds is not None else sorted({k for m in found.values() for k in m}))
+    summary = {"dataset": dataset, "settings": settings, "models": {}, "paper": paper_numbers(dataset),
+               "failures": [], "folds_requested": folds, "generated": _now()}
+    for m in models:
+        entry = {"folds": {}, "mean": None, "std": None, "n_folds_done": 0, "missing_folds": []}
+        accs = []
+        for k in folds:
+            d = found.get(m, {}).get(k)
+            tj = read_json(d / "test.json") if d else None
+            st = _stage_state(d) if d else {}
+            if tj and st.get("status") == "done":
+                entry["folds"][str(k)] = {"accuracy": tj["accuracy"], "n_train": tj.get("n_train"),
+                                          "n_test": tj.get("n_test"), "confusion": tj.get("confusion")}
+                if st.get("diverged"):
+                    entry["folds"][str(k)]["diverged"] = st["diverged"]
+                    summary.setdefault("diverged", []).append({"model": m, "fold": k, "what": st["diverged"]})
+                accs.append(tj["accuracy"])
+            else:
+                entry["missing_folds"].append(k)
+                if st.get("status") in ("failed", "interrupted", "running"):
+                    summary["failures"].append({
+                        "model": m, "fold": k, "status": st.get("status"), "stage": st.get("failed_stage", "train"),
+                        "error": st.get("error", "interrupted" if st.get("status") != "failed" else ""),
+                        "log_tail": st.get("log_tail") or last_lines(str(d / "train.log"), 10)})
+        entry["n_folds_done"] = len(accs)
+        if accs:
+            entry["mean"] = sum(accs) / len(accs)
+            entry["std"] = statistics.pstdev(accs) if len(accs) > 1 else 0.0
+        summary["models"][m] = entry
+    # pretraining failures
+    for st_path in sorted(glob.glob(str(out / "pretrain" / "*" / "*" / "stage.json"))):
+        st = read_json(st_path, {}) or {}
+        if st.get("status") in ("failed", "interrupted"):
+            summary["failures"].append({"model": st.get("model"), "fold": st.get("fold"), "status": st.get("status"),
+                                        "stage": "pretrain", "error": st.get("error", ""),
+                                        "log_tail": st.get("log_tail", [])})
+    return summary
+
+
+def summary_markdown(sm: dict) -> str:
+    st = sm.get("settings", {})
+    paper = sm.get("paper", {})
+    lines = ["# GCNet results: %s" % sm["dataset"], ""]
+    if st.get("synthetic"):
+        lines += ["> **SYNTHETIC DATA: these numbers are not comparable to the paper.** They only show that the "
+                  "pipeline runs end to end.", ""]
+    if st.get("scaled_down"):
+        lines += ["> **Scaled-down schedule** (%s iterations, batch %s, %s folds of %s): not the paper's "
+                  "3e5 iterations, batch 64, 10 folds." % (st.get("iterations"), st.get("batch"),
+                                                           len(sm.get("folds_requested", [])), st.get("n_folds")),
+                  ""]
+    lines += ["| model | folds done | mean ± std | paper |", "|---|---|---|---|"]
+    pm = paper.get("models", {}) if paper.get("table") else {}
+    for m, e in sm["models"].items():
+        ms = "%.2f%% ± %.2f" % (100 * e["mean"], 100 * e["std"]) if e["mean"] is not None else "-"
+        pp = "%.2f%%" % (100 * pm[m]) if m in pm else "-"
+        lines.append("| %s | %d/%d | %s | %s |" % (m, e["n_folds_done"], len(sm.get("folds_requested", [])), ms, pp))
+    lines.append("")
+    if paper.get("table"):
+        bp = paper.get("best_prior", {})
+        lines.append("Paper (%s): CNN baseline %.2f%%; best prior method %s %.2f%%." % (
+            paper["table"], 100 * (paper.get("cnn_baseline") or 0), bp.get("method"), 100 * (bp.get("accuracy") or 0)))
+    else:
+        lines.append("Paper: %s." % paper.get("note", "no numbers"))
+    lines.append("")
+    lines += ["## Per fold", "", "| model | " + " | ".join("fold %d" % k for k in sm.get("folds_requested", [])) + " |",
+              "|---|" + "---|" * len(sm.get("folds_requested", []))]
+    for m, e in sm["models"].items():
+        cells = []
+        for k in sm.get("folds_requested", []):
+            f = e["folds"].get(str(k))
+            cells.append("%.2f%%" % (100 * f["accuracy"]) if f else "-")
+        lines.append("| %s | %s |" % (m, " | ".join(cells)))
+    lines.append("")
+    if sm.get("diverged"):
+        lines += ["## Diverged trainings (non-finite loss at the end; their accuracy is not meaningful)", ""]
+        lines += ["* %s fold %s: %s" % (d["model"], d["fold"], d["what"]) for d in sm["diverged"]]
+        lines.append("")
+    if sm.get("failures"):
+        lines += ["## Failed / unfinished", ""]
+        for f in sm["failures"]:
+            lines.append("* %s fold %s (%s, %s): %s" % (f["model"], f["fold"], f["stage"], f["status"], f["error"]))
+            for l in (f.get("log_tail") or [])[-5:]:
+                lines.append("    " + l)
+        lines.append("")
+    lines += ["## Settings", "", "```", json.dumps(st, indent=1, default=str), "```", ""]
+    return "\n".join(lines)
+
+
+def summary_table(sm: dict) -> str:
+    pm = sm.get("paper", {}).get("models", {}) if sm.get("paper", {}).get("table") else {}
+    rows = [("model", "folds", "accuracy (mean ± std)", "paper")]
+    for m, e in sm["models"].items():
+        rows.append((m, "%d/%d" % (e["n_folds_done"], len(sm.get("folds_requested", []))),
+                     "%.2f%% ± %.2f" % (100 * e["mean"], 100 * e["std"]) if e["mean"] is not None else "-",
+                     "%.2f%%" % (100 * pm[m]) if m in pm else "-"))
+    w = [max(len(r[i]) for r in rows) for i in range(4)]
+    out = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
+    out.insert(1, "  ".join("-" * x for x in w))
+    return "\n".join(out)
+
+
+def write_summary(out: Path, sm: dict) -> None:
+    write_json(out / "summary.json", sm)
+    write_text(out / "summary.md", summary_markdown(sm))
+
+
+def settings_record(s: Settings, man: Optional[dict]) -> dict:
+    return {
+        "iterations": s.iters, "pretrain_iterations": s.pretrain_iters,
+        "pretrain_source": man_pretrain_source(man) if man else (
+            "webface:%s" % s.pretrain_data if s.pretrain_data else "training folds"),
+        "batch": s.batch, "margin": s.margin, "gamma": s.gamma, "power": s.power, "base_lr": s.base_lr,
+        "lr_policy": "inv", "solver": "Nesterov", "momentum": C.SolverOptions.momentum,
+        "weight_decay": C.SolverOptions.weight_decay, "n_folds": s.n_folds, "augment_copies":
+            (man.get("options", {}).get("augment_copies") if man else s.augment),
+        "data_root": s.data_root, "data_hash": (man or {}).get("inputs", {}).get("hash"),
+        "n_samples": (man or {}).get("n_samples"), "n_subjects": (man or {}).get("n_subjects"),
+        "caffe_build": os.environ.get("CAFFE_BUILD", "unknown"), "caffe_version": caffe_version(),
+        "git_commit": git_commit(), "synthetic": s.synthetic, "scaled_down": s.scaled_down, "profile": s.profile,
+        "device": "GPU %s" % ",".join(map(str, s.gpus)) if s.gpus else "CPU (%d threads per job)" % s.threads,
+        "jobs": s.jobs, "display": s.display, "snapshot": s.snapshot, "test_interval": s.test_interval,
+        "seed": s.seed,
+    }
+
+
+def make_figures(out: Path) -> None:
+    try:
+        from gcnet.figures import make_all_figures
+    except Exception as e:
+        say("[figures] skipped: gcnet.figures cannot be imported (%s)" % e)
+        return
+    try:
+        files = make_all_figures(str(out), log=lambda m: say("  " + str(m)))
+        say("[figures] %d files in %s" % (len(files or []), out / "figures"))
+    except Exception as e:
+        say("[figures] FAILED (the results are not affected): %s: %s" % (type(e).__name__, e))
+
+
+# --------------------------------------------------------------------------------------------- main flow
+def run(s: Settings, collect_only: bool = False) -> int:
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    if collect_only:
+        models = s.models if s.models_explicit else None
+        sm = collect_summary(out, s.dataset, models, s.folds, settings=None)
+        if not sm["models"]:
+            raise UsageError("nothing to collect in %s (no <model>/fold_K folders)" % out)
+        write_summary(out, sm)
+        say(summary_table(sm))
+        say("summary: %s" % (out / "summary.md"))
+        if s.figures:
+            make_figures(out)
+        return EXIT_FAILED if sm["failures"] else EXIT_OK
+
+    caffe_binary()                      # fail early, before any work, when caffe is missing
+    tag = "[%s]" % s.dataset
+    say("%s models %s, folds %s, %d iterations (pretraining %d), batch %d, %s, %d job(s); profile %s -> %s"
+        % (tag, ",".join(s.models), ",".join(map(str, s.folds)), s.iters, s.pretrain_iters, s.batch,
+           "GPU " + ",".join(map(str, s.gpus)) if s.gpus else "CPU", s.jobs, s.profile, out))
+    if s.synthetic:
+        ensure_synthetic(s)
+    report = {"started": _now(), "stages": {}}
+
+    # 1 LMDB
+    t0 = time.time()
+    say("%s stage 1/6: LMDBs" % tag)
+    man = stage_lmdb(s)
+    report["stages"]["lmdb"] = {"cached": bool(man.get("cached")), "seconds": round(time.time() - t0, 1)}
+    run_settings = {"settings": settings_record(s, man), "models": s.models, "folds": s.folds}
+    write_json(out / "run_settings.json", run_settings)
+    if s.stop_after == "lmdb":
+        return EXIT_OK
+
+    # 2 pretraining
+    say("%s stage 2/6: pretraining (%s)" % (tag, man_pretrain_source(man)))
+    pre_jobs: Dict[Tuple[int, str], Job] = {}
+    shared = bool(man.get("pretrain"))
+    for k in ([-1] if shared else s.folds):
+        for net in C.PRETRAIN_MODELS:
+            d = pretrain_dir(s, man, k if k >= 0 else s.folds[0], net)
+            lab = "[%s %s pretrain %s]" % (s.dataset, "webface" if shared else "fold %d" % k, net)
+            pre_jobs[(k, net)] = Job("pretrain", net, k, d, lab)
+    if shared:
+        for k in s.folds:                 # layout: pretrain/fold_K -> webface
+            link = Path(s.out) / "pretrain" / ("fold_%d" % k)
+            if not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    link.symlink_to("webface")
+                except OSError:
+                    pass
+    t0 = time.time()
+    run_jobs(s, list(pre_jobs.values()), lambda j, g: run_pretrain_job(s, man, j, g))
+    report["stages"]["pretrain"] = {j.label: j.status for j in pre_jobs.values()}
+    say("%s pretraining: %s (%s)" % (tag, _status_counts(pre_jobs.values()), fmt_duration(time.time() - t0)))
+    if STOP.is_set():
+        return _interrupted(s, report)
+    if s.stop_after == "pretrain":
+        write_json(out / "run_report.json", report)
+        return EXIT_FAILED if any(j.status == "failed" for j in pre_jobs.values()) else EXIT_OK
+
+    # 3-5 surgery, training, test
+    say("%s stages 3-5/6: surgery, training, test" % tag)
+    model_jobs: List[Job] = []
+    for k in s.folds:
+        for m in s.models:
+            job = Job("model", m, k, out / m / ("fold_%d" % k), "[%s fold %d %s]" % (s.dataset, k, m))
+            model_jobs.append(job)
+    runnable = []
+    for job in model_jobs:
+        kk = -1 if shared else job.fold
+        bad = [pre_jobs[(kk, n)] for n in C.PRETRAIN_MODELS if pre_jobs[(kk, n)].status not in ("done", "cached")]
+        if bad:
+            job.status = "failed"
+            job.error = "pretraining failed: %s" % "; ".join("%s: %s" % (b.model, b.error or b.status) for b in bad)
+            job.log_tail = bad[0].log_tail
+        else:
+            runnable.append(job)
+    t0 = time.time()
+    run_jobs(s, runnable, lambda j, g: run_model_job(
+        s, man, j, {n: pre_jobs[(-1 if shared else j.fold, n)].dir for n in C.PRETRAIN_MODELS}, g))
+    report["stages"]["models"] = {j.label: {"status": j.status, "action": j.action, "seconds": round(j.seconds, 1),
+                                            "error": j.error} for j in model_jobs}
+    report["finished"] = _now()
+    report["seconds"] = round(time.time() - t_start, 1)
+    write_json(out / "run_report.json", report)
+    say("%s models: %s (%s)" % (tag, _status_counts(model_jobs), fmt_duration(time.time() - t0)))
+    if STOP.is_set():
+        return _interrupted(s, report)
+
+    # 6 summary + figures
+    failed = [j for j in model_jobs if j.status == "failed"]
+    if s.summary:
+        say("%s stage 6/6: summary" % tag)
+        sm = collect_summary(out, s.dataset, s.models, s.folds, settings=run_settings["settings"])
+        write_summary(out, sm)
+        say("")
+        say(summary_table(sm))
+        if s.synthetic:
+            say("NOTE: synthetic data -- not comparable to the paper.")
+        if s.scaled_down:
+            say("NOTE: scaled-down schedule (%d iterations, batch %d) -- not the paper's 3e5 / 64." % (s.iters,
+                                                                                                       s.batch))
+        say("summary: %s" % (out / "summary.md"))
+        if s.figures:
+            say("%s figures" % tag)
+            make_figures(out)
+    if failed:
+        say("%d fold run(s) FAILED:" % len(failed))
+        for j in failed:
+            say("  %s %s" % (j.label, j.error))
+        return EXIT_FAILED
+    say("%s done in %s" % (tag, fmt_duration(time.time() - t_start)))
+    return EXIT_OK
+
+
+def _status_counts(jobs) -> str:
+    c: Dict[str, int] = {}
+    for j in jobs:
+        c[j.status] = c.get(j.status, 0) + 1
+    return ", ".join("%d %s" % (v, k) for k, v in sorted(c.items())) or "nothing"
+
+
+def _interrupted(s: Settings, report: dict) -> int:
+    report["interrupted"] = _now()
+    try:
+        write_json(Path(s.out) / "run_report.json", report)
+    except OSError:
+        pass
+    say("Interrupted. Snapshots are kept; rerun the same command to resume:\n  %s"
+        % " ".join(shlex.quote(a) for a in ["tools/run_folds.sh"] + sys.argv[1:]))
+    return EXIT_INTERRUPTED
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "_evaluate":
+        return _evaluate_main(argv[1:])
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    install_signal_handlers()
+    try:
+        s = resolve_settings(a)
+        tasks = [(k, None) for k in s.folds] if s.stop_after == "pretrain" else \
+            [(k, m) for k in s.folds for m in s.models]
+        if a.count_tasks:
+            print(len(tasks))
+            return EXIT_OK
+        if a.task_index is not None:
+            if not 0 <= a.task_index < len(tasks):
+                raise UsageError("--task-index %d out of range: %d task(s) (0-%d)"
+                                 % (a.task_index, len(tasks), len(tasks) - 1))
+            k, m = tasks[a.task_index]
+            s.folds = [k]
+            if m is not None:
+                s.models = [m]
+        return run(s, collect_only=a.collect)
+    except UsageError as e:
+        print("error: %s" % e, file=sys.stderr)
+        return EXIT_USAGE
+    except Interrupted:
+        say("Interrupted; rerun the same command to resume.")
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        say("Interrupted; rerun the same command to resume.")
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        # bad input from the data helpers (DataError) or the synthetic generator: one line, exit 2
+        if type(e).__name__ in ("DataError",) or isinstance(e, FileExistsError):
+            print("error: %s" % e, file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Initial weights of the expression models from the pretrained nets (paper section 4.1), by net surgery in pycaffe.
+
+    GCNet (all four)   En_1  `en1_*`  (conv, BatchNorm, Scale)    <- encdec  `en1_*`
+                       De_1r `de1r_*` (deconv, BatchNorm, Scale)  <- encdec  `de1r_*`
+                       En_2  `en2_*`  (conv, BatchNorm, Scale)    <- cnn_id  `en2_*`
+                             `en2r_*` (shares En_2's params)      <- cnn_id  `en2_*`
+    GCNet R1 (s0r1, s1r1) De_2r `de2r_*`, De_2i `de2i_*`          <- encdec  `de1r_*` (renamed)
+    cnn (baseline)     En_2  `en2_*`                              <- cnn_id  `en2_*`
+
+Every other layer with parameters (fc1, fc2) keeps the random initialisation of its filler.  The pretrained nets
+are read as plain NetParameter protobufs; the target is the model's train_val net built by pycaffe (so that the
+shapes checked are the real ones), written with ``net.save``.  A layer that a rule says must be copied but whose
+source is missing, or whose shapes differ, is an error naming the layer (``SurgeryError``).
+
+CLI (used by gcnet.runner in a subprocess, so that a Caffe CHECK failure cannot kill the runner):
+    python -m gcnet.surgery MODEL TRAIN_VAL.prototxt OUT.caffemodel --encdec E.caffemodel --cnn-id C.caffemodel
+        [--report surgery.json]
+"""
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from gcnet.config import EXPRESSION_MODELS
+
+__all__ = ["SurgeryError", "RULES", "rules_for", "read_caffemodel", "plan", "init_weights", "main"]
+
+
+class SurgeryError(Exception):
+    pass
+
+
+# (target layer prefix, source net, source layer prefix); the first matching rule applies
+RULES = {
+    "gcnet": [("en1_", "encdec", "en1_"), ("de1r_", "encdec", "de1r_"),
+              ("en2r_", "cnn_id", "en2_"), ("en2_", "cnn_id", "en2_"),
+              ("de2r_", "encdec", "de1r_"), ("de2i_", "encdec", "de1r_")],
+    "cnn": [("en2_", "cnn_id", "en2_")],
+}
+
+
+def rules_for(model: str):
+    if model == "cnn":
+        return RULES["cnn"]
+    if model in EXPRESSION_MODELS:
+        return RULES["gcnet"]
+    raise SurgeryError("no surgery rules for model %r (expression models: %s)" % (model, ", ".join(EXPRESSION_MODELS)))
+
+
+def _blob_array(b) -> np.ndarray:
+    if len(b.shape.dim):
+        shape = tuple(int(d) for d in b.shape.dim)
+    else:                                   # legacy 4-D blob
+        shape = tuple(int(d) for d in (b.num, b.channels, b.height, b.width))
+    data = b.data if len(b.data) else b.double_data
+    return np.asarray(data, dtype=np.float32).reshape(shape)
+
+
+def read_caffemodel(path: str) -> Dict[str, List[np.ndarray]]:
+    """{layer name: [blob arrays]} of a .caffemodel (layers without blobs omitted)."""
+    from caffe.proto import caffe_pb2
+    net = caffe_pb2.NetParameter()
+    try:
+        with open(path, "rb") as f:
+            net.ParseFromString(f.read())
+    except OSError as e:
+        raise SurgeryError("cannot read %s: %s" % (path, e))
+    except Exception as e:  # protobuf DecodeError
+        raise SurgeryError("%s is not a Caffe .caffemodel: %s" % (path, e))
+    out = {}
+    for layer in list(net.layer) + list(net.layers):
+        if len(layer.blobs):
+            out[layer.name] = [_blob_array(b) for b in layer.blobs]
+    return out
+
+
+def plan(model: str, target_shapes: Dict[str, List[Tuple[int, ...]]],
+         sources: Dict[str, Dict[str, List[np.ndarray]]]) -> dict:
+    """Decide what each target layer (with params) gets.  Pure function (no caffe): used by init_weights and tests.
+
+    Returns {"copied": [{layer, from_net, from_layer, shapes}], "random": [{layer, shapes}],
+    "unused_source_layers": {net: [layers]}}; raises SurgeryError on a missing source layer or a shape mismatch."""
+    rules = rules_for(model)
+    copied, random_init, errors = [], [], []
+    used = {net: set() for net in sources}
+    for layer, shapes in target_shapes.items():
+        rule = next((r for r in rules if layer.startswith(r[0])), None)
+        if rule is None:
+            random_init.append({"layer": layer, "shapes": [list(s) for s in shapes]})
+            continue
+        prefix, src_net, src_prefix = rule
+        src_layer = src_prefix + layer[len(prefix):]
+        if src_net not in sources:
+            errors.append("layer %s: needs %s from the %s net, which was not given" % (layer, src_layer, src_net))
+            continue
+        blobs = sources[src_net].get(src_layer)
+        if blobs is None:
+            errors.append("layer %s: source layer %s not found in the pretrained %s net" % (layer, src_layer, src_net))
+            continue
+        src_shapes = [tuple(b.shape) for b in blobs]
+        if [tuple(s) for s in shapes] != src_shapes:
+            errors.append("layer %s: shape mismatch with %s/%s: target %s, pretrained %s"
+                          % (layer, src_net, src_layer, [tuple(s) for s in shapes], src_shapes))
+            continue
+        used[src_net].add(src_layer)
+        copied.append({"layer": layer, "from_net": src_net, "from_layer": src_layer,
+                       "shapes": [list(s) for s in shapes]})
+    if errors:
+        raise SurgeryError("net surgery for %s failed: %s" % (model, "; ".join(errors)))
+    unused = {net: sorted(set(layers) - used[net]) for net, layers in sources.items()}
+    return {"copied": copied, "random": random_init, "unused_source_layers": unused}
+
+
+def _fmt_shapes(shapes) -> str:
+    return " ".join("x".join(str(d) for d in s) for s in shapes)
+
+
+def init_weights(model: str, train_val: str, out_path: str, encdec: Optional[str] = None,
+                 cnn_id: Optional[str] = None, report_path: Optional[str] = None, log=print) -> dict:
+    """Build `model`'s train_val net (TRAIN phase) in pycaffe, copy the pretrained layers into it, save it as
+    `out_path` (all layers, the uncopied ones with their filler's random values) and return the report."""
+    sources = {}
+    if encdec:
+        sources["encdec"] = read_caffemodel(encdec)
+    if cnn_id:
+        sources["cnn_id"] = read_caffemodel(cnn_id)
+    import caffe
+    caffe.set_mode_cpu()
+    net = caffe.Net(train_val, caffe.TRAIN)
+    target_shapes = {name: [tuple(b.data.shape) for b in blobs] for name, blobs in net.params.items()}
+    report = plan(model, target_shapes, sources)
+    for c in report["copied"]:
+        for dst, src in zip(net.params[c["layer"]], sources[c["from_net"]][c["from_layer"]]):
+            dst.data[...] = src
+        log("  copied  %-16s <- %s/%-14s %s" % (c["layer"], c["from_net"], c["from_layer"], _fmt_shapes(c["shapes"])))
+    for r in report["random"]:
+        log("  random  %-16s (filler)                  %s" % (r["layer"], _fmt_shapes(r["shapes"])))
+    for src_net, layers in report["unused_source_layers"].items():
+        if layers:
+            log("  not used from %s: %s" % (src_net, ", ".join(layers)))
+    tmp = out_path + ".tmp"
+    net.save(tmp)
+    os.replace(tmp, out_path)
+    report.update({"model": model, "train_val": os.path.abspath(train_val), "out": os.path.abspath(out_path),
+                   "sources": {"encdec": encdec and os.path.abspath(encdec),
+                               "cnn_id": cnn_id and os.path.abspath(cnn_id)}})
+    if report_path:
+        with open(report_path + ".tmp", "w") as f:
+            json.dump(report, f, indent=1)
+        os.replace(report_path + ".tmp", report_path)
+    return report
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m gcnet.surgery", description=__doc__.split("\n\n")[0])
+    ap.add_argument("model")
+    ap.add_argument("train_val")
+    ap.add_argument("out")
+    ap.add_argument("--encdec")
+    ap.add_argument("--cnn-id")
+    ap.add_argument("--report")
+    a = ap.parse_args(argv)
+    try:
+        rep = init_weights(a.model, a.train_val, a.out, a.encdec, a.cnn_id, a.report)
+    except SurgeryError as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 2
+    print("surgery: %d layers copied, %d random -> %s" % (len(rep["copied"]), len(rep["random"]), a.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
