@@ -3,8 +3,8 @@
 Every choice below is documented (with its reason) in docs/choices.md and can be changed with a flag of
 tools/make_prototxt.py / tools/run_folds.sh.  Nothing here imports caffe.
 """
-from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from dataclasses import dataclass
+from typing import Dict, Tuple
 
 # ----------------------------------------------------------------------------------------------- datasets
 CKPLUS_EMOTIONS = ["neutral", "anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"]  # CK+ codes 0-7

@@ -19,7 +19,7 @@ identity).  Layer names are shared across nets so that net surgery copies weight
 The choices the paper leaves open are NetOptions fields (gcnet/config.py) documented in docs/choices.md.
 """
 import json
-from typing import List, Sequence, Tuple
+from typing import List, Sequence
 
 import caffe
 from caffe import layers as L
@@ -27,7 +27,7 @@ from caffe import params as P
 from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
-from gcnet.config import ALL_MODELS, NetOptions, SolverOptions
+from gcnet.config import ALL_MODELS, NetOptions
 
 PY_MODULE = "gcnet_layers"          # python_layers/gcnet_layers.py
 WEIGHT_FILLER = dict(type="xavier")

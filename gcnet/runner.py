@@ -253,6 +253,7 @@ class Settings:
     batch: int
     augment: Optional[int]
     margin: float
+    clip_gradients: float
     gamma: float
     power: float
     base_lr: float
@@ -325,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pretrain-iters", type=int, help="iterations of encdec and cnn_id (default: --iters)")
     g.add_argument("--batch", type=int, help="mini-batch size (default 64)")
     g.add_argument("--margin", type=float, default=C.NetOptions.margin, help="contrastive margin m (Eq. 4)")
+    g.add_argument("--clip-gradients", type=float, default=C.SolverOptions.clip_gradients,
+                   help="solver clip_gradients, 0 = off (not in the paper; docs/choices.md)")
     g.add_argument("--gamma", type=float, default=C.SolverOptions.gamma, help="inv policy gamma")
     g.add_argument("--power", type=float, default=C.SolverOptions.power, help="inv policy power")
     g.add_argument("--base-lr", type=float, default=C.SolverOptions.base_lr, help="base learning rate")
@@ -422,7 +425,7 @@ def resolve_settings(a) -> Settings:
     return Settings(
         dataset=a.dataset, data_root=data_root, out=os.path.abspath(os.path.join(a.out, a.dataset)),
         models=models, folds=folds, n_folds=n_folds, iters=iters, pretrain_iters=pre_iters, batch=batch,
-        augment=augment, margin=a.margin, gamma=a.gamma, power=a.power, base_lr=a.base_lr, gpus=gpus, jobs=jobs,
+        augment=augment, margin=a.margin, clip_gradients=a.clip_gradients, gamma=a.gamma, power=a.power, base_lr=a.base_lr, gpus=gpus, jobs=jobs,
         threads=threads, display=display, snapshot=snapshot, test_interval=test_interval, seed=a.seed,
         pretrain_data=a.pretrain_data and os.path.abspath(a.pretrain_data),
         landmarks=a.landmarks and os.path.abspath(a.landmarks),
@@ -658,7 +661,7 @@ def solver_options(s: Settings, model: str, opts) -> "C.SolverOptions":
     display = min(s.display, max(1, iters))
     so = C.SolverOptions(base_lr=s.base_lr, gamma=s.gamma, power=s.power, max_iter=iters, display=display,
                          snapshot=min(s.snapshot, iters), test_interval=min(s.test_interval, iters),
-                         solver_mode="GPU" if s.gpus else "CPU")
+                         solver_mode="GPU" if s.gpus else "CPU", clip_gradients=s.clip_gradients)
     return so
 
 
@@ -1267,7 +1270,7 @@ def settings_record(s: Settings, man: Optional[dict]) -> dict:
         "iterations": s.iters, "pretrain_iterations": s.pretrain_iters,
         "pretrain_source": man_pretrain_source(man) if man else (
             "webface:%s" % s.pretrain_data if s.pretrain_data else "training folds"),
-        "batch": s.batch, "margin": s.margin, "gamma": s.gamma, "power": s.power, "base_lr": s.base_lr,
+        "batch": s.batch, "margin": s.margin, "clip_gradients": s.clip_gradients, "gamma": s.gamma, "power": s.power, "base_lr": s.base_lr,
         "lr_policy": "inv", "solver": "Nesterov", "momentum": C.SolverOptions.momentum,
         "weight_decay": C.SolverOptions.weight_decay, "n_folds": s.n_folds, "augment_copies":
             (man.get("options", {}).get("augment_copies") if man else s.augment),

@@ -165,7 +165,7 @@ def test_folds_deterministic_subject_independent(tmp_path):
 def test_detector_finds_synthetic_face_points(tmp_path):
     """mediapipe (when installed) finds the 5 points of a synthetic face within a few pixels, in the right order."""
     pytest.importorskip("mediapipe")
-    syn = pytest.importorskip("gcnet.data.synthetic")
+    from gcnet.data import synthetic as syn
     from gcnet.data.records import imread_gray
     root = str(tmp_path / "oulu")
     syn.make_synthetic("oulu", root, 1, seed=0, frames=2)

@@ -342,7 +342,7 @@ def test_webface_identity_labels(tmp_path):
 # ----------------------------------------------------------------------------------------------- synthetic sets
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    syn = pytest.importorskip("gcnet.data.synthetic")
+    from gcnet.data import synthetic as syn
     d = tmp_path_factory.mktemp("synth")
     out = {}
     for lay, n in (("ck+", 4), ("oulu", 2), ("mmi", 3), ("webface", 2)):

@@ -21,20 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gcnet import figures as F  # noqa: E402
+from conftest import needs_caffe  # noqa: E402
 
 
-def _have_caffe():
-    if not shutil.which("caffe"):
-        return False
-    try:
-        import caffe  # noqa: F401
-        import lmdb  # noqa: F401
-        return True
-    except Exception:
-        return False
 
 
-pytestmark = [pytest.mark.skipif(not _have_caffe(), reason="Caffe not available: run `source tools/env.sh`"),
+pytestmark = [needs_caffe,
               # matplotlib 3.9 (mathtext, font patterns) with pyparsing >= 3.3: deprecation noise only
               pytest.mark.filterwarnings("ignore::DeprecationWarning:matplotlib.*"),
               pytest.mark.filterwarnings("ignore::DeprecationWarning:pyparsing.*")]

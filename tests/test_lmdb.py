@@ -148,7 +148,7 @@ def test_caffe_data_layer_reads_the_lmdb(built, tmp_path):
     """Caffe's own Data layer: TEST phase crops the centre ([1:65, 1:65] of 66), labels as stored.  Note: BVLC
     Caffe mirrors whenever `mirror: true`, in TEST phase too (do_mirror = mirror() && Rand(2)), so a TEST data layer
     must say mirror: false; with mirror: true each pair comes back as is or with BOTH channels flipped."""
-    caffe = pytest.importorskip("caffe")
+    import caffe
     src = os.path.join(built["out"], "fold_1", "test")
     stored = L.read_lmdb(src)
     n = len(stored)

@@ -7,7 +7,6 @@ Plain-Python parts (fold parsing, summary) are tested without Caffe at the end o
 """
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,19 +20,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gcnet import runner as R  # noqa: E402
+from conftest import needs_caffe  # noqa: E402
 
 
-def _have_caffe():
-    if not shutil.which("caffe"):
-        return False
-    try:
-        import caffe  # noqa: F401
-        return True
-    except Exception:
-        return False
 
 
-needs_caffe = pytest.mark.skipif(not _have_caffe(), reason="Caffe not available: run `source tools/env.sh`")
 RUN = [str(REPO / "tools" / "run_folds.sh")]
 TINY = ["--synthetic-subjects", "10", "--n-folds", "2", "--batch", "4", "--augment", "0",
         "--pretrain-iters", "6", "--display", "2"]

@@ -10,9 +10,9 @@ Only labelled sequences give samples: the last 3 frames (label = class index of 
 import os
 from typing import List, Optional
 
-from gcnet.config import CKPLUS_EMOTIONS, DATASETS
-from gcnet.data.records import (IMAGE_EXTS, auto_landmarks_root, DataError, ReadResult, Sample, SequenceInfo, check_image_file,
-                                check_root, class_index, find_wrapped, last_frames, list_dirs, list_files,
+from gcnet.config import CKPLUS_EMOTIONS
+from gcnet.data.records import (open_layout, IMAGE_EXTS, auto_landmarks_root, DataError, ReadResult, Sample, SequenceInfo, check_image_file,
+                                class_index, find_wrapped, last_frames, list_dirs, list_files,
                                 mirror_landmarks)
 
 IMAGES_DIR = "cohn-kanade-images"
@@ -66,15 +66,8 @@ def _parse_code(path: str):
 
 def read(root: str, dataset_name: str = "ck+", landmarks_root: Optional[str] = None, peak_frames: int = None,
          **opts) -> ReadResult:
-    if dataset_name not in DATASETS or DATASETS[dataset_name].reader != "ckplus":
-        raise DataError("the CK+ reader serves datasets %s, not '%s'"
-                        % (", ".join(k for k, v in DATASETS.items() if v.reader == "ckplus"), dataset_name))
-    spec = DATASETS[dataset_name]
+    spec, root, base = open_layout(root, dataset_name, "ckplus", find_base, "a CK+", IMAGES_DIR)
     k_peak = peak_frames or spec.peak_frames
-    root = check_root(root)
-    base = find_base(root)
-    if base is None:
-        raise DataError("not a CK+ root (no %s/ in %s or one level down)" % (IMAGES_DIR, root))
     images = _descend(os.path.join(base, IMAGES_DIR), (IMAGES_DIR,))
     bases = [base, root] + [os.path.join(root, d) for d in list_dirs(root)]
     labels = _find_dir(bases, LABEL_DIRS)

@@ -20,9 +20,9 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Dict, List, Optional
 
-from gcnet.config import BASIC6, DATASETS
-from gcnet.data.records import (IMAGE_EXTS, VIDEO_EXTS, DataError, ReadResult, Sample, SequenceInfo,
-                                auto_landmarks_root, check_image_file, check_root, class_index, find_wrapped,
+from gcnet.config import BASIC6
+from gcnet.data.records import (open_layout, IMAGE_EXTS, VIDEO_EXTS, DataError, ReadResult, Sample, SequenceInfo,
+                                auto_landmarks_root, check_image_file, class_index, find_wrapped,
                                 list_dirs, list_files, mirror_landmarks, natural_key, video_frame_count)
 
 SESSIONS = "Sessions"
@@ -96,14 +96,8 @@ def _window(peak: int, n: int, k: int) -> List[int]:
 
 def read(root: str, dataset_name: str = "mmi", landmarks_root: Optional[str] = None, peaks_csv: Optional[str] = None,
          peak_frames: int = None, **opts) -> ReadResult:
-    if dataset_name not in DATASETS or DATASETS[dataset_name].reader != "mmi":
-        raise DataError("the MMI reader serves dataset 'mmi', not '%s'" % dataset_name)
-    spec = DATASETS[dataset_name]
+    spec, root, base = open_layout(root, dataset_name, "mmi", find_base, "an MMI", SESSIONS)
     k_peak = peak_frames or spec.peak_frames
-    root = check_root(root)
-    base = find_base(root)
-    if base is None:
-        raise DataError("not an MMI root (no %s/ in %s or one level down)" % (SESSIONS, root))
     landmarks_root = landmarks_root or auto_landmarks_root(root) or auto_landmarks_root(base)
     res = ReadResult(layout="mmi")
     if peaks_csv is None:

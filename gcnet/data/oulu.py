@@ -9,9 +9,8 @@ landmarks: faces are found by the detector unless a landmarks mirror tree is giv
 import os
 from typing import Optional
 
-from gcnet.config import DATASETS
-from gcnet.data.records import (IMAGE_EXTS, DataError, ReadResult, Sample, SequenceInfo, auto_landmarks_root,
-                                check_image_file, check_root, class_index, find_wrapped, last_frames, list_dirs,
+from gcnet.data.records import (open_layout, IMAGE_EXTS, ReadResult, Sample, SequenceInfo, auto_landmarks_root,
+                                check_image_file, class_index, find_wrapped, last_frames, list_dirs,
                                 list_files, mirror_landmarks)
 
 STRONG = os.path.join("OriginalImg", "VL", "Strong")
@@ -26,14 +25,8 @@ def find_base(root: str) -> Optional[str]:
 
 def read(root: str, dataset_name: str = "oulu", landmarks_root: Optional[str] = None, peak_frames: int = None,
          **opts) -> ReadResult:
-    if dataset_name not in DATASETS or DATASETS[dataset_name].reader != "oulu":
-        raise DataError("the Oulu-CASIA reader serves dataset 'oulu', not '%s'" % dataset_name)
-    spec = DATASETS[dataset_name]
+    spec, root, base = open_layout(root, dataset_name, "oulu", find_base, "an Oulu-CASIA", STRONG)
     k_peak = peak_frames or spec.peak_frames
-    root = check_root(root)
-    base = find_base(root)
-    if base is None:
-        raise DataError("not an Oulu-CASIA root (no %s/ in %s or one level down)" % (STRONG, root))
     landmarks_root = landmarks_root or auto_landmarks_root(root) or auto_landmarks_root(base)
     strong = os.path.join(base, STRONG)
     res = ReadResult(layout="oulu")

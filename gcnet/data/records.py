@@ -234,6 +234,20 @@ def find_wrapped(root: str, test) -> Optional[str]:
     return None
 
 
+def open_layout(root: str, dataset_name: str, reader: str, find_base, title: str, marker: str):
+    """Common start of every reader: the dataset is one this reader serves, the root exists and holds the layout
+    (`find_base(root)` -> folder holding `marker`, or None).  Returns (DatasetSpec, root, base)."""
+    from gcnet.config import DATASETS
+    if dataset_name not in DATASETS or DATASETS[dataset_name].reader != reader:
+        served = ", ".join(k for k, v in DATASETS.items() if v.reader == reader)
+        raise DataError("the %s reader serves %s, not '%s'" % (title, served, dataset_name))
+    root = check_root(root)
+    base = find_base(root)
+    if base is None:
+        raise DataError("not %s root (no %s/ in %s or one level down)" % (title, marker, root))
+    return DATASETS[dataset_name], root, base
+
+
 def check_root(root: str) -> str:
     """Absolute root; DataError when it is missing, not a folder, or empty."""
     if root is None:
