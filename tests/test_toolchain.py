@@ -56,3 +56,22 @@ def test_ci_runs_exactly_the_readme_test_command():
     cmd = m.group(1).strip()
     ci = open(os.path.join(REPO, ".ci", "run")).read()
     assert cmd in ci.splitlines(), "'.ci/run' must call README's test command: %s" % cmd
+
+
+def test_second_setup_is_a_cached_no_op():
+    r = subprocess.run([os.path.join(REPO, "tools", "setup.sh"), "--no-apt", "--env-file",
+                        os.path.join(os.environ.get("TMPDIR", "/tmp"), "gcnet_env_test.sh")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "venv up to date" in r.stdout and "Caffe build cached" in r.stdout, r.stdout
+    assert "compiling" not in r.stdout
+
+
+def test_setup_fails_with_a_clear_message():
+    r = subprocess.run([os.path.join(REPO, "tools", "setup.sh"), "--no-apt"], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHON="python-that-does-not-exist"), timeout=60)
+    assert r.returncode != 0
+    assert "FAILED in stage 'venv'" in r.stderr and "python-that-does-not-exist" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = subprocess.run([os.path.join(REPO, "tools", "setup.sh"), "--bogus"], capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown option '--bogus'" in r.stderr
