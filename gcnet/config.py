@@ -69,6 +69,10 @@ class NetOptions:
     # decoder deconv output channels, in decoder order (after unpool3, unpool2, unpool1).  Table 1 prints 32, 64, 1,
     # which cannot feed the 64- and 32-channel pooling masks; the mirror order 64, 32, 1 is used.
     decoder_channels: Tuple[int, ...] = (64, 32, 1)
+    # En_2 on X and on X_r hat shares its learned weights (conv, Scale); False gives each branch its own BatchNorm
+    # running statistics, so that at test time each branch is normalised with statistics of its own inputs (real
+    # faces vs generated references) as it was during training (docs/choices.md).
+    en2_shared_bn_stats: bool = False
     fc1: int = 384                       # (0.5*64)^2 * 3 / 2^3
     dropout: float = 0.5
     fc1_relu: bool = True

@@ -99,10 +99,13 @@ def _bn_params(name: str, shared: bool) -> List[dict]:
     return specs
 
 
-def _bn_scale_relu(n, prefix: str, idx: int, top, owner: str, lr: float, shared: bool) -> None:
-    """BNorm (Caffe BatchNorm + Scale with bias) and ReLU, in place on `top`."""
-    setattr(n, "%s_bn%d" % (prefix, idx), L.BatchNorm(top, in_place=True,
-                                                      param=_bn_params("%s_bn%d" % (owner, idx), shared)))
+def _bn_scale_relu(n, prefix: str, idx: int, top, owner: str, lr: float, shared: bool,
+                   shared_stats: bool = True) -> None:
+    """BNorm (Caffe BatchNorm + Scale with bias) and ReLU, in place on `top`.  `shared_stats` False gives a shared
+    block its own BatchNorm statistics (while Scale, i.e. the learned gamma/beta, stays shared)."""
+    stats_owner = owner if shared_stats else prefix
+    setattr(n, "%s_bn%d" % (prefix, idx), L.BatchNorm(top, in_place=True, param=_bn_params(
+        "%s_bn%d" % (stats_owner, idx), shared and (shared_stats or stats_owner == owner))))
     setattr(n, "%s_scale%d" % (prefix, idx), L.Scale(top, in_place=True, bias_term=True,
                                                      param=_params("%s_scale%d" % (owner, idx), lr, shared)))
     setattr(n, "%s_relu%d" % (prefix, idx), L.ReLU(top, in_place=True))
@@ -124,7 +127,7 @@ def encoder(n, prefix: str, bottom, opts: NetOptions, owner: str = None, lr: flo
                              weight_filler=WEIGHT_FILLER, bias_filler=BIAS_FILLER,
                              param=_params("%s_conv%d" % (owner, i), lr, shared))
         setattr(n, "%s_conv%d" % (prefix, i), conv)
-        _bn_scale_relu(n, prefix, i, conv, owner, lr, shared)
+        _bn_scale_relu(n, prefix, i, conv, owner, lr, shared, opts.en2_shared_bn_stats)
         pool = L.Pooling(conv, pool=P.Pooling.MAX, kernel_size=pk, stride=opts.pool_stride, pad=opts.pool_pad,
                          ntop=2 if with_masks else 1)
         if with_masks:

@@ -119,7 +119,7 @@ def test_train_val_net_shapes_and_losses(model, tmp_path, tiny_lmdb):
 
 def test_en2_is_one_encoder_shared_by_both_branches(tmp_path, tiny_lmdb):
     net = _net("gcnet_s1r1", "train_val", tmp_path, tiny_lmdb)
-    for layer in ("conv1", "scale2", "bn3"):
+    for layer in ("conv1", "scale2", "conv3"):
         a, b = net.params["en2_" + layer], net.params["en2r_" + layer]
         a[0].data[...] = 0.125
         assert np.all(b[0].data == 0.125)
@@ -196,3 +196,14 @@ def test_solver_defaults_train_the_generator_without_diverging(tmp_path, tiny_lm
         gen.append(float(solver.net.blobs["loss_gen_r"].data.ravel()[0]))
     assert np.all(np.isfinite(gen)) and max(gen) < 1.5 * first, (first, gen)
     assert max(gen[-5:]) < 0.85 * first, (first, gen)
+
+
+def test_en2_branches_keep_their_own_batchnorm_statistics():
+    net = nets.build_net("gcnet_s1r1", NetOptions())
+    params = {l.name: [p.name for p in l.param] for l in net.layer}
+    assert params["en2r_conv1"] == ["en2_conv1_w", "en2_conv1_b"]
+    assert params["en2r_scale1"] == ["en2_scale1_w", "en2_scale1_b"]
+    assert not any(params["en2r_bn1"]), params["en2r_bn1"]
+    shared = {l.name: [p.name for p in l.param] for l in nets.build_net(
+        "gcnet_s1r1", NetOptions(en2_shared_bn_stats=True)).layer}
+    assert shared["en2r_bn1"] == ["en2_bn1_mean", "en2_bn1_var", "en2_bn1_factor"]
