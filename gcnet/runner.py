@@ -1284,15 +1284,35 @@ def settings_record(s: Settings, man: Optional[dict]) -> dict:
     }
 
 
+def figure_inputs_hash(out: Path) -> str:
+    """Fingerprint of what the figures are made from: logs, weights and test results (size + mtime), and the
+    figure code itself."""
+    h = hashlib.sha256()
+    for p in sorted(out.rglob("*")):
+        if p.name in ("test.json", "train.log", "final.caffemodel", "meta.json") and "figures" not in p.parts:
+            st = p.stat()
+            h.update(("%s %d %d\n" % (p.relative_to(out), st.st_size, st.st_mtime_ns)).encode())
+    h.update(Path(__file__).with_name("figures.py").read_bytes())
+    return h.hexdigest()
+
+
 def make_figures(out: Path) -> None:
     try:
         from gcnet.figures import make_all_figures
     except Exception as e:
         say("[figures] skipped: gcnet.figures cannot be imported (%s)" % e)
         return
+    stamp = out / "figures" / "inputs.json"
+    key = figure_inputs_hash(out)
+    done = read_json(stamp, {})
+    if done.get("hash") == key and done.get("files") and all(os.path.exists(f) for f in done["files"]):
+        say("[figures] up to date (inputs unchanged): %d files in %s" % (len(done["files"]), out / "figures"))
+        return
     try:
         files = make_all_figures(str(out), log=lambda m: say("  " + str(m)))
         say("[figures] %d files in %s" % (len(files or []), out / "figures"))
+        if files:
+            write_json(stamp, {"hash": key, "files": [str(f) for f in files]})
     except Exception as e:
         say("[figures] FAILED (the results are not affected): %s: %s" % (type(e).__name__, e))
 
