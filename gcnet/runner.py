@@ -997,54 +997,19 @@ def _now() -> str:
 # --------------------------------------------------------------------------------------------- stage 5: evaluate
 def evaluate(model_dir: str, lmdb_path: str, index_path: Optional[str], n_classes: int, gpu: Optional[int] = None,
              batch: int = 64) -> dict:
-    """Every sample of the test LMDB, X channel only, centre crop, through deploy.prototxt + final.caffemodel."""
-    import lmdb
+    """Every sample of the test LMDB, X channel only, centre crop, through deploy.prototxt + final.caffemodel
+    (gcnet.inference: the same preprocessing as tools/predict.py)."""
     import numpy as np
-    import caffe
-    from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
-    d = Path(model_dir)
-    # the Data layers' transform (scale, crop) as training saw it
-    tv = caffe_pb2.NetParameter()
-    text_format.Merge((d / "train_val.prototxt").read_text(), tv)
-    tp = next(l.transform_param for l in tv.layer if l.type == "Data")
-    scale = tp.scale if tp.HasField("scale") else 1.0
-    crop = tp.crop_size
-    means = list(tp.mean_value)
-    imgs, labels = [], []
-    env = lmdb.open(lmdb_path, readonly=True, lock=False, readahead=False)
-    with env.begin() as txn:
-        for _, v in txn.cursor():
-            dt = caffe_pb2.Datum()
-            dt.ParseFromString(v)
-            a = np.frombuffer(dt.data, np.uint8).reshape(dt.channels, dt.height, dt.width)
-            imgs.append(a[0])
-            labels.append(int(dt.label))
-    env.close()
-    n = len(imgs)
-    if gpu is not None:
-        caffe.set_mode_gpu()
-        caffe.set_device(gpu)
-    else:
-        caffe.set_mode_cpu()
-    net = caffe.Net(str(d / "deploy.prototxt"), caffe.TEST, weights=str(d / "final.caffemodel"))
+    from gcnet.data.lmdb_build import read_lmdb
+    from gcnet.inference import DeployModel
+    items = read_lmdb(lmdb_path)
+    labels = [label for _, _, label in items]
+    n = len(items)
+    model = DeployModel(model_dir, gpu=gpu)
     probs = np.zeros((n, n_classes), np.float32)
     if n:
-        x = np.stack(imgs).astype(np.float32)[:, None]
-        h, w = x.shape[2:]
-        c = crop or h
-        oh, ow = (h - c) // 2, (w - c) // 2         # Caffe's TEST-phase crop: centred
-        x = x[:, :, oh:oh + c, ow:ow + c]
-        if means:
-            x = x - means[0]
-        x = x * scale
-        for i in range(0, n, batch):
-            xb = x[i:i + batch]
-            net.blobs["x"].reshape(*xb.shape)
-            net.reshape()
-            net.blobs["x"].data[...] = xb
-            out = net.forward()
-            probs[i:i + len(xb)] = out["prob"].reshape(len(xb), -1)[:, :n_classes]
+        probs[:] = model.forward(np.stack([a for _, a, _ in items]), ("prob",), batch)["prob"].reshape(
+            n, -1)[:, :n_classes]
     pred = probs.argmax(1).tolist() if n else []
     conf = [[0] * n_classes for _ in range(n_classes)]
     for t, p in zip(labels, pred):
@@ -1053,7 +1018,7 @@ def evaluate(model_dir: str, lmdb_path: str, index_path: Optional[str], n_classe
     frames = [e.get("frame") if isinstance(e, dict) else e for e in index] if len(index) == n else []
     acc = sum(int(t == p) for t, p in zip(labels, pred)) / n if n else 0.0
     return {"accuracy": acc, "n_test": n, "confusion": conf, "labels": labels, "predictions": pred,
-            "frames": frames, "probs": probs.round(6).tolist(), "crop": c if n else crop, "scale": scale}
+            "frames": frames, "probs": probs.round(6).tolist(), "crop": model.crop, "scale": model.scale}
 
 
 def _evaluate_main(argv) -> int:

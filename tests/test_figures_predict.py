@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gcnet import figures as F  # noqa: E402
+from gcnet.inference import predict_arrays  # noqa: E402
 from conftest import needs_caffe  # noqa: E402
 
 
@@ -184,7 +185,7 @@ def test_predict_arrays_matches_the_test_stage(results):
         d = results["dirs"][key]
         test = json.loads((d / "test.json").read_text())
         items = read_lmdb(str(results["ds"] / "lmdb" / "fold_0" / "test"))
-        probs = F.predict_arrays(str(d), np.stack([a for _, a, _ in items]))
+        probs = predict_arrays(str(d), np.stack([a for _, a, _ in items]))
         assert probs.shape == (test["n_test"], 7)
         np.testing.assert_allclose(probs, np.asarray(test["probs"]), atol=2e-6)
         assert probs.argmax(1).tolist() == test["predictions"]

@@ -1,0 +1,150 @@
+"""Inference with a trained model folder (deploy.prototxt + final.caffemodel + meta.json).
+
+The one implementation of the test-time preprocessing (Caffe's TEST-phase DataTransformer: centre crop, mean,
+scale, read from the model's train_val.prototxt) and of the batched deploy-net forward, shared by the runner's test
+stage, the figures and tools/predict.py.
+"""
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SCALE = 0.00390625       # transform_param.scale of the Data layers (docs/ARCHITECTURE.md, LMDB format)
+DEFAULT_CROP = 64
+
+
+class ModelError(Exception):
+    """A model folder cannot be loaded (missing deploy/weights/meta, pycaffe not importable)."""
+
+
+def import_caffe():
+    """pycaffe with the project's Python layers importable; ModelError with a clear message when it is not."""
+    pl = str(REPO / "python_layers")
+    if pl not in sys.path:
+        sys.path.insert(0, pl)
+    try:
+        import caffe
+    except ImportError as e:
+        raise ModelError("pycaffe cannot be imported (%s); run `source tools/env.sh` first "
+                         "(tools/setup.sh builds Caffe and writes it)" % e)
+    return caffe
+
+
+def read_transform(model_dir):
+    """(scale, crop_size, mean) of the Data layers' transform_param in the model's train_val.prototxt (what training
+    and the runner's test stage saw); defaults when there is no train_val.prototxt."""
+    scale, crop, mean = DEFAULT_SCALE, DEFAULT_CROP, 0.0
+    p = Path(model_dir) / "train_val.prototxt"
+    if p.exists():
+        m = re.search(r"transform_param\s*\{([^}]*)\}", p.read_text())
+        if m:
+            s = re.search(r"\bscale\s*:\s*([-+0-9.eE]+)", m.group(1))
+            c = re.search(r"\bcrop_size\s*:\s*(\d+)", m.group(1))
+            mv = re.search(r"\bmean_value\s*:\s*([-+0-9.eE]+)", m.group(1))
+            scale = float(s.group(1)) if s else 1.0
+            crop = int(c.group(1)) if c else 0
+            mean = float(mv.group(1)) if mv else 0.0
+    return scale, crop, mean
+
+
+def preprocess(aligned, scale=DEFAULT_SCALE, crop=DEFAULT_CROP, mean=0.0):
+    """Aligned faces (S, S) / (N, S, S) / (N, C, S, S) uint8 (channel 0 = X) -> (N, 1, crop, crop) float32 net input.
+
+    Caffe's DataTransformer in TEST phase (and gcnet.runner.evaluate): centre crop at offset (S - crop) // 2,
+    minus the mean value, times scale."""
+    a = np.asarray(aligned)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim == 3:
+        a = a[:, None]
+    a = a[:, :1]
+    s_h, s_w = a.shape[2], a.shape[3]
+    crop = crop or s_h
+    if s_h < crop or s_w < crop:
+        raise ValueError("aligned faces are %dx%d, smaller than the %d crop" % (s_h, s_w, crop))
+    oh, ow = (s_h - crop) // 2, (s_w - crop) // 2
+    x = a[:, :, oh:oh + crop, ow:ow + crop].astype(np.float32)
+    if mean:
+        x = x - np.float32(mean)
+    return x * np.float32(scale)
+
+
+class DeployModel:
+    """A trained model folder (deploy.prototxt + final.caffemodel + meta.json) loaded for inference."""
+
+    def __init__(self, model_dir, weights=None, gpu=None):
+        self.dir = Path(model_dir)
+        if not self.dir.is_dir():
+            raise ModelError("model folder %s does not exist" % self.dir)
+        self.deploy = self.dir / "deploy.prototxt"
+        self.weights = Path(weights) if weights else self.dir / "final.caffemodel"
+        missing = [str(p.name) for p in (self.deploy, self.weights, self.dir / "meta.json") if not p.exists()]
+        if missing:
+            folds = sorted(p.name for p in self.dir.glob("fold_*") if (p / "final.caffemodel").exists())
+            hint = ("; it holds trained folds: pass one of %s" % ", ".join(str(self.dir / f) for f in folds[:3])
+                    if folds else "; is the model trained? (expected results/<dataset>/<model>/fold_K)")
+            raise ModelError("model folder %s is incomplete: missing %s%s" % (self.dir, ", ".join(missing), hint))
+        try:
+            self.meta = json.loads((self.dir / "meta.json").read_text())
+        except ValueError as e:
+            raise ModelError("cannot read %s: %s" % (self.dir / "meta.json", e))
+        self.scale, self.crop, self.mean = read_transform(self.dir)
+        self.crop = self.crop or DEFAULT_CROP
+        caffe = import_caffe()
+        if gpu is None:
+            caffe.set_mode_cpu()
+        else:
+            caffe.set_mode_gpu()
+            caffe.set_device(gpu)
+        self.net = caffe.Net(str(self.deploy), caffe.TEST, weights=str(self.weights))
+        self.input = "x" if "x" in self.net.blobs else self.net.inputs[0]
+        n = self.net.blobs["prob"].data.shape[1] if "prob" in self.net.blobs else 0
+        names = self.meta.get("class_names") or []
+        self.class_names = list(names) if len(names) == n else list(names) + [
+            "class %d" % i for i in range(len(names), n)]
+
+    def has(self, blob):
+        return blob in self.net.blobs
+
+    def forward(self, aligned, blobs=("prob",), batch=64):
+        """Run the deploy net on aligned 66x66 faces; {blob: array (N, ...)} for the requested blobs."""
+        x = preprocess(aligned, self.scale, self.crop, self.mean)
+        blobs = [b for b in blobs if b in self.net.blobs]
+        out = {b: [] for b in blobs}
+        for i in range(0, len(x), batch):
+            xb = x[i:i + batch]
+            if self.net.blobs[self.input].data.shape != xb.shape:
+                self.net.blobs[self.input].reshape(*xb.shape)
+                self.net.reshape()
+            self.net.blobs[self.input].data[...] = xb
+            self.net.forward()
+            for b in blobs:
+                out[b].append(self.net.blobs[b].data.copy())
+        return {b: (np.concatenate(v) if v else np.zeros((0,))) for b, v in out.items()}
+
+    def predict(self, aligned):
+        prob = self.forward(aligned, ("prob",))["prob"]
+        return prob.reshape(len(prob), -1)
+
+
+_MODEL_CACHE = {}
+
+
+def load_model(model_dir):
+    """DeployModel of a folder, cached while its weights are unchanged."""
+    d = Path(model_dir).resolve()
+    w = d / "final.caffemodel"
+    key = (str(d), os.path.getmtime(str(w)) if w.exists() else None)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = DeployModel(d)
+    return _MODEL_CACHE[key]
+
+
+def predict_arrays(model_dir, aligned66_batch):
+    """Class probabilities (N, n_classes) of aligned 66x66 uint8 faces ((N, 66, 66) or (N, C, 66, 66), channel 0
+    = the expression image X) with the model of ``model_dir``: the exact preprocessing of the test stage."""
+    return load_model(model_dir).predict(aligned66_batch)
