@@ -229,8 +229,10 @@ class ContrastiveLoss(_LayerBase):
     """Contrastive loss of Eq. 4-5.
 
     bottoms: a, b (N, ...) of identical shape (flattened per sample), label (N,) or (N, 1, ..., 1) (class index).
-    param_str: {"margin": m (default 1.0), "neutral_label": k (default -1, no neutral class)}.
-    alpha_n = 1 if label_n != k else 0;  d_n = ||a_n - b_n||_2;
+    param_str: {"margin": m (default 1.0), "neutral_label": k (default -1, no neutral class),
+    "distance": "l2" (default, d_n = ||a_n - b_n||_2 as in the paper) or "rms" (d_n = ||a_n - b_n||_2 / sqrt(p),
+    p the per-sample size: the margin is then on the scale of one feature)}.
+    alpha_n = 1 if label_n != k else 0;
     top[0] (shape (1,)): 1/(2N) sum_n [alpha_n max(0, m - d_n)^2 + (1 - alpha_n) d_n^2].
     Optional top[1] `distance` (N,): d_n (with two tops give one loss_weight per top, e.g. [1, 0]); a gradient
     arriving there is back-propagated too.
@@ -238,8 +240,11 @@ class ContrastiveLoss(_LayerBase):
     no gradient to the label (its diff is zeroed if requested)."""
 
     def setup(self, bottom, top):
-        p = _parse_params(self, {"margin": 1.0, "neutral_label": -1})
+        p = _parse_params(self, {"margin": 1.0, "neutral_label": -1, "distance": "l2"})
         name = self.__class__.__name__
+        if p["distance"] not in ("l2", "rms"):
+            raise ValueError("%s: distance must be \"l2\" or \"rms\", got %r" % (name, p["distance"]))
+        self.distance = p["distance"]
         try:
             self.margin = float(p["margin"])
         except (TypeError, ValueError):
@@ -251,6 +256,12 @@ class ContrastiveLoss(_LayerBase):
             raise ValueError("%s: neutral_label must be an integer class index (-1 for none), got %r" % (name, k))
         self.neutral_label = int(k)
         self._validate(bottom, top)
+
+    def _input_scale(self, bottom):
+        """1 for "l2"; 1/sqrt(p) for "rms" (the rms distance of a, b is the l2 distance of a/sqrt(p), b/sqrt(p))."""
+        if self.distance == "l2":
+            return 1.0
+        return 1.0 / np.sqrt(bottom[0].data[0].size)
 
     def _validate(self, bottom, top):
         _check_counts(self, bottom, top, (3,), (1, 2))
@@ -270,8 +281,9 @@ class ContrastiveLoss(_LayerBase):
 
     def forward(self, bottom, top):
         self._alpha = contrastive_alpha(bottom[2].data, self.neutral_label)
-        loss, self._dist, self._diff = contrastive_loss_forward(bottom[0].data, bottom[1].data, self._alpha,
-                                                                self.margin)
+        c = self._input_scale(bottom)
+        loss, self._dist, self._diff = contrastive_loss_forward(bottom[0].data * c, bottom[1].data * c,
+                                                                self._alpha, self.margin)
         top[0].data[...] = loss
         if len(top) > 1:
             top[1].data[...] = self._dist
@@ -280,7 +292,7 @@ class ContrastiveLoss(_LayerBase):
         if propagate_down[0] or propagate_down[1]:
             ddist = top[1].diff if len(top) > 1 else None
             g = contrastive_loss_backward(self._diff, self._dist, self._alpha, self.margin,
-                                          dloss=top[0].diff.reshape(-1)[0], ddist=ddist)
+                                          dloss=top[0].diff.reshape(-1)[0], ddist=ddist) * self._input_scale(bottom)
             shape = bottom[0].data.shape
             if propagate_down[0]:
                 bottom[0].diff[...] = g.reshape(shape)

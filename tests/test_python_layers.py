@@ -336,14 +336,14 @@ def test_elementwise_distance_in_caffe(need_caffe, tmp_path):
 
 
 def _contrastive_nets(tmp_path, shape, margin, neutral, label_shape, loss_weight=1.0, with_distance=False,
-                      builtin=True):
+                      builtin=True, distance="l2"):
     """(Python-layer net, Caffe built-in ContrastiveLoss net or None).  The built-in layer CHECK-fails (aborting the
     process) unless the features are (N, C, 1, 1)."""
     n = caffe.NetSpec()
     n.a = L.Input(shape=dict(dim=list(shape)))
     n.b = L.Input(shape=dict(dim=list(shape)))
     n.label = L.Input(shape=dict(dim=list(label_shape)))
-    params = {"margin": margin, "neutral_label": neutral}
+    params = {"margin": margin, "neutral_label": neutral, "distance": distance}
     if with_distance:
         n.loss, n.distance = pylayer(n.a, n.b, n.label, layer="ContrastiveLoss", params=params, ntop=2,
                                      loss_weight=[loss_weight, 0.5])
@@ -396,18 +396,22 @@ def test_contrastive_loss_matches_caffe_builtin(need_caffe, tmp_path, margin, ne
     np.testing.assert_allclose(py.blobs["b"].diff, -g, rtol=1e-4, atol=1e-7)
 
 
-def test_contrastive_loss_fd_in_caffe_with_distance_top(need_caffe, tmp_path):
+@pytest.mark.parametrize("distance", ["l2", "rms"])
+def test_contrastive_loss_fd_in_caffe_with_distance_top(need_caffe, tmp_path, distance):
     rng = np.random.default_rng(12)
     shape = (5, 3, 4, 4)  # spatial features are flattened by the Python layer
     margin, neutral = 1.5, 0
-    a, b, label = contrastive_pairs(rng, shape, margin, neutral=neutral, min_gap=0.2)
+    # "rms" divides the l2 distance by sqrt(p): pairs are drawn around the margin in l2 units, m * sqrt(p)
+    c = np.sqrt(np.prod(shape[1:])) if distance == "rms" else 1.0
+    a, b, label = contrastive_pairs(rng, shape, margin * c, neutral=neutral, min_gap=0.2 * c)
     net, _ = _contrastive_nets(tmp_path, shape, margin, neutral, (shape[0],), loss_weight=1.0, with_distance=True,
-                               builtin=False)
+                               builtin=False, distance=distance)
     net.blobs["a"].data[...] = a
     net.blobs["b"].data[...] = b
     net.blobs["label"].data[...] = label
     net.forward()
-    ref_loss, ref_dist = ref_contrastive(a.astype(np.float32), b.astype(np.float32), label, margin, neutral)
+    ref_loss, ref_dist = ref_contrastive((a / c).astype(np.float32), (b / c).astype(np.float32), label, margin,
+                                         neutral)
     assert net.blobs["distance"].data.shape == (shape[0],)
     np.testing.assert_allclose(net.blobs["distance"].data, ref_dist, rtol=1e-5)
     assert float(net.blobs["loss"].data[0]) == pytest.approx(ref_loss, rel=1e-5)
@@ -588,6 +592,7 @@ def test_reshape_validation(need_caffe, tmp_path, layer, bottoms, ntop, msg):
     ("loss", "{margin: 1}", r"ContrastiveLoss: param_str is not valid JSON"),
     ("loss", '{"margin": -1}', r"ContrastiveLoss: margin must be a positive"),
     ("loss", '{"neutral_label": 0.5}', r"ContrastiveLoss: neutral_label must be an integer"),
+    ("loss", '{"distance": "l1"}', r"ContrastiveLoss: distance must be \"l2\" or \"rms\""),
     ("loss", '[1]', r"ContrastiveLoss: param_str must be a JSON object"),
     ("unpool", '{"out_h": 4}', r"MaxUnpool: param_str needs a positive integer 'out_w'"),
     ("unpool", '{"out_h": 4, "out_w": 0}', r"MaxUnpool: param_str needs a positive integer 'out_w'"),
