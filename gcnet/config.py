@@ -52,6 +52,8 @@ PAPER_MODEL_KEYS = ("cnn", "gcnet_s0r0", "gcnet_s1r0", "gcnet_s0r1", "gcnet_s1r1
 EXPRESSION_MODELS = ("cnn", "gcnet_s0r0", "gcnet_s1r0", "gcnet_s0r1", "gcnet_s1r1")
 PRETRAIN_MODELS = ("encdec", "cnn_id")
 ALL_MODELS = PRETRAIN_MODELS + EXPRESSION_MODELS
+FINETUNE_OUTPUT_SCALE = ("frozen", "decoder-rate")      # NetOptions.finetune_output_scale
+CONTRASTIVE_DISTANCES = ("l2", "rms")                   # NetOptions.contrastive_distance
 
 
 @dataclass
@@ -77,10 +79,19 @@ class NetOptions:
     dropout: float = 0.5
     fc1_relu: bool = True
     decoder_lr_mult: float = 10.0        # "learning rate at layers of the decoder networks is set to 10"
+    # the Scale (gamma, beta) of each decoder's single-channel output block (DeConv(5x5,1) - BNorm - ReLU, Table 1)
+    # while fine-tuning a GCNet: "frozen" keeps the values of pretraining (lr_mult 0), "decoder-rate" trains them at
+    # decoder_lr_mult like the rest of the decoder (the paper's literal setting).  Their two gradients sum over
+    # batch x 64 x 64 pixels and carry ~90% of the gradient norm; trained, they kill the output within a few
+    # iterations or, under clipping, starve the classifier (measured, docs/choices.md).
+    finetune_output_scale: str = "frozen"
     # contrastive margin m of Eq. 4.  Caffe's default 1.0 is far below the distances between En_2 features
     # (96x7x7 = 4704 values; ~50-80 apart at initialisation), which would make L_Contr identically 0 for every
     # dissimilar pair, i.e. for all samples of the 6- and 7-class protocols.  See docs/choices.md.
     margin: float = 100.0
+    # S of Eq. 4-5: "l2" = ||En_2(X) - En_2(X_r hat)||_2 (the paper), "rms" = the same divided by sqrt(p), p the
+    # feature size (4704), so that a margin is on the scale of one feature (docs/choices.md).
+    contrastive_distance: str = "l2"
     lambda_s: float = 1.0
     lambda_gen_r: float = 1.0
     lambda_rec_r: float = 0.25
@@ -113,10 +124,16 @@ class SolverOptions:
     test_iter: int = 10
     solver_mode: str = "CPU"
     random_seed: int = 1701
-    # Caffe's clip_gradients (global L2 norm of all parameter gradients).  Not in the paper: the summed-over-pixels
-    # Euclidean losses (Eq. 7-10, ~800 at start) with 10x decoder rates diverge in one step or kill the decoder's
-    # final ReLU without it (measured, docs/choices.md).  0 disables.
-    clip_gradients: float = 10.0
+    # Caffe's clip_gradients (global L2 norm of all parameter gradients) of the expression models; 0 disables (the
+    # paper).  Pretraining nets use PRETRAIN_CLIP_GRADIENTS.  See docs/choices.md for the measurements.
+    clip_gradients: float = 0.0
+
+
+# encdec / cnn_id: without clipping, encdec's summed-pixel reconstruction loss (~800 at start) kills the output ReLU
+# of its decoder within a few iterations (docs/choices.md); the paper gives no pretraining settings.
+PRETRAIN_CLIP_GRADIENTS = 10.0
+# default contrastive margin m per NetOptions.contrastive_distance (docs/choices.md)
+DEFAULT_MARGIN = {"l2": 100.0, "rms": 2.0}
 
 
 def inv_lr(it: int, s: SolverOptions = SolverOptions()) -> float:

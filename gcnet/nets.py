@@ -10,6 +10,8 @@ Paper map (Fig. 2, Fig. 3, Table 1, Eq. 2-10):
     classifier    `drop` -> `fc1` (384) -> `relu_fc1` -> `fc2` (classes) -> `loss_cls` (softmax cross entropy)
     L_Contr       `loss_contr`  contrastive loss on En_2(X), En_2(X_r hat) (Eq. 4-5), weight lambda_S      [S1]
     L_Gen,r       `loss_gen_r`  ||X_r - Generator(X)||^2 / 2 (Eq. 7-8), weight lambda_G,r              [all GCNets]
+                  (each decoder ends in the single-channel block DeConv(5x5,1)-BNorm-ReLU of Table 1; its Scale
+                  `<decoder>_scale1` is frozen while fine-tuning unless finetune_output_scale="decoder-rate")
     De_2r         `de2r_*`   decoder on En_2(X_r hat) -> `rec_r`; `loss_rec_r` vs X_r (Eq. 9), lambda_R,r  [R1]
     De_2i         `de2i_*`   decoder on En_2(X)       -> `rec_i`; `loss_rec_i` vs X   (Eq. 10), lambda_R,i [R1]
 
@@ -27,7 +29,7 @@ from caffe import params as P
 from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
-from gcnet.config import ALL_MODELS, NetOptions
+from gcnet.config import ALL_MODELS, CONTRASTIVE_DISTANCES, FINETUNE_OUTPUT_SCALE, NetOptions
 
 PY_MODULE = "gcnet_layers"          # python_layers/gcnet_layers.py
 WEIGHT_FILLER = dict(type="xavier")
@@ -74,6 +76,12 @@ def check_options(opts: NetOptions) -> None:
             "decoder_channels %s cannot use the encoder's pooling masks: after unpooling the %s-channel masks "
             "(encoder order reversed) the deconvolutions must output %s (see docs/choices.md: Table 1 prints "
             "32 then 64)" % (tuple(opts.decoder_channels), tuple(opts.conv_channels[::-1]), expected))
+    if opts.finetune_output_scale not in FINETUNE_OUTPUT_SCALE:
+        raise ValueError("finetune_output_scale must be one of %s, got %r"
+                         % (", ".join(FINETUNE_OUTPUT_SCALE), opts.finetune_output_scale))
+    if opts.contrastive_distance not in CONTRASTIVE_DISTANCES:
+        raise ValueError("contrastive_distance must be one of %s, got %r"
+                         % (", ".join(CONTRASTIVE_DISTANCES), opts.contrastive_distance))
     if opts.crop != 64:
         raise ValueError("fc1 = (0.5*Wsize)^2*3/2^3 assumes Wsize = 64; got crop %d" % opts.crop)
 
@@ -100,14 +108,15 @@ def _bn_params(name: str, shared: bool) -> List[dict]:
 
 
 def _bn_scale_relu(n, prefix: str, idx: int, top, owner: str, lr: float, shared: bool,
-                   shared_stats: bool = True) -> None:
+                   shared_stats: bool = True, scale_lr: float = None) -> None:
     """BNorm (Caffe BatchNorm + Scale with bias) and ReLU, in place on `top`.  `shared_stats` False gives a shared
-    block its own BatchNorm statistics (while Scale, i.e. the learned gamma/beta, stays shared)."""
+    block its own BatchNorm statistics (while Scale, i.e. the learned gamma/beta, stays shared); `scale_lr` overrides
+    the Scale's rate (0: frozen)."""
     stats_owner = owner if shared_stats else prefix
     setattr(n, "%s_bn%d" % (prefix, idx), L.BatchNorm(top, in_place=True, param=_bn_params(
         "%s_bn%d" % (stats_owner, idx), shared and (shared_stats or stats_owner == owner))))
-    setattr(n, "%s_scale%d" % (prefix, idx), L.Scale(top, in_place=True, bias_term=True,
-                                                     param=_params("%s_scale%d" % (owner, idx), lr, shared)))
+    setattr(n, "%s_scale%d" % (prefix, idx), L.Scale(top, in_place=True, bias_term=True, param=_params(
+        "%s_scale%d" % (owner, idx), lr if scale_lr is None else scale_lr, shared)))
     setattr(n, "%s_relu%d" % (prefix, idx), L.ReLU(top, in_place=True))
 
 
@@ -139,9 +148,10 @@ def encoder(n, prefix: str, bottom, opts: NetOptions, owner: str = None, lr: flo
     return top, masks
 
 
-def decoder(n, prefix: str, bottom, masks: Sequence, opts: NetOptions, lr: float):
+def decoder(n, prefix: str, bottom, masks: Sequence, opts: NetOptions, lr: float, output_scale_lr: float = None):
     """Table 1 decoder, mirroring the encoder: 3 x [MaxUnPool (with the encoder's pooling mask) - DeConv - BNorm -
-    ReLU], layers numbered by the encoder layer they mirror (`<prefix>_unpool3` is applied first)."""
+    ReLU], layers numbered by the encoder layer they mirror (`<prefix>_unpool3` is applied first).
+    `output_scale_lr` is the rate of the single-channel output block's Scale (`<prefix>_scale1`; None: `lr`)."""
     sizes = encoder_sizes(opts)
     top = bottom
     n_layers = len(opts.conv_channels)
@@ -155,7 +165,7 @@ def decoder(n, prefix: str, bottom, masks: Sequence, opts: NetOptions, lr: float
             num_output=c, kernel_size=k, pad=k // 2 if opts.conv_pad_same else 0, stride=1,
             weight_filler=WEIGHT_FILLER, bias_filler=BIAS_FILLER), param=_params("", lr, False))
         setattr(n, "%s_deconv%d" % (prefix, j), deconv)
-        _bn_scale_relu(n, prefix, j, deconv, prefix, lr, False)
+        _bn_scale_relu(n, prefix, j, deconv, prefix, lr, False, scale_lr=output_scale_lr if j == 1 else None)
         top = deconv
     return top
 
@@ -199,9 +209,10 @@ def _body(n, model: str, opts: NetOptions, deploy: bool) -> None:
 
     _, contrastive, recon = MODEL_FLAGS[model]
     dec_lr = opts.decoder_lr_mult
+    out_lr = 0.0 if opts.finetune_output_scale == "frozen" else dec_lr
     # Generator(X) = De_1r(En_1(X)) estimates the reference X_r (section 3.2)
     en1, en1_masks = encoder(n, "en1", n.x, opts)
-    n.gen_r = decoder(n, "de1r", en1, en1_masks, opts, lr=dec_lr)
+    n.gen_r = decoder(n, "de1r", en1, en1_masks, opts, lr=dec_lr, output_scale_lr=out_lr)
     # En_2 on X and on X_r hat (one encoder, shared weights)
     en2_x, en2_x_masks = encoder(n, "en2", n.x, opts, masks=recon)
     en2_r, en2_r_masks = encoder(n, "en2r", n.gen_r, opts, owner="en2", masks=recon)
@@ -210,14 +221,15 @@ def _body(n, model: str, opts: NetOptions, deploy: bool) -> None:
     out = classifier(n, n.delta, opts.n_classes, opts)
     _head(n, out, "loss_cls", deploy)
     if recon:
-        n.rec_r = decoder(n, "de2r", en2_r, en2_r_masks, opts, lr=dec_lr)    # De_2r(En_2(Generator(X)))
-        n.rec_i = decoder(n, "de2i", en2_x, en2_x_masks, opts, lr=dec_lr)    # De_2i(En_2(X))
+        n.rec_r = decoder(n, "de2r", en2_r, en2_r_masks, opts, lr=dec_lr, output_scale_lr=out_lr)    # De_2r(En_2(Generator(X)))
+        n.rec_i = decoder(n, "de2i", en2_x, en2_x_masks, opts, lr=dec_lr, output_scale_lr=out_lr)    # De_2i(En_2(X))
     if deploy:
         return
     if contrastive:
         n.loss_contr = L.Python(en2_x, en2_r, n.label, loss_weight=opts.lambda_s, python_param=dict(
             module=PY_MODULE, layer="ContrastiveLoss",
-            param_str=json.dumps({"margin": opts.margin, "neutral_label": opts.neutral_label})))
+            param_str=json.dumps({"margin": opts.margin, "neutral_label": opts.neutral_label,
+                                  "distance": opts.contrastive_distance})))
     n.loss_gen_r = L.EuclideanLoss(n.gen_r, n.xr, loss_weight=opts.lambda_gen_r)
     if recon:
         n.loss_rec_r = L.EuclideanLoss(n.rec_r, n.xr, loss_weight=opts.lambda_rec_r)

@@ -16,7 +16,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gcnet.config import ALL_MODELS, PRETRAIN_MODELS, NetOptions, SolverOptions  # noqa: E402
+from gcnet.config import (ALL_MODELS, CONTRASTIVE_DISTANCES, FINETUNE_OUTPUT_SCALE, PRETRAIN_CLIP_GRADIENTS,  # noqa: E402
+                          PRETRAIN_MODELS, NetOptions, SolverOptions)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,7 +38,11 @@ def parse_args(argv=None):
     ap.add_argument("--power", type=float, default=SolverOptions.power, help="inv policy power")
     ap.add_argument("--iters", type=int, default=SolverOptions.max_iter)
     ap.add_argument("--clip-gradients", type=float, default=SolverOptions.clip_gradients,
-                    help="solver clip_gradients (0 = off)")
+                    help="solver clip_gradients of the expression models (0 = off)")
+    ap.add_argument("--pretrain-clip-gradients", type=float, default=PRETRAIN_CLIP_GRADIENTS,
+                    help="solver clip_gradients of encdec and cnn_id (0 = off)")
+    ap.add_argument("--finetune-output-scale", choices=FINETUNE_OUTPUT_SCALE, default=NetOptions.finetune_output_scale)
+    ap.add_argument("--contrastive-distance", choices=CONTRASTIVE_DISTANCES, default=NetOptions.contrastive_distance)
     ap.add_argument("--data-root", default="data/lmdb/ck+/fold_0", help="LMDB folder named in train_val nets")
     return ap.parse_args(argv)
 
@@ -53,11 +58,13 @@ def generate(args, out_dir):
         pre = model in PRETRAIN_MODELS
         opts = NetOptions(n_classes=args.classes, neutral_label=args.neutral_label, n_identities=args.identities,
                           margin=args.margin, decoder_lr_mult=args.decoder_lr_mult, pool_stride=args.pool_stride,
+                          finetune_output_scale=args.finetune_output_scale,
+                          contrastive_distance=args.contrastive_distance,
                           batch_size=args.batch,
                           train_source="%s/%s" % (args.data_root, "pretrain" if pre else "train"),
                           test_source="%s/%s" % (args.data_root, "pretrain" if pre else "test"))
         sopts = SolverOptions(gamma=args.gamma, power=args.power, max_iter=args.iters,
-                              clip_gradients=args.clip_gradients)
+                              clip_gradients=args.pretrain_clip_gradients if pre else args.clip_gradients)
         d = os.path.join(out_dir, model)
         os.makedirs(d, exist_ok=True)
         for phase in ("train_val", "deploy"):
