@@ -73,10 +73,26 @@ def preprocess(aligned, scale=DEFAULT_SCALE, crop=DEFAULT_CROP, mean=0.0):
     return x * np.float32(scale)
 
 
-class DeployModel:
-    """A trained model folder (deploy.prototxt + final.caffemodel + meta.json) loaded for inference."""
+def batch_stats_net_text(deploy_path) -> str:
+    """The deploy net with every BatchNorm layer normalising with the statistics of its batch
+    (use_global_stats false) and accumulating them as a plain sum (moving_average_fraction 1): the net of the
+    BatchNorm re-estimation (gcnet.bnstats) and of the batch-statistics scores of the diagnostics."""
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+    net = caffe_pb2.NetParameter()
+    text_format.Merge(Path(deploy_path).read_text(), net)
+    for layer in net.layer:
+        if layer.type == "BatchNorm":
+            layer.batch_norm_param.use_global_stats = False
+            layer.batch_norm_param.moving_average_fraction = 1.0
+    return text_format.MessageToString(net)
 
-    def __init__(self, model_dir, weights=None, gpu=None):
+
+class DeployModel:
+    """A trained model folder (deploy.prototxt + final.caffemodel + meta.json) loaded for inference.
+    `batch_stats` True normalises every batch with its own BatchNorm statistics (see batch_stats_net_text)."""
+
+    def __init__(self, model_dir, weights=None, gpu=None, batch_stats=False):
         self.dir = Path(model_dir)
         if not self.dir.is_dir():
             raise ModelError("model folder %s does not exist" % self.dir)
@@ -100,7 +116,16 @@ class DeployModel:
         else:
             caffe.set_mode_gpu()
             caffe.set_device(gpu)
-        self.net = caffe.Net(str(self.deploy), caffe.TEST, weights=str(self.weights))
+        if batch_stats:
+            import tempfile
+            with tempfile.NamedTemporaryFile("w", suffix=".prototxt", prefix="batch_stats_", delete=False) as f:
+                f.write(batch_stats_net_text(self.deploy))
+            try:
+                self.net = caffe.Net(f.name, caffe.TEST, weights=str(self.weights))
+            finally:
+                os.unlink(f.name)
+        else:
+            self.net = caffe.Net(str(self.deploy), caffe.TEST, weights=str(self.weights))
         self.input = "x" if "x" in self.net.blobs else self.net.inputs[0]
         n = self.net.blobs["prob"].data.shape[1] if "prob" in self.net.blobs else 0
         names = self.meta.get("class_names") or []
@@ -109,6 +134,10 @@ class DeployModel:
 
     def has(self, blob):
         return blob in self.net.blobs
+
+    def batchnorm_layers(self):
+        """Names of the net's BatchNorm layers."""
+        return [name for name in self.net.params if self.net.layer_dict[name].type == "BatchNorm"]
 
     def forward(self, aligned, blobs=("prob",), batch=64):
         """Run the deploy net on aligned 66x66 faces; {blob: array (N, ...)} for the requested blobs."""

@@ -7,14 +7,17 @@
     GCNet R1 (s0r1, s1r1) De_2r `de2r_*`, De_2i `de2i_*`          <- encdec  `de1r_*` (renamed)
     cnn (baseline)     En_2  `en2_*`                              <- cnn_id  `en2_*`
 
-Every other layer with parameters (fc1, fc2) keeps the random initialisation of its filler.  The pretrained nets
+Every other layer with parameters (fc1, fc2) keeps the random initialisation of its filler.  BatchNorm running
+statistics are zeroed by default (``bn_stats="zero"``): TRAIN never reads them, and the runner re-estimates them for
+the final weights after training; copied, they would only bias the running average of a short training
+(docs/choices.md).  The pretrained nets
 are read as plain NetParameter protobufs; the target is the model's train_val net built by pycaffe (so that the
 shapes checked are the real ones), written with ``net.save``.  A layer that a rule says must be copied but whose
 source is missing, or whose shapes differ, is an error naming the layer (``SurgeryError``).
 
 CLI (used by gcnet.runner in a subprocess, so that a Caffe CHECK failure cannot kill the runner):
     python -m gcnet.surgery MODEL TRAIN_VAL.prototxt OUT.caffemodel --encdec E.caffemodel --cnn-id C.caffemodel
-        [--report surgery.json]
+        [--report surgery.json] [--bn-stats zero|copy]
 """
 import argparse
 import json
@@ -119,9 +122,13 @@ def _fmt_shapes(shapes) -> str:
 
 
 def init_weights(model: str, train_val: str, out_path: str, encdec: Optional[str] = None,
-                 cnn_id: Optional[str] = None, report_path: Optional[str] = None, log=print) -> dict:
+                 cnn_id: Optional[str] = None, report_path: Optional[str] = None, log=print,
+                 bn_stats: str = "zero") -> dict:
     """Build `model`'s train_val net (TRAIN phase) in pycaffe, copy the pretrained layers into it, save it as
-    `out_path` (all layers, the uncopied ones with their filler's random values) and return the report."""
+    `out_path` (all layers, the uncopied ones with their filler's random values) and return the report.
+    `bn_stats` "zero" zeroes every BatchNorm layer's running statistics, "copy" keeps the pretrained ones."""
+    if bn_stats not in ("zero", "copy"):
+        raise SurgeryError("bn_stats must be zero or copy, not %r" % bn_stats)
     sources = {}
     if encdec:
         sources["encdec"] = read_caffemodel(encdec)
@@ -136,6 +143,14 @@ def init_weights(model: str, train_val: str, out_path: str, encdec: Optional[str
         for dst, src in zip(net.params[c["layer"]], sources[c["from_net"]][c["from_layer"]]):
             dst.data[...] = src
         log("  copied  %-16s <- %s/%-14s %s" % (c["layer"], c["from_net"], c["from_layer"], _fmt_shapes(c["shapes"])))
+    zeroed = [name for name in net.params if net.layer_dict[name].type == "BatchNorm"] if bn_stats == "zero" else []
+    for name in zeroed:
+        for blob in net.params[name]:
+            blob.data[...] = 0
+    if zeroed:
+        log("  zeroed BatchNorm statistics of %d layers" % len(zeroed))
+    report["bn_stats"] = bn_stats
+    report["bn_zeroed"] = zeroed
     for r in report["random"]:
         log("  random  %-16s (filler)                  %s" % (r["layer"], _fmt_shapes(r["shapes"])))
     for src_net, layers in report["unused_source_layers"].items():
@@ -162,9 +177,10 @@ def main(argv=None) -> int:
     ap.add_argument("--encdec")
     ap.add_argument("--cnn-id")
     ap.add_argument("--report")
+    ap.add_argument("--bn-stats", choices=("zero", "copy"), default="zero")
     a = ap.parse_args(argv)
     try:
-        rep = init_weights(a.model, a.train_val, a.out, a.encdec, a.cnn_id, a.report)
+        rep = init_weights(a.model, a.train_val, a.out, a.encdec, a.cnn_id, a.report, bn_stats=a.bn_stats)
     except SurgeryError as e:
         print("error: %s" % e, file=sys.stderr)
         return 2

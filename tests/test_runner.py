@@ -62,7 +62,9 @@ def test_pipeline_summary(first_run):
     assert sm["dataset"] == "synthetic"
     st = sm["settings"]
     for key in ("iterations", "pretrain_source", "batch", "margin", "gamma", "power", "data_root", "data_hash",
-                "caffe_build", "caffe_version", "git_commit", "synthetic"):
+                "caffe_build", "caffe_version", "git_commit", "synthetic", "contrastive_distance",
+                "finetune_output_scale", "clip_gradients", "pretrain_clip_gradients", "recalibrate_bn", "bn_samples",
+                "surgery_bn_stats"):
         assert key in st, key
     assert st["synthetic"] is True and st["iterations"] == 6 and st["batch"] == 4 and st["scaled_down"] is True
     assert "training folds" in st["pretrain_source"]
@@ -73,11 +75,26 @@ def test_pipeline_summary(first_run):
             assert 0.0 <= f["accuracy"] <= 1.0
             assert f["n_test"] > 0 and f["n_train"] > 0
             assert sum(map(sum, f["confusion"])) == f["n_test"]
+            # diagnostics: interval, training set in TEST phase and with batch statistics, final loss terms
+            assert f["ci95"][0] <= f["accuracy"] <= f["ci95"][1]
+            assert f["train"]["n"] > 0 and 0 <= f["train"]["accuracy_test_phase"] <= 1
+            assert 0 <= f["train"]["accuracy_batch_stats"] <= 1
+            assert "loss_cls" in f["final_losses"] and f["bn_recalibrated"] is True
+            if m == "gcnet_s1r1":
+                assert {"loss_gen_r", "loss_contr", "loss_rec_r", "loss_rec_i"} <= set(f["final_losses"])
+                g = f["generator"]
+                assert g["l_gen_r"] > 0 and g["baseline_mean_reference"] > 0 and g["baseline_copy_x"] > 0
+                assert isinstance(g["dead"], bool) and isinstance(g["beats_mean_reference"], bool)
+            else:
+                assert "generator" not in f
         accs = [f["accuracy"] for f in e["folds"].values()]
         assert e["mean"] == pytest.approx(np.mean(accs)) and e["std"] == pytest.approx(np.std(accs))
+        n = sum(f["n_test"] for f in e["folds"].values())
+        assert e["pooled"]["n"] == n and e["pooled"]["ci95"][0] <= e["pooled"]["accuracy"] <= e["pooled"]["ci95"][1]
     assert sm["failures"] == []
     md = (ds / "summary.md").read_text()
-    assert "| model | folds done | mean ± std | paper |" in md and "not comparable to the paper" in md
+    assert "| model | folds done | mean ± std over folds | all test images (n, 95% CI) | paper |" in md
+    assert "not comparable to the paper" in md and "## Diagnostics" in md
     assert "cnn" in p.stdout and "accuracy (mean ± std)" in p.stdout        # the final table
     # one progress line per display interval, with the loss terms, lr and an ETA
     assert re.search(r"\[synthetic fold \d gcnet_s1r1\] iter 2/6 loss \S+ loss_cls \S+ .*loss_gen_r \S+ .*lr \S+",
@@ -93,7 +110,8 @@ def test_fold_outputs(first_run):
         for k in (0, 1):
             d = ds / m / ("fold_%d" % k)
             for f in ("train_val.prototxt", "deploy.prototxt", "solver.prototxt", "init.caffemodel", "train.log",
-                      "final.caffemodel", "meta.json", "test.json", "surgery.json"):
+                      "trained.caffemodel", "final.caffemodel", "bn_stats.json", "meta.json", "test.json",
+                      "surgery.json"):
                 assert (d / f).exists(), d / f
             tj = json.loads((d / "test.json").read_text())
             n = tj["n_test"]
@@ -106,6 +124,17 @@ def test_fold_outputs(first_run):
             assert len(meta["class_names"]) == 7 and meta["iters"] == 6
             index = json.loads((ds / "lmdb" / ("fold_%d" % k) / "test_index.json").read_text())
             assert tj["frames"] == [e["frame"] for e in index]
+            # the BatchNorm stage ran: final = trained with every BatchNorm layer's statistics replaced
+            from gcnet.surgery import read_caffemodel
+            trained, final = read_caffemodel(str(d / "trained.caffemodel")), read_caffemodel(str(d / "final.caffemodel"))
+            assert set(trained) == set(final)
+            bn = [name for name in final if name.startswith(("en", "de")) and "_bn" in name]
+            assert bn and json.loads((d / "bn_stats.json").read_text())["layers"] == len(bn)
+            for name in final:
+                same = all(np.array_equal(a, b) for a, b in zip(trained[name], final[name]))
+                assert same == (name not in bn), name
+            for name in bn:
+                assert final[name][2].ravel()[0] == 1.0 and np.all(final[name][1] > 0), name
 
 
 @pytest.mark.e2e
@@ -117,17 +146,19 @@ def test_surgery_copied_pretrained_weights(first_run):
         enc = read_caffemodel(str(ds / "pretrain" / ("fold_%d" % k) / "encdec" / "final.caffemodel"))
         cid = read_caffemodel(str(ds / "pretrain" / ("fold_%d" % k) / "cnn_id" / "final.caffemodel"))
         g = read_caffemodel(str(ds / "gcnet_s1r1" / ("fold_%d" % k) / "init.caffemodel"))
-        pairs = [("en1_conv1", enc, "en1_conv1"), ("en1_bn2", enc, "en1_bn2"), ("en1_scale3", enc, "en1_scale3"),
+        pairs = [("en1_conv1", enc, "en1_conv1"), ("en1_scale3", enc, "en1_scale3"),
                  ("de1r_deconv2", enc, "de1r_deconv2"), ("en2_conv1", cid, "en2_conv1"),
-                 ("en2_conv3", cid, "en2_conv3"), ("en2_bn1", cid, "en2_bn1"),
-                 ("de2r_deconv3", enc, "de1r_deconv3"), ("de2i_deconv1", enc, "de1r_deconv1"),
-                 ("de2i_scale2", enc, "de1r_scale2")]
+                 ("en2_conv3", cid, "en2_conv3"), ("de2r_deconv3", enc, "de1r_deconv3"),
+                 ("de2i_deconv1", enc, "de1r_deconv1"), ("de2i_scale2", enc, "de1r_scale2")]
         for tgt, src, src_layer in pairs:
             assert len(g[tgt]) == len(src[src_layer]), tgt
             for a, b in zip(g[tgt], src[src_layer]):
                 assert a.shape == b.shape and np.array_equal(a, b), tgt
-        # the classifier is not pretrained
+        # the classifier is not pretrained; BatchNorm statistics are zeroed (--surgery-bn-stats zero), not copied
         assert "fc1" in g and "fc2" in g and "id_fc1" not in g
+        for layer in ("en1_bn2", "en2_bn1", "en2r_bn3", "de1r_bn1"):
+            assert all(not b.any() for b in g[layer]), layer
+            assert any(b.any() for b in (enc.get(layer) or cid.get(layer.replace("en2r", "en2")))), layer
         c = read_caffemodel(str(ds / "cnn" / ("fold_%d" % k) / "init.caffemodel"))
         for layer in ("en2_conv1", "en2_conv2", "en2_conv3", "en2_scale1"):
             for a, b in zip(c[layer], cid[layer]):
@@ -290,5 +321,7 @@ def test_summary_from_disk(tmp_path):
     assert sm["failures"][0]["error"] == "boom" and sm["failures"][0]["fold"] == 2
     assert sm["paper"]["models"]["cnn"] == pytest.approx(0.9694)
     assert sm["paper"]["best_prior"]["method"] == "DTAGN-Joint"
+    assert e["pooled"]["n"] == 4 and e["pooled"]["accuracy"] == pytest.approx(0.75)
     md = R.summary_markdown(sm)
-    assert "| cnn | 2/3 | 75.00% ± 25.00 | 96.94% |" in md and "boom" in md and "Scaled-down" in md
+    assert "| cnn | 2/3 | 75.00% ± 25.00 | 75.00% (n 4, 30.1-95.4%) | 96.94% |" in md
+    assert "boom" in md and "Scaled-down" in md

@@ -105,13 +105,14 @@ def decode_datum(buf: bytes) -> Tuple[np.ndarray, int]:
     return np.frombuffer(data, dtype=np.uint8).reshape(c, h, w), int(label)
 
 
-def read_lmdb(path: str) -> List[Tuple[str, np.ndarray, int]]:
-    """All (key, array, label) of an LMDB in key order (tests, figures, predict)."""
+def read_lmdb(path: str, limit: Optional[int] = None) -> List[Tuple[str, np.ndarray, int]]:
+    """(key, array, label) of an LMDB in key order, all or the first `limit` (tests, figures, predict, BN stats)."""
+    import itertools
     import lmdb
     env = lmdb.open(path, readonly=True, lock=False, readahead=False)
     try:
         with env.begin() as txn:
-            return [(k.decode(), *decode_datum(v)) for k, v in txn.cursor()]
+            return [(k.decode(), *decode_datum(v)) for k, v in itertools.islice(txn.cursor(), limit)]
     finally:
         env.close()
 

@@ -1,0 +1,126 @@
+"""BatchNorm re-estimation (gcnet.bnstats) and the diagnostics of gcnet.diagnostics.
+
+The contract of the re-estimation: after it, the TEST phase (stored statistics) gives what the batch statistics
+give.  Checked on a fixed batch: the training LMDB holds exactly one batch, the net's stored statistics are stale
+(random), and after re-estimating on that batch the TEST-phase outputs equal the batch-statistics outputs up to
+Caffe's variance bias correction m / (m - 1) (m >= 16 * 7 * 7 values per channel here).
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from conftest import needs_caffe  # noqa: E402
+from gcnet import diagnostics as D  # noqa: E402
+
+BATCH = 16
+
+
+def _model_dir(tmp_path, model):
+    """A model folder (deploy, meta, trained.caffemodel with random weights and stale BatchNorm statistics) and a
+    training LMDB of exactly one batch of smooth random faces."""
+    import caffe
+    from gcnet.config import NetOptions
+    from gcnet.data.lmdb_build import encode_datum
+    from gcnet.nets import build_net, net_text
+    import lmdb
+    d = tmp_path / model
+    d.mkdir()
+    (d / "deploy.prototxt").write_text(net_text(build_net(model, NetOptions(), "deploy")))
+    (d / "meta.json").write_text(json.dumps({"class_names": ["c%d" % i for i in range(7)]}))
+    net = caffe.Net(str(d / "deploy.prototxt"), caffe.TEST)
+    rng = np.random.default_rng(3)
+    for name, blobs in net.params.items():
+        if net.layer_dict[name].type == "BatchNorm":          # stale: far from the statistics of any input
+            blobs[0].data[...] = rng.normal(0, 3, blobs[0].data.shape)
+            blobs[1].data[...] = rng.uniform(0.01, 5, blobs[1].data.shape)
+            blobs[2].data[...] = 7.0
+        elif net.layer_dict[name].type == "Scale":
+            blobs[0].data[...] = rng.uniform(0.5, 1.5, blobs[0].data.shape)
+            blobs[1].data[...] = rng.normal(0, 0.3, blobs[1].data.shape)
+    net.save(str(d / "trained.caffemodel"))
+    yy, xx = np.mgrid[0:66, 0:66] / 66.0
+    faces = []
+    for i in range(BATCH):
+        a, b = rng.uniform(-3, 3, 2)
+        img = 128 + 60 * np.sin(a * xx + b * yy + i) + rng.normal(0, 10, (66, 66))
+        faces.append(np.clip(img, 0, 255).astype(np.uint8))
+    env = lmdb.open(str(tmp_path / "train"), map_size=1 << 26)
+    with env.begin(write=True) as txn:
+        for i, f in enumerate(faces):
+            txn.put(b"%08d" % i, encode_datum(np.stack([f, f[::-1]]), i % 7))
+    env.close()
+    return d, np.stack([np.stack([f, f[::-1]]) for f in faces])
+
+
+@needs_caffe
+@pytest.mark.parametrize("model", ["cnn", "gcnet_s1r1"])
+def test_reestimation_makes_test_phase_match_batch_statistics(tmp_path, model):
+    from gcnet.bnstats import recalibrate
+    from gcnet.inference import DeployModel
+    d, pairs = _model_dir(tmp_path, model)
+    blobs = ("fc2", "gen_r") if model != "cnn" else ("fc2",)
+    batch = DeployModel(d, weights=d / "trained.caffemodel", batch_stats=True).forward(pairs, blobs, BATCH)
+    stale = DeployModel(d, weights=d / "trained.caffemodel").forward(pairs, blobs, BATCH)
+    assert not np.allclose(stale["fc2"], batch["fc2"], rtol=0.1, atol=0.1)      # the stale statistics do matter
+    rep = recalibrate(str(d), str(d / "trained.caffemodel"), str(d / "final.caffemodel"), str(tmp_path / "train"),
+                      n_samples=BATCH, batch=BATCH)
+    assert rep["n_samples"] == BATCH and rep["layers"] == len(DeployModel(d).batchnorm_layers())
+    fixed = DeployModel(d, weights=d / "final.caffemodel").forward(pairs, blobs, BATCH)
+    for b in blobs:
+        scale = np.abs(batch[b]).max()
+        np.testing.assert_allclose(fixed[b], batch[b], rtol=2e-3, atol=2e-3 * scale)
+
+
+@needs_caffe
+def test_reestimation_uses_whole_batches_and_keeps_other_weights(tmp_path):
+    from gcnet.bnstats import recalibrate
+    from gcnet.surgery import read_caffemodel
+    d, _ = _model_dir(tmp_path, "cnn")
+    rep = recalibrate(str(d), str(d / "trained.caffemodel"), str(d / "final.caffemodel"), str(tmp_path / "train"),
+                      n_samples=BATCH + 5, batch=6)
+    assert rep["n_samples"] == 12 and rep["batch"] == 6         # two whole batches of 6 out of 16 samples
+    old, new = read_caffemodel(str(d / "trained.caffemodel")), read_caffemodel(str(d / "final.caffemodel"))
+    for name in old:
+        changed = not all(np.array_equal(a, b) for a, b in zip(old[name], new[name]))
+        assert changed == ("_bn" in name), name
+
+
+def test_wilson_interval():
+    assert D.wilson_interval(0, 0) == [None, None]
+    lo, hi = D.wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+    lo, hi = D.wilson_interval(3, 4)
+    assert (lo, hi) == (pytest.approx(0.3006, abs=1e-4), pytest.approx(0.9544, abs=1e-4))
+    lo, hi = D.wilson_interval(80, 100)
+    assert lo == pytest.approx(0.7112, abs=1e-4) and hi == pytest.approx(0.8666, abs=1e-4)
+
+
+def test_generator_diagnostics_baselines_and_dead_output():
+    rng = np.random.default_rng(0)
+    test = rng.integers(0, 256, (5, 2, 66, 66)).astype(np.uint8)
+    train = rng.integers(0, 256, (8, 2, 66, 66)).astype(np.uint8)
+    crop, scale = 64, 1 / 256.0
+    xr = D.centre_crop(test, crop, scale)[:, 1:2]
+    perfect = D.generator_diagnostics(test, xr, train, crop, scale)
+    assert perfect["l_gen_r"] == 0 and perfect["beats_mean_reference"] and not perfect["dead"]
+    mean_ref = D.centre_crop(train, crop, scale)[:, 1].mean(0)
+    expect = np.mean(0.5 * np.sum((xr[:, 0] - mean_ref) ** 2, axis=(1, 2)))
+    assert perfect["baseline_mean_reference"] == pytest.approx(expect)
+    x = D.centre_crop(test, crop, scale)[:, 0]
+    assert perfect["baseline_copy_x"] == pytest.approx(np.mean(0.5 * np.sum((xr[:, 0] - x) ** 2, axis=(1, 2))))
+    dead = D.generator_diagnostics(test, np.zeros_like(xr), train, crop, scale)
+    assert dead["dead"] and dead["output_positive_fraction"] == 0.0 and not dead["beats_mean_reference"]
+
+
+def test_final_losses_takes_the_last_record_with_outputs():
+    recs = [{"iter": 0, "loss": 5.0, "outputs": {"loss_cls": 2.0}}, {"iter": 10, "loss": 1.0,
+                                                                     "outputs": {"loss_cls": 0.5, "loss_gen_r": 3.0}},
+            {"iter": 20, "loss": None, "outputs": {}}]
+    assert D.final_losses(recs) == {"loss_cls": 0.5, "loss_gen_r": 3.0, "loss": 1.0}
+    assert D.final_losses([]) == {}
