@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from gcnet import config as C
+from gcnet import diagnostics as D
 from gcnet.logparse import LogParser, last_lines
 
 REPO = Path(os.environ.get("GCNET_ROOT") or Path(__file__).resolve().parents[1])
@@ -49,16 +50,20 @@ DATASET_NAMES = tuple(C.DATASETS)
 # given in the paper; they default to --iters.
 PAPER_SCHEDULE = dict(n_folds=10, folds="0-9", iters=300000, pretrain_iters=None, batch=64)
 
-# `synthetic` without --iters: a CPU-sized profile (about 30 min on 2 cores; tuned by timing, see docs).
+# `synthetic` without --iters: a CPU-sized profile (about 30 min on 2 cores, measured: README "Results").  100
+# identities give about 39 labelled sequences (about 120 test images) per fold, so one sequence moves a fold's
+# accuracy by under 3 points; two folds give a mean and a spread.
 SYNTHETIC_PROFILE = dict(
-    subjects=20,          # synthetic identities written by gcnet.data.synthetic.make_synthetic
+    subjects=100,         # synthetic identities written by gcnet.data.synthetic.make_synthetic
     n_folds=10,           # the paper's protocol (subject-independent 10 folds) ...
-    folds="0-1",          # ... of which these are run
+    folds="0-1",          # ... of which these are run (their LMDBs only are built)
     iters=200,            # expression-model iterations
     pretrain_iters=200,   # encdec / cnn_id iterations
     batch=16,
     augment=2,            # augmented copies per training sample in the LMDB
     display=10,
+    jobs=2,               # two trainings side by side, one BLAS thread each
+    bn_samples=512,       # training samples of the BatchNorm re-estimation and of the training-set scores
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -253,7 +258,13 @@ class Settings:
     batch: int
     augment: Optional[int]
     margin: float
+    contrastive_distance: str
+    finetune_output_scale: str
     clip_gradients: float
+    pretrain_clip_gradients: float
+    recalibrate_bn: bool
+    bn_samples: int
+    surgery_bn_stats: str
     gamma: float
     power: float
     base_lr: float
@@ -275,6 +286,8 @@ class Settings:
     stop_after: Optional[str]
     keep_snapshots: int
     models_explicit: bool = False
+    lmdb_folds: List[int] = field(default_factory=list)   # folds whose LMDBs are built: --folds (not narrowed by
+                                                          # --task-index, so that every array task agrees)
 
     @property
     def lmdb_dir(self) -> Path:
@@ -296,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Every stage is cached; rerunning the same command resumes where it stopped (Ctrl-C snapshots).",
         epilog="Defaults are the paper's: all five models, ten folds, 3e5 iterations, batch 64.  `synthetic` "
                "without --iters uses a CPU-sized profile (gcnet/runner.py SYNTHETIC_PROFILE: %s) on "
-               "data/synthetic/ck+, generated on first use.\n\n"
+               "data/synthetic/ck+_<N>subjects_seed<S>, generated on first use.\n\n"
                "Examples:\n"
                "  tools/run_folds.sh synthetic\n"
                "  tools/run_folds.sh ck+ --data /data/CK+ --gpu 0,1,2,3\n"
@@ -307,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("dataset", help="one of: %s" % ", ".join(DATASET_NAMES))
     g = ap.add_argument_group("data")
     g.add_argument("--data", metavar="ROOT", help="dataset root in its original layout (required except for "
-                   "synthetic, whose default is data/synthetic/ck+, generated when missing)")
+                   "synthetic, whose default is data/synthetic/ck+_<N>subjects_seed<S>, generated when missing)")
     g.add_argument("--landmarks", metavar="DIR", help="landmark files mirroring the dataset tree (else the "
                    "dataset's own / the face detector)")
     g.add_argument("--mmi-peaks", metavar="CSV", help="MMI peak frames (session,peak_frame)")
@@ -325,9 +338,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--iters", type=int, help="training iterations of each expression model (default 3e5)")
     g.add_argument("--pretrain-iters", type=int, help="iterations of encdec and cnn_id (default: --iters)")
     g.add_argument("--batch", type=int, help="mini-batch size (default 64)")
-    g.add_argument("--margin", type=float, default=C.NetOptions.margin, help="contrastive margin m (Eq. 4)")
+    g.add_argument("--contrastive-distance", choices=C.CONTRASTIVE_DISTANCES, default=C.NetOptions.contrastive_distance,
+                   help="S of Eq. 4-5: l2 = ||En_2(X) - En_2(X_r hat)|| (paper), rms = l2 / sqrt(feature size) "
+                        "(default %(default)s; docs/choices.md)")
+    g.add_argument("--margin", type=float, help="contrastive margin m (Eq. 4; default %s)" % ", ".join(
+        "%g for %s" % (v, k) for k, v in C.DEFAULT_MARGIN.items()))
+    g.add_argument("--finetune-output-scale", choices=C.FINETUNE_OUTPUT_SCALE, default=C.NetOptions.finetune_output_scale,
+                   help="Scale of each decoder's 1-channel output block while fine-tuning: frozen at its pretrained "
+                        "values, or trained at the decoder rate (paper; default %(default)s; docs/choices.md)")
     g.add_argument("--clip-gradients", type=float, default=C.SolverOptions.clip_gradients,
-                   help="solver clip_gradients, 0 = off (not in the paper; docs/choices.md)")
+                   help="solver clip_gradients of the expression models, 0 = off (default %(default)g)")
+    g.add_argument("--pretrain-clip-gradients", type=float, default=C.PRETRAIN_CLIP_GRADIENTS,
+                   help="solver clip_gradients of encdec / cnn_id, 0 = off (default %(default)g; docs/choices.md)")
+    g.add_argument("--no-recalibrate-bn", dest="recalibrate_bn", action="store_false",
+                   help="test with the BatchNorm running averages of training instead of statistics re-estimated "
+                        "for the final weights on the training set (docs/choices.md)")
+    g.add_argument("--bn-samples", type=int, help="training samples used to re-estimate the BatchNorm statistics "
+                   "and to score the training set (default 1024)")
+    g.add_argument("--surgery-bn-stats", choices=("zero", "copy"), default="zero",
+                   help="BatchNorm statistics of init.caffemodel: zeroed (default) or copied from pretraining")
     g.add_argument("--gamma", type=float, default=C.SolverOptions.gamma, help="inv policy gamma")
     g.add_argument("--power", type=float, default=C.SolverOptions.power, help="inv policy power")
     g.add_argument("--base-lr", type=float, default=C.SolverOptions.base_lr, help="base learning rate")
@@ -364,6 +393,12 @@ def _lmdb_default_augment():
         return "?"
 
 
+def default_synthetic_root(subjects: int, seed: int) -> Path:
+    """Where `synthetic` without --data writes (and finds) its set: named by what it holds, so that a set made with
+    other settings is never reused."""
+    return REPO / "data" / "synthetic" / ("ck+_%dsubjects_seed%d" % (subjects, seed))
+
+
 def resolve_settings(a) -> Settings:
     if a.dataset not in C.DATASETS:
         raise UsageError("unknown dataset %r; choose from %s" % (a.dataset, ", ".join(DATASET_NAMES)))
@@ -389,21 +424,26 @@ def resolve_settings(a) -> Settings:
     if augment is not None and augment < 0:
         raise UsageError("--augment must be >= 0")
     gpus = parse_gpus(a.gpu)
-    jobs = a.jobs or (len(gpus) if gpus else 1)
+    jobs = a.jobs or (len(gpus) if gpus else prof.get("jobs", 1))
     if jobs < 1:
         raise UsageError("--jobs must be >= 1")
     threads = max(1, n_cores() // jobs)
     display = a.display or prof.get("display") or min(100, max(1, iters // 20))
     snapshot = a.snapshot or min(10000, max(display, iters // 4))
     test_interval = a.test_interval or min(1000, max(display, iters // 5))
-    if a.margin <= 0:
+    margin = a.margin if a.margin is not None else C.DEFAULT_MARGIN[a.contrastive_distance]
+    if margin <= 0:
         raise UsageError("--margin must be > 0")
+    bn_samples = a.bn_samples if a.bn_samples is not None else prof.get("bn_samples", 1024)
+    if bn_samples < 1:
+        raise UsageError("--bn-samples must be >= 1")
 
     data_root = a.data
     if getattr(a, "collect", False):
         data_root = data_root and os.path.abspath(data_root)
     elif synthetic:
-        data_root = os.path.abspath(data_root or str(REPO / "data" / "synthetic" / "ck+"))
+        data_root = os.path.abspath(data_root or str(default_synthetic_root(
+            a.synthetic_subjects or SYNTHETIC_PROFILE["subjects"], a.seed)))
     elif not data_root:
         raise UsageError("--data ROOT is required for %s (the dataset root in its original layout); only "
                          "`synthetic` has a default" % a.dataset)
@@ -425,7 +465,10 @@ def resolve_settings(a) -> Settings:
     return Settings(
         dataset=a.dataset, data_root=data_root, out=os.path.abspath(os.path.join(a.out, a.dataset)),
         models=models, folds=folds, n_folds=n_folds, iters=iters, pretrain_iters=pre_iters, batch=batch,
-        augment=augment, margin=a.margin, clip_gradients=a.clip_gradients, gamma=a.gamma, power=a.power, base_lr=a.base_lr, gpus=gpus, jobs=jobs,
+        augment=augment, margin=margin, contrastive_distance=a.contrastive_distance,
+        finetune_output_scale=a.finetune_output_scale, clip_gradients=a.clip_gradients,
+        pretrain_clip_gradients=a.pretrain_clip_gradients, recalibrate_bn=a.recalibrate_bn, bn_samples=bn_samples,
+        surgery_bn_stats=a.surgery_bn_stats, gamma=a.gamma, power=a.power, base_lr=a.base_lr, gpus=gpus, jobs=jobs,
         threads=threads, display=display, snapshot=snapshot, test_interval=test_interval, seed=a.seed,
         pretrain_data=a.pretrain_data and os.path.abspath(a.pretrain_data),
         landmarks=a.landmarks and os.path.abspath(a.landmarks),
@@ -433,7 +476,7 @@ def resolve_settings(a) -> Settings:
         figures=not (a.no_figures or a.no_summary), summary=not a.no_summary, synthetic=synthetic,
         synthetic_subjects=a.synthetic_subjects or (SYNTHETIC_PROFILE["subjects"] if synthetic else None),
         profile=profile, stop_after=a.stop_after, keep_snapshots=max(1, a.keep_snapshots),
-        models_explicit=a.models != ",".join(C.EXPRESSION_MODELS))
+        models_explicit=a.models != ",".join(C.EXPRESSION_MODELS), lmdb_folds=list(folds))
 
 
 # --------------------------------------------------------------------------------------------- processes
@@ -587,13 +630,13 @@ def ensure_synthetic(s: Settings) -> None:
 
 def stage_lmdb(s: Settings) -> dict:
     from gcnet.data.lmdb_build import build_lmdbs
-    kw = dict(n_folds=s.n_folds, folds=None, seed=s.seed, landmarks_root=s.landmarks,
+    kw = dict(n_folds=s.n_folds, seed=s.seed, landmarks_root=s.landmarks,
               pretrain_root=s.pretrain_data, mmi_peaks=s.mmi_peaks, progress=lambda m: say("  " + m))
     if s.augment is not None:
         kw["augment_copies"] = s.augment
     with FileLock(s.out, ".lmdb.lock"):
-        # always all folds: the LMDBs (and their hash) do not depend on which folds a run trains
-        man = build_lmdbs(s.dataset, s.data_root, str(s.lmdb_dir), **kw)
+        # the folds of --folds only: each Slurm array task names the same set
+        man = build_lmdbs(s.dataset, s.data_root, str(s.lmdb_dir), **dict(kw, folds=s.lmdb_folds or s.folds))
     return man
 
 
@@ -642,7 +685,8 @@ def net_options(s: Settings, man: dict, k: int, model: str):
     spec = C.DATASETS[s.dataset]
     lm = s.lmdb_dir / ("fold_%d" % k)
     opts = C.NetOptions(n_classes=len(spec.class_names), neutral_label=spec.neutral_label, batch_size=s.batch,
-                        margin=s.margin)
+                        margin=s.margin, contrastive_distance=s.contrastive_distance,
+                        finetune_output_scale=s.finetune_output_scale)
     if model in C.PRETRAIN_MODELS:
         # the shared WebFace LMDB by its own path, so that the shared pretraining does not depend on --folds
         src = str(s.lmdb_dir / man["pretrain"].get("path", "pretrain_webface")) if man.get("pretrain") \
@@ -661,7 +705,8 @@ def solver_options(s: Settings, model: str, opts) -> "C.SolverOptions":
     display = min(s.display, max(1, iters))
     so = C.SolverOptions(base_lr=s.base_lr, gamma=s.gamma, power=s.power, max_iter=iters, display=display,
                          snapshot=min(s.snapshot, iters), test_interval=min(s.test_interval, iters),
-                         solver_mode="GPU" if s.gpus else "CPU", clip_gradients=s.clip_gradients)
+                         solver_mode="GPU" if s.gpus else "CPU",
+                         clip_gradients=s.pretrain_clip_gradients if model in C.PRETRAIN_MODELS else s.clip_gradients)
     return so
 
 
@@ -779,11 +824,13 @@ class Progress:
         return None
 
 
-def train_with_caffe(s: Settings, job: Job, max_iter: int, weights: Optional[str], gpu: Optional[int]) -> str:
-    """caffe train in job.dir (resuming from the latest snapshot); returns "trained" | "resumed"; raises on error."""
+def train_with_caffe(s: Settings, job: Job, max_iter: int, weights: Optional[str], gpu: Optional[int],
+                     final_name: str = "final.caffemodel") -> str:
+    """caffe train in job.dir (resuming from the latest snapshot), the last weights copied to `final_name`; returns
+    "trained" | "resumed" | "finalized"; raises on error."""
     d = job.dir
     (d / "snapshots").mkdir(exist_ok=True)
-    final = d / "final.caffemodel"
+    final = d / final_name
     snaps = snapshots(d)
     action = "trained"
     cmd = [caffe_binary(), "train", "--solver=solver.prototxt", "--sigint_effect=stop", "--sighup_effect=snapshot"]
@@ -880,6 +927,9 @@ def man_pretrain_source(man: dict) -> str:
 
 
 def run_model_job(s: Settings, man: dict, job: Job, pre: Dict[str, Path], gpu: Optional[int]) -> None:
+    """Stages 3-5 of one model and fold: surgery -> init.caffemodel, caffe train -> trained.caffemodel, BatchNorm
+    re-estimation (gcnet.bnstats) -> final.caffemodel, test -> test.json.  Each step is skipped when its inputs
+    are unchanged (stage.json)."""
     d = job.dir
     with FileLock(d):
         texts = write_prototxts(s, man, job)
@@ -887,24 +937,31 @@ def run_model_job(s: Settings, man: dict, job: Job, pre: Dict[str, Path], gpu: O
         src_sha = {net: (_stage_state(pre[net]).get("weights_sha256") or sha256_file(p))
                    for net, p in init_src.items()}
         fp = data_fingerprint(man, job.fold, "train")
-        h_train = sha_text("model-v1", _portable(texts["train_val"], s), texts["solver"], fp, src_sha)
+        h_train = sha_text("model-v2", _portable(texts["train_val"], s), texts["solver"], fp, src_sha,
+                           s.surgery_bn_stats)
         st = _stage_state(d)
-        final, test_json = d / "final.caffemodel", d / "test.json"
-        h_test = None
-        trained = st.get("hash") == h_train and "train" in (st.get("stages") or {}) and final.exists()
-        if trained:
-            h_test = sha_text("test-v1", _portable(texts["deploy"], s), _portable(texts["train_val"], s),
-                              sha256_file(final), fp)
-            tj = read_json(test_json, {})
-            if tj.get("inputs_hash") == h_test and st.get("status") == "done":
-                job.status, job.action = "cached", "cached"
-                return
+        trained_w, final, test_json = d / "trained.caffemodel", d / "final.caffemodel", d / "test.json"
+        lm = s.lmdb_dir / ("fold_%d" % job.fold)
+        trained = st.get("hash") == h_train and "train" in (st.get("stages") or {}) and trained_w.exists()
+
+        def bn_key():
+            return sha_text("bnstats-v1", sha256_file(trained_w), s.recalibrate_bn, s.bn_samples, s.batch, fp)
+
+        def test_key():
+            return sha_text("test-v2", _portable(texts["deploy"], s), _portable(texts["train_val"], s),
+                            sha256_file(final), fp, s.bn_samples, s.batch)
+
+        if trained and final.exists() and (st.get("bnstats") or {}).get("hash") == bn_key() \
+                and st.get("status") == "done" and read_json(test_json, {}).get("inputs_hash") == test_key():
+            job.status, job.action = "cached", "cached"
+            return
         if st.get("hash") != h_train:
             clean_outputs(d)
             st = {}
         state = {"hash": h_train, "status": "running", "kind": "model", "model": job.model, "fold": job.fold,
                  "iters": s.iters, "started": st.get("started") or _now(), "host": os.uname().nodename,
-                 "init": st.get("init"), "stages": st.get("stages", {})}
+                 "init": st.get("init"), "stages": st.get("stages", {}), "bnstats": st.get("bnstats"),
+                 "train_seconds": st.get("train_seconds"), "diverged": st.get("diverged")}
         write_json(d / "stage.json", state)
         t0 = time.time()
         stage = "surgery"
@@ -914,63 +971,104 @@ def run_model_job(s: Settings, man: dict, job: Job, pre: Dict[str, Path], gpu: O
             if not init.exists() or not (d / "surgery.json").exists():
                 say("%s net surgery -> init.caffemodel" % job.label)
                 cmd = [sys.executable, "-m", "gcnet.surgery", job.model, "train_val.prototxt", "init.caffemodel",
-                       "--encdec", init_src["encdec"], "--cnn-id", init_src["cnn_id"], "--report", "surgery.json"]
-                rc = run_logged(cmd, d, d / "surgery.log", child_env(s, quiet_glog=True))
-                if rc != 0:
-                    tail = [l for l in last_lines(str(d / "surgery.log"), 40) if l.strip()]
-                    err = next((l for l in reversed(tail) if l.startswith("error:")), None)
-                    if STOP.is_set():
-                        raise Interrupted()
-                    raise JobError("net surgery failed (status %d): %s" % (rc, err or (tail[-1] if tail else "?")))
+                       "--encdec", init_src["encdec"], "--cnn-id", init_src["cnn_id"], "--report", "surgery.json",
+                       "--bn-stats", s.surgery_bn_stats]
+                _run_step(cmd, d, "surgery", "net surgery", child_env(s, quiet_glog=True))
                 rep = read_json(d / "surgery.json", {})
                 state["init"] = {"copied": len(rep.get("copied", [])), "random": [r["layer"] for r in
-                                                                                 rep.get("random", [])]}
+                                                                                 rep.get("random", [])],
+                                 "bn_stats": rep.get("bn_stats")}
                 state["stages"]["surgery"] = _now()
                 write_json(d / "stage.json", state)
             # 4: train
             stage = "train"
             if not trained:
-                job.action = train_with_caffe(s, job, s.iters, "init.caffemodel", gpu)
+                job.action = train_with_caffe(s, job, s.iters, "init.caffemodel", gpu, final_name=trained_w.name)
                 state.update(status="trained", train_seconds=round(time.time() - t0, 1), diverged=job.diverged)
                 if job.diverged:
                     say("%s WARNING: training diverged (%s)" % (job.label, job.diverged))
                 state["stages"]["train"] = _now()
                 write_json(d / "stage.json", state)
+            write_json(d / "meta.json", make_meta(s, man, job, texts, state))
+            # 4b: BatchNorm statistics for the final weights
+            stage = "bnstats"
+            key = bn_key()
+            if (state.get("bnstats") or {}).get("hash") != key or not final.exists():
+                if s.recalibrate_bn:
+                    say("%s re-estimating BatchNorm statistics on up to %d training samples" % (job.label,
+                                                                                            s.bn_samples))
+                    cmd = [sys.executable, "-m", "gcnet.bnstats", str(d), "--weights", str(trained_w), "--out",
+                           str(final), "--train-lmdb", str(lm / "train"), "--samples", str(s.bn_samples),
+                           "--batch", str(s.batch), "--report", "bn_stats.json"] + (
+                        ["--gpu", str(gpu)] if gpu is not None else [])
+                    _run_step(cmd, d, "bnstats", "BatchNorm re-estimation", child_env(s, gpu, quiet_glog=True))
+                    rep = read_json(d / "bn_stats.json", {})
+                else:
+                    _finalize(d, trained_w, final, s.keep_snapshots)
+                    rep = {"skipped": "--no-recalibrate-bn: the running averages of training are used"}
+                state["bnstats"] = dict(rep, hash=key, recalibrated=s.recalibrate_bn)
+                state["stages"]["bnstats"] = _now()
+                write_json(d / "stage.json", state)
             # 5: test
             stage = "test"
-            if h_test is None:
-                h_test = sha_text("test-v1", _portable(texts["deploy"], s), _portable(texts["train_val"], s),
-                                  sha256_file(final), fp)
             info = fold_info(man, job.fold)
-            lm = s.lmdb_dir / ("fold_%d" % job.fold)
-            write_json(d / "meta.json", make_meta(s, man, job, texts, state))
             cmd = [sys.executable, "-m", "gcnet.runner", "_evaluate", "--dir", str(d), "--lmdb", str(lm / "test"),
                    "--index", str(lm / "test_index.json"), "--n-classes", str(texts["opts"]["n_classes"]),
-                   "--n-train", str(info["n_train"]), "--hash", h_test]
+                   "--n-train", str(info["n_train"]), "--hash", test_key(), "--train-lmdb", str(lm / "train"),
+                   "--bn-samples", str(s.bn_samples), "--batch", str(s.batch)]
             if gpu is not None:
                 cmd += ["--gpu", str(gpu)]
-            rc = run_logged(cmd, d, d / "test.log", child_env(s, gpu, quiet_glog=True))
-            if rc != 0:
-                if STOP.is_set():
-                    raise Interrupted()
-                tail = [l for l in last_lines(str(d / "test.log"), 20) if l.strip()]
-                raise JobError("test failed (status %d): %s" % (rc, tail[-1] if tail else "?"))
+            _run_step(cmd, d, "test", "test", child_env(s, gpu, quiet_glog=True))
             tj = read_json(test_json, {})
             state.update(status="done", finished=_now(), accuracy=tj.get("accuracy"))
             state["stages"]["test"] = _now()
             write_json(d / "stage.json", state)
             job.status = "done"
             job.action = job.action or "tested"
-            say("%s accuracy %.4f (%d/%d test images)" % (job.label, tj["accuracy"],
-                                                          int(round(tj["accuracy"] * tj["n_test"])), tj["n_test"]))
+            say("%s %s" % (job.label, result_line(tj)))
         except Interrupted:
             write_json(d / "stage.json", dict(state, status="interrupted"))
             raise
         except Exception as e:
-            log = {"surgery": "surgery.log", "train": "train.log", "test": "test.log"}[stage]
             write_json(d / "stage.json", dict(state, status="failed", failed_stage=stage, error=str(e),
-                                              log_tail=last_lines(str(d / log), 15)))
+                                              log_tail=last_lines(str(d / (stage + ".log")), 15)))
             raise
+
+
+def _run_step(cmd: List[str], d: Path, log_name: str, what: str, env: dict) -> None:
+    """Run one step of a job as a subprocess logging to <d>/<log_name>.log; JobError (its last error line) on
+    failure, Interrupted when the runner is stopping."""
+    rc = run_logged(cmd, d, d / (log_name + ".log"), env)
+    if rc != 0:
+        if STOP.is_set():
+            raise Interrupted()
+        tail = [l for l in last_lines(str(d / (log_name + ".log")), 40) if l.strip()]
+        err = next((l for l in reversed(tail) if l.startswith("error:")), None)
+        raise JobError("%s failed (status %d): %s" % (what, rc, err or (tail[-1] if tail else "?")))
+
+
+def result_line(tj: dict) -> str:
+    """One line of a test.json: accuracy with n and interval, the training set in TEST phase and with batch
+    statistics, and the generator against its baselines."""
+    n = tj.get("n_test") or 0
+    k = int(round(tj["accuracy"] * n))
+    ci = tj.get("ci95") or [None, None]
+    parts = ["accuracy %.4f (%d/%d, 95%% CI %s)" % (tj["accuracy"], k, n, _fmt_ci(ci))]
+    tr = tj.get("train") or {}
+    if tr.get("accuracy_test_phase") is not None:
+        parts.append("train %.3f TEST phase / %s batch stats (n %d)" % (
+            tr["accuracy_test_phase"], "-" if tr.get("accuracy_batch_stats") is None else
+            "%.3f" % tr["accuracy_batch_stats"], tr.get("n", 0)))
+    g = tj.get("generator")
+    if g:
+        parts.append("L_Gen,r %.2f (mean ref %.2f, copy X %.2f)%s" % (
+            g["l_gen_r"], g["baseline_mean_reference"], g["baseline_copy_x"],
+            " DEAD GENERATOR" if g["dead"] else ("" if g["beats_mean_reference"] else " (no better than the mean)")))
+    return "; ".join(parts)
+
+
+def _fmt_ci(ci) -> str:
+    return "-" if ci is None or ci[0] is None else "%.3f-%.3f" % tuple(ci)
 
 
 def make_meta(s: Settings, man: dict, job: Job, texts: dict, state: dict) -> dict:
@@ -996,29 +1094,50 @@ def _now() -> str:
 
 # --------------------------------------------------------------------------------------------- stage 5: evaluate
 def evaluate(model_dir: str, lmdb_path: str, index_path: Optional[str], n_classes: int, gpu: Optional[int] = None,
-             batch: int = 64) -> dict:
+             batch: int = 64, train_lmdb: Optional[str] = None, bn_samples: int = 1024, train_batch: int = 16,
+             train_acc_batch_stats: Optional[float] = None) -> dict:
     """Every sample of the test LMDB, X channel only, centre crop, through deploy.prototxt + final.caffemodel
-    (gcnet.inference: the same preprocessing as tools/predict.py)."""
+    (gcnet.inference: the same preprocessing as tools/predict.py); with `train_lmdb`, the diagnostics of
+    gcnet.diagnostics on the first `bn_samples` training samples (those of the BatchNorm re-estimation)."""
     import numpy as np
+    from gcnet import diagnostics as D
     from gcnet.data.lmdb_build import read_lmdb
     from gcnet.inference import DeployModel
     items = read_lmdb(lmdb_path)
     labels = [label for _, _, label in items]
     n = len(items)
     model = DeployModel(model_dir, gpu=gpu)
+    pairs = np.stack([a for _, a, _ in items]) if n else np.zeros((0, 2, 66, 66), np.uint8)
     probs = np.zeros((n, n_classes), np.float32)
+    gen = None
     if n:
-        probs[:] = model.forward(np.stack([a for _, a, _ in items]), ("prob",), batch)["prob"].reshape(
-            n, -1)[:, :n_classes]
+        out = model.forward(pairs, ("prob", "gen_r"), batch)
+        probs[:] = out["prob"].reshape(n, -1)[:, :n_classes]
+        gen = out.get("gen_r")
     pred = probs.argmax(1).tolist() if n else []
     conf = [[0] * n_classes for _ in range(n_classes)]
     for t, p in zip(labels, pred):
         conf[t][p] += 1
     index = read_json(index_path, []) if index_path else []
     frames = [e.get("frame") if isinstance(e, dict) else e for e in index] if len(index) == n else []
-    acc = sum(int(t == p) for t, p in zip(labels, pred)) / n if n else 0.0
-    return {"accuracy": acc, "n_test": n, "confusion": conf, "labels": labels, "predictions": pred,
-            "frames": frames, "probs": probs.round(6).tolist(), "crop": model.crop, "scale": model.scale}
+    correct = sum(int(t == p) for t, p in zip(labels, pred))
+    res = {"accuracy": correct / n if n else 0.0, "n_test": n, "ci95": D.wilson_interval(correct, n),
+           "confusion": conf, "labels": labels, "predictions": pred, "frames": frames,
+           "probs": probs.round(6).tolist(), "crop": model.crop, "scale": model.scale}
+    if train_lmdb:
+        from gcnet.bnstats import training_samples
+        tx, ty = training_samples(train_lmdb, bn_samples, train_batch)
+        tb = min(train_batch, len(tx))
+        acc_test = float(np.mean(model.predict(tx).argmax(1) == ty))
+        if train_acc_batch_stats is None:
+            bs = DeployModel(model_dir, gpu=gpu, batch_stats=True)
+            train_acc_batch_stats = float(np.mean(bs.forward(tx, ("prob",), tb)["prob"].reshape(len(tx), -1)
+                                                  .argmax(1) == ty))
+        res["train"] = {"accuracy_test_phase": acc_test, "accuracy_batch_stats": train_acc_batch_stats,
+                        "n": int(len(tx)), "batch": tb}
+        if gen is not None and n:
+            res["generator"] = D.generator_diagnostics(pairs, gen, tx, model.crop, model.scale)
+    return res
 
 
 def _evaluate_main(argv) -> int:
@@ -1030,9 +1149,18 @@ def _evaluate_main(argv) -> int:
     ap.add_argument("--n-train", type=int, default=0)
     ap.add_argument("--hash", default="")
     ap.add_argument("--gpu", type=int)
+    ap.add_argument("--train-lmdb")
+    ap.add_argument("--bn-samples", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=16, help="training batch size (batch statistics)")
     a = ap.parse_args(argv)
     t0 = time.time()
-    res = evaluate(a.dir, a.lmdb, a.index, a.n_classes, a.gpu)
+    st = _stage_state(Path(a.dir))
+    bn = st.get("bnstats") or {}
+    # batch statistics do not depend on the stored ones: the re-estimation pass already scored these samples
+    known = bn.get("train_accuracy_batch_stats") if bn.get("n_samples") and bn.get("batch") == min(
+        a.batch, bn.get("n_samples")) else None
+    res = evaluate(a.dir, a.lmdb, a.index, a.n_classes, a.gpu, train_lmdb=a.train_lmdb, bn_samples=a.bn_samples,
+                   train_batch=a.batch, train_acc_batch_stats=known)
     meta = read_json(Path(a.dir) / "meta.json", {}) or {}
     res.update(n_train=a.n_train, inputs_hash=a.hash, seconds=round(time.time() - t0, 2))
     res["class_names"] = meta.get("class_names")
@@ -1115,6 +1243,26 @@ def _model_dirs(out: Path) -> Dict[str, Dict[int, Path]]:
     return found
 
 
+def fold_entry(tj: dict, st: dict, d: Path) -> dict:
+    """The summary's record of one model and fold: test accuracy (n, 95% interval), the diagnostics of
+    gcnet.diagnostics and the BatchNorm re-estimation."""
+    from gcnet.logparse import parse_log
+    n = tj.get("n_test")
+    fe = {"accuracy": tj["accuracy"], "n_test": n, "ci95": tj.get("ci95") or (
+        D.wilson_interval(int(round(tj["accuracy"] * n)), n) if n else None), "n_train": tj.get("n_train"),
+        "confusion": tj.get("confusion"), "train": tj.get("train"),
+        "final_losses": D.final_losses(parse_log(d / "train.log")["train"]) if (d / "train.log").exists() else {}}
+    if tj.get("generator"):
+        fe["generator"] = tj["generator"]
+    bn = st.get("bnstats") or {}
+    fe["bn_recalibrated"] = bool(bn.get("recalibrated"))
+    if bn.get("stale_mean_shift"):
+        fe["bn_stale_mean_shift_max"] = max(bn["stale_mean_shift"].values())
+    if st.get("diverged"):
+        fe["diverged"] = st["diverged"]
+    return fe
+
+
 def collect_summary(out: Path, dataset: str, models: Optional[Sequence[str]] = None,
                     folds: Optional[Sequence[int]] = None, settings: Optional[dict] = None) -> dict:
     """summary dict from what is on disk under out (= <out>/<dataset>)."""
@@ -1128,18 +1276,21 @@ def collect_summary(out: Path, dataset: str, models: Optional[Sequence[str]] = N
                "failures": [], "folds_requested": folds, "generated": _now()}
     for m in models:
         entry = {"folds": {}, "mean": None, "std": None, "n_folds_done": 0, "missing_folds": []}
-        accs = []
+        accs, correct, n_all = [], 0, 0
         for k in folds:
             d = found.get(m, {}).get(k)
             tj = read_json(d / "test.json") if d else None
             st = _stage_state(d) if d else {}
             if tj and st.get("status") == "done":
-                entry["folds"][str(k)] = {"accuracy": tj["accuracy"], "n_train": tj.get("n_train"),
-                                          "n_test": tj.get("n_test"), "confusion": tj.get("confusion")}
+                fe = fold_entry(tj, st, d)
+                entry["folds"][str(k)] = fe
                 if st.get("diverged"):
-                    entry["folds"][str(k)]["diverged"] = st["diverged"]
                     summary.setdefault("diverged", []).append({"model": m, "fold": k, "what": st["diverged"]})
+                if (fe.get("generator") or {}).get("dead"):
+                    summary.setdefault("dead_generators", []).append({"model": m, "fold": k, "what": D.DEAD_NOTE})
                 accs.append(tj["accuracy"])
+                n_all += fe["n_test"] or 0
+                correct += int(round(tj["accuracy"] * (fe["n_test"] or 0)))
             else:
                 entry["missing_folds"].append(k)
                 if st.get("status") in ("failed", "interrupted", "running"):
@@ -1151,6 +1302,8 @@ def collect_summary(out: Path, dataset: str, models: Optional[Sequence[str]] = N
         if accs:
             entry["mean"] = sum(accs) / len(accs)
             entry["std"] = statistics.pstdev(accs) if len(accs) > 1 else 0.0
+            entry["pooled"] = D.accuracy_entry(correct, n_all)     # all test images of the done folds together
+            entry["not_a_gcnet_result"] = any((f.get("generator") or {}).get("dead") for f in entry["folds"].values())
         summary["models"][m] = entry
     # pretraining failures
     for st_path in sorted(glob.glob(str(out / "pretrain" / "*" / "*" / "stage.json"))):
@@ -1174,12 +1327,15 @@ def summary_markdown(sm: dict) -> str:
                   "3e5 iterations, batch 64, 10 folds." % (st.get("iterations"), st.get("batch"),
                                                            len(sm.get("folds_requested", [])), st.get("n_folds")),
                   ""]
-    lines += ["| model | folds done | mean ± std | paper |", "|---|---|---|---|"]
+    lines += ["| model | folds done | mean ± std over folds | all test images (n, 95% CI) | paper |",
+              "|---|---|---|---|---|"]
     pm = paper.get("models", {}) if paper.get("table") else {}
     for m, e in sm["models"].items():
         ms = "%.2f%% ± %.2f" % (100 * e["mean"], 100 * e["std"]) if e["mean"] is not None else "-"
         pp = "%.2f%%" % (100 * pm[m]) if m in pm else "-"
-        lines.append("| %s | %d/%d | %s | %s |" % (m, e["n_folds_done"], len(sm.get("folds_requested", [])), ms, pp))
+        lines.append("| %s%s | %d/%d | %s | %s | %s |" % (
+            m, " (NOT a GCNet result: dead generator)" if e.get("not_a_gcnet_result") else "", e["n_folds_done"],
+            len(sm.get("folds_requested", [])), ms, _fmt_pooled(e.get("pooled")), pp))
     lines.append("")
     if paper.get("table"):
         bp = paper.get("best_prior", {})
@@ -1194,9 +1350,10 @@ def summary_markdown(sm: dict) -> str:
         cells = []
         for k in sm.get("folds_requested", []):
             f = e["folds"].get(str(k))
-            cells.append("%.2f%%" % (100 * f["accuracy"]) if f else "-")
+            cells.append("%.2f%% (n %s)" % (100 * f["accuracy"], f.get("n_test")) if f else "-")
         lines.append("| %s | %s |" % (m, " | ".join(cells)))
     lines.append("")
+    lines += diagnostics_markdown(sm)
     if sm.get("diverged"):
         lines += ["## Diverged trainings (non-finite loss at the end; their accuracy is not meaningful)", ""]
         lines += ["* %s fold %s: %s" % (d["model"], d["fold"], d["what"]) for d in sm["diverged"]]
@@ -1214,15 +1371,58 @@ def summary_markdown(sm: dict) -> str:
 
 def summary_table(sm: dict) -> str:
     pm = sm.get("paper", {}).get("models", {}) if sm.get("paper", {}).get("table") else {}
-    rows = [("model", "folds", "accuracy (mean ± std)", "paper")]
+    rows = [("model", "folds", "accuracy (mean ± std)", "all test images (n, 95% CI)", "paper")]
     for m, e in sm["models"].items():
-        rows.append((m, "%d/%d" % (e["n_folds_done"], len(sm.get("folds_requested", []))),
+        rows.append((m + (" (dead generator)" if e.get("not_a_gcnet_result") else ""),
+                     "%d/%d" % (e["n_folds_done"], len(sm.get("folds_requested", []))),
                      "%.2f%% ± %.2f" % (100 * e["mean"], 100 * e["std"]) if e["mean"] is not None else "-",
-                     "%.2f%%" % (100 * pm[m]) if m in pm else "-"))
-    w = [max(len(r[i]) for r in rows) for i in range(4)]
+                     _fmt_pooled(e.get("pooled")), "%.2f%%" % (100 * pm[m]) if m in pm else "-"))
+    w = [max(len(r[i]) for r in rows) for i in range(5)]
     out = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
     out.insert(1, "  ".join("-" * x for x in w))
     return "\n".join(out)
+
+
+def _fmt_pooled(p: Optional[dict]) -> str:
+    if not p or p.get("accuracy") is None:
+        return "-"
+    return "%.2f%% (n %d, %.1f-%.1f%%)" % (100 * p["accuracy"], p["n"], 100 * p["ci95"][0], 100 * p["ci95"][1])
+
+
+def diagnostics_markdown(sm: dict) -> List[str]:
+    """The summary's diagnostics section: per model and fold, the training set in the TEST phase and with batch
+    statistics, the generator against its baselines, and the final loss terms."""
+    lines = ["## Diagnostics", "",
+             "Training set (the samples of the BatchNorm re-estimation) scored in the TEST phase and with batch "
+             "statistics: a gap over 10 points means the stored statistics do not fit the weights. L_Gen,r: "
+             "per-image ||X_r - Generator(X)||^2 / 2 on the test set, beside the mean training reference and "
+             "copy X.", "",
+             "| model | fold | test (n, 95% CI) | train TEST phase | train batch stats | L_Gen,r | mean ref | copy X "
+             "| final losses |", "|---|---|---|---|---|---|---|---|---|"]
+    for m, e in sm["models"].items():
+        for k, f in sorted(e["folds"].items(), key=lambda kv: int(kv[0])):
+            tr, g = f.get("train") or {}, f.get("generator") or {}
+            ci = f.get("ci95") or [None, None]
+            gen = ["-", "-", "-"]
+            if g:
+                flag = " **dead**" if g.get("dead") else ("" if g.get("beats_mean_reference") else " (not better)")
+                gen = ["%.2f%s" % (g["l_gen_r"], flag), "%.2f" % g["baseline_mean_reference"],
+                       "%.2f" % g["baseline_copy_x"]]
+            lines.append("| %s | %s | %.1f%% (n %s, %s) | %s | %s | %s | %s |" % (
+                m, k, 100 * f["accuracy"], f.get("n_test"),
+                "-" if ci[0] is None else "%.1f-%.1f%%" % (100 * ci[0], 100 * ci[1]),
+                _fmt_frac(tr.get("accuracy_test_phase")), _fmt_frac(tr.get("accuracy_batch_stats")),
+                " | ".join(gen), ", ".join("%s %s" % (n, fmt_num(v)) for n, v in (f.get("final_losses") or {}).items())))
+    lines.append("")
+    if sm.get("dead_generators"):
+        lines += ["**Dead generators** (%s):" % D.DEAD_NOTE, ""]
+        lines += ["* %s fold %s" % (d["model"], d["fold"]) for d in sm["dead_generators"]]
+        lines.append("")
+    return lines
+
+
+def _fmt_frac(v) -> str:
+    return "-" if v is None else "%.1f%%" % (100 * v)
 
 
 def write_summary(out: Path, sm: dict) -> None:
@@ -1235,7 +1435,11 @@ def settings_record(s: Settings, man: Optional[dict]) -> dict:
         "iterations": s.iters, "pretrain_iterations": s.pretrain_iters,
         "pretrain_source": man_pretrain_source(man) if man else (
             "webface:%s" % s.pretrain_data if s.pretrain_data else "training folds"),
-        "batch": s.batch, "margin": s.margin, "clip_gradients": s.clip_gradients, "gamma": s.gamma, "power": s.power, "base_lr": s.base_lr,
+        "batch": s.batch, "margin": s.margin, "contrastive_distance": s.contrastive_distance,
+        "finetune_output_scale": s.finetune_output_scale, "clip_gradients": s.clip_gradients,
+        "pretrain_clip_gradients": s.pretrain_clip_gradients, "recalibrate_bn": s.recalibrate_bn,
+        "bn_samples": s.bn_samples, "surgery_bn_stats": s.surgery_bn_stats,
+        "gamma": s.gamma, "power": s.power, "base_lr": s.base_lr,
         "lr_policy": "inv", "solver": "Nesterov", "momentum": C.SolverOptions.momentum,
         "weight_decay": C.SolverOptions.weight_decay, "n_folds": s.n_folds, "augment_copies":
             (man.get("options", {}).get("augment_copies") if man else s.augment),
