@@ -1488,8 +1488,8 @@ def make_figures(out: Path) -> None:
 
 # --------------------------------------------------------------------------------------------- main flow
 def run(s: Settings, collect_only: bool = False) -> int:
-    out = Path(s.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from gcnet.data.records import check_writable
+    out = Path(check_writable(s.out))    # DataError (exit 2) naming the folder, before any work
     t_start = time.time()
     if collect_only:
         models = s.models if s.models_explicit else None

@@ -158,7 +158,7 @@ def test_missing_inputs_are_skipped_with_a_reason(results, tmp_path):
     # the command line: an empty folder and a missing one give messages, never a traceback
     empty = tmp_path / "empty"
     empty.mkdir()
-    for args, rc in (([str(empty)], 0), ([str(empty), "--only", "filters"], 1), ([str(tmp_path / "nope")], 1),
+    for args, rc in (([str(empty)], 0), ([str(empty), "--only", "filters"], 1), ([str(tmp_path / "nope")], 2),
                      ([str(ds), "--only", "bogus"], 2)):
         p = subprocess.run([sys.executable, str(REPO / "tools" / "figures.py")] + args, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, universal_newlines=True, env=_env(), timeout=120)
@@ -251,7 +251,7 @@ def test_predict_errors(results, tmp_path):
     bad.mkdir()
     shutil.copy(str(d / "deploy.prototxt"), str(bad))
     p = _predict(["--model", bad, frame])
-    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "final.caffemodel" in p.stderr and "meta.json" in p.stderr and p.stdout == ""
 
 

@@ -78,10 +78,15 @@ def test_manifest_counts_folds_and_report(built):
     folds = json.load(open(os.path.join(out, "folds.json")))["folds"]
     assert folds == {"S005": 0, "S010": 1, "S011": 2, "S014": 0, "S022": 1, "S026": 2}
     rep = json.load(open(os.path.join(out, "build_report.json")))
-    assert rep["skipped_by_reason"] == {"corrupt image": 1, "bad landmarks": 1, "no neutral frame": 3,
-                                        "unlabelled sequence": 1}
-    paths = {p: r for p, r in rep["skipped"]}
-    assert paths[built["bad"]].startswith("corrupt image")
+    # one entry per file; the bad reference's entry carries the 3 samples of its sequence
+    assert rep["skipped_by_reason"] == {"corrupt image": 1, "no neutral frame": 1, "unlabelled sequence": 1}
+    assert rep["samples_lost_by_reason"] == {"corrupt image": 1, "no neutral frame": 3, "unlabelled sequence": 0}
+    assert rep["n_samples_lost"] == 24 - m["n_samples"] == m["n_samples_lost"]
+    paths = {p: (r, n) for p, r, n in rep["skipped"]}
+    assert paths[built["bad"]][0].startswith("corrupt image") and paths[built["bad"]][1] == 1
+    ref = os.path.join(built["root"], "cohn-kanade-images", "S014", "001", "S014_001_00000001.png")
+    assert paths[ref][0].startswith("no neutral frame: reference bad landmarks") and paths[ref][1] == 3
+    assert rep["detector_fallbacks"] == [] and m["n_detector_fallbacks"] == 0
     assert m["skipped_by_reason"] == rep["skipped_by_reason"]
     for k in range(3):
         f = m["folds"][str(k)]

@@ -7,7 +7,10 @@ and writes under OUT:
     folds.json  manifest.json  build_report.json (skipped files with reasons)  align_cache.npz
     fold_K/{train,test,pretrain}  (Caffe Datum, 2 channels [X, X_r], 66x66, label = class index)
     fold_K/test_index.json  fold_K/manifest.json
-A second run with the same inputs and options does nothing; a changed option or input file rebuilds.
+A second run with the same inputs and options does nothing (after checking that each LMDB opens and holds the
+entries its manifest records; a damaged one is rebuilt); a changed option or input file rebuilds.
+Exit status: 0 ok, 1 the build failed (e.g. disk full), 2 bad input or usage (one line naming the path),
+130 interrupted (rerun to resume).
 
 examples:
   tools/build_lmdb.py ck+  --data /data/CK+ --out results/ck+/lmdb
@@ -81,14 +84,21 @@ def main(argv=None) -> int:
     except DataError as e:
         print("build_lmdb: error: %s" % e, file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("build_lmdb: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except OSError as e:
+        print("build_lmdb: failed: %s" % e, file=sys.stderr)
+        return 1
     if not a.quiet:
         print("samples per class: %s" % ", ".join("%s %d" % kv for kv in m["counts"]["per_class"].items()))
         for k, f in sorted(m["folds"].items(), key=lambda t: int(t[0])):
             print("fold %s: train %d (%d unique), test %d, pretrain %d (%d identities)"
                   % (k, f["n_train"], f["n_train_unique"], f["n_test"], f["n_pretrain"], f["n_identities"]))
         if m.get("skipped_by_reason"):
-            print("skipped: %s (details: %s)" % (", ".join("%s %d" % kv for kv in m["skipped_by_reason"].items()),
-                                                 os.path.join(a.out, "build_report.json")))
+            print("skipped: %s; %d sample(s) lost (details: %s)"
+                  % (", ".join("%s %d" % kv for kv in m["skipped_by_reason"].items()), m.get("n_samples_lost", 0),
+                     os.path.join(a.out, "build_report.json")))
         for n in m.get("notes", []):
             print("note: %s" % n)
     return 0

@@ -5,8 +5,9 @@ usage: tools/figures.py RESULTS_DATASET_DIR [--only curves,confusion,tsne,filter
                         [--model M[,M...]] [--fold K[,K...]] [--per-fold]
 
 RESULTS_DATASET_DIR is <out>/<dataset> as written by tools/run_folds.sh (e.g. results/ck+).  PNG and PDF files go
-to RESULTS_DATASET_DIR/figures/.  Figures whose inputs are missing are skipped with a message; the exit status is
-1 only when a figure failed unexpectedly (or, with --only, when every requested figure was skipped).
+to RESULTS_DATASET_DIR/figures/.  Figures whose inputs are missing are skipped with a message.  Exit status: 0 ok,
+1 when a figure failed unexpectedly (or, with --only, when every requested figure was skipped), 2 bad usage or a
+RESULTS_DATASET_DIR that is not a folder, 130 interrupted.
 Run `source tools/env.sh` first: t-SNE features, filters and generation need pycaffe.
 """
 import argparse
@@ -55,7 +56,7 @@ def main(argv=None):
     if not os.path.isdir(a.dataset_dir):
         print("figures: %s is not a folder (expected <out>/<dataset>, e.g. results/ck+)" % a.dataset_dir,
               file=sys.stderr)
-        return 1
+        return 2
     files, skipped, failed = run_figures(a.dataset_dir, only=only, models=_list(a.model), folds=folds,
                                          per_fold=a.per_fold)
     print("figures: %d file(s) written to %s; %d skipped, %d failed" % (
@@ -66,4 +67,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("figures: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -15,6 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gcnet.data.synthetic import DEFAULT_FRAMES, DEFAULT_SIZE, LAYOUTS, make_synthetic  # noqa: E402
+from gcnet.data.records import DataError  # noqa: E402
 
 EPILOG = """layouts written under OUT:
   ck+      cohn-kanade-images/S005/001/S005_001_00000001.png, Emotion/.../S005_001_000000NN_emotion.txt (last
@@ -25,7 +26,8 @@ EPILOG = """layouts written under OUT:
   webface  <identity %07d>/<%03d>.jpg
 oulu, mmi and webface also get sidecar landmarks (68 lines "x y") in OUT/../<basename(OUT)>_landmarks/,
 mirroring the image paths with suffix .pts (MMI: Sessions/<id>/<frame %04d>.pts).
-Output is built in OUT.partial and renamed when complete; the same seed gives identical files."""
+Output is built in OUT.partial and renamed when complete; the same seed gives identical files.
+Exit status: 0 ok, 1 writing failed (e.g. disk full), 2 bad usage or an OUT that cannot be written, 130 interrupted."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,7 +98,7 @@ def main(argv=None) -> int:
     try:
         s = make_synthetic(a.layout, a.out, a.subjects, a.seed, frames=a.frames, size=a.size, force=a.force,
                            progress=progress)
-    except FileExistsError as e:
+    except (FileExistsError, DataError) as e:
         sys.stderr.write("make_synthetic.py: error: %s\n" % e)
         return 2
     except ValueError as e:

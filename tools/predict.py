@@ -12,8 +12,8 @@ is needed: GCNet's generator makes it).  Prints the predicted label and the clas
 --json a list of {file, label, probs}).  --save-reference DIR writes, per image, the aligned input and the
 generated reference gen_r side by side (PNG; GCNet models only).
 
-A file that cannot be read or has no face is reported and the others are still processed; the exit status is 1
-when any file failed (or the model folder cannot be loaded), 0 otherwise.
+A file that cannot be read or has no face is reported and the others are still processed.  Exit status: 0 ok,
+1 when any file failed, 2 bad usage or a model folder that cannot be loaded, 130 interrupted.
 """
 import argparse
 import json
@@ -146,7 +146,7 @@ def main(argv=None):
         model = DeployModel(a.model)
     except ModelError as e:
         print("predict: %s" % e, file=sys.stderr)
-        return 1
+        return 2
     if a.save_reference and not model.has("gen_r"):
         print("predict: --save-reference: %s has no generator (gen_r); only GCNet models make a reference"
               % a.model, file=sys.stderr)
@@ -207,4 +207,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("predict: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -31,7 +31,8 @@ from gcnet.config import DATASETS
 from gcnet.data import align as A
 from gcnet.data.detect import read_dataset
 from gcnet.data.folds import assign_folds, fold_subjects, write_folds
-from gcnet.data.records import (DataError, Sample, count_reasons, iter_gray_frames, natural_key, split_frame)
+from gcnet.data.records import (DataError, Sample, check_writable, count_reasons, iter_gray_frames, natural_key,
+                                split_frame)
 
 BUILD_VERSION = 1
 SIZE = 66
@@ -206,8 +207,39 @@ def _rm(path: str) -> None:
         shutil.rmtree(path)
 
 
-def _lmdb_ok(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "data.mdb"))
+def lmdb_problem(path: str, expected: Optional[int] = None) -> Optional[str]:
+    """None when the LMDB at `path` opens, is whole (LMDB stat/info vs file size) and holds `expected` entries;
+    else what is wrong with it."""
+    import lmdb
+    mdb = os.path.join(path, "data.mdb")
+    if not os.path.isfile(mdb):
+        return "missing"
+    try:
+        env = lmdb.open(path, readonly=True, lock=False, readahead=False)
+        try:
+            st, info = env.stat(), env.info()
+        finally:
+            env.close()
+    except lmdb.Error as e:
+        return "cannot be opened (%s)" % e
+    need, size = (info["last_pgno"] + 1) * st["psize"], os.path.getsize(mdb)
+    if size < need:
+        return "data.mdb is truncated (%d of %d bytes)" % (size, need)
+    if expected is not None and st["entries"] != expected:
+        return "holds %d entries, its manifest records %d" % (st["entries"], expected)
+    return None
+
+
+def _remove_partials(out_dir: str, say) -> None:
+    """Remove what an interrupted build left half-written (`*.partial*` in out_dir and its fold_K/)."""
+    dirs = [out_dir] + [os.path.join(out_dir, d) for d in sorted(os.listdir(out_dir)) if d.startswith("fold_")]
+    for d in dirs:
+        if not os.path.isdir(d) or os.path.islink(d):
+            continue
+        for n in sorted(os.listdir(d)):
+            if ".partial" in n:
+                _rm(os.path.join(d, n))
+                say("[build_lmdb] removed %s (left by an interrupted build)" % os.path.join(d, n))
 
 
 # ----------------------------------------------------------------------------------------------- alignment
@@ -359,6 +391,16 @@ def build_lmdbs(dataset: str, data_root: str, out_dir: str, n_folds: int = 10, f
         raise DataError("fold(s) %s outside 0..%d" % (bad, n_folds - 1))
     out_dir = os.path.abspath(out_dir)
     data_root = os.path.abspath(data_root)
+    manifest_path = os.path.join(out_dir, "manifest.json")
+    unwritable = None
+    try:
+        check_writable(out_dir)
+    except DataError as e:
+        if force or not os.path.isfile(manifest_path):
+            raise
+        unwritable = e                    # a finished build may still be up to date: checked below
+    else:
+        _remove_partials(out_dir, say)
 
     say("[build_lmdb] reading %s (%s)" % (data_root, dataset))
     opts = {"peaks_csv": os.path.abspath(mmi_peaks)} if (mmi_peaks and spec.reader == "mmi") else {}
@@ -398,20 +440,28 @@ def build_lmdbs(dataset: str, data_root: str, out_dir: str, n_folds: int = 10, f
         pre_hash, _ = _inputs_hash(pf, {k: options[k] for k in ("build_version", "align", "seed", "pretrain_root",
                                                                  "pretrain_landmarks")})
 
-    manifest_path = os.path.join(out_dir, "manifest.json")
+    repaired = []
     if not force and os.path.isfile(manifest_path):
         try:
             with open(manifest_path) as f:
                 old = json.load(f)
         except (OSError, ValueError):
             old = None
-        if old and old.get("inputs", {}).get("hash") == in_hash and all(
-                _lmdb_ok(os.path.join(out_dir, "fold_%d" % k, n)) for k in fold_list
-                for n in ("train", "test", "pretrain")):
-            say("[build_lmdb] %s is up to date (same inputs and options): nothing to do" % out_dir)
-            old["cached"] = True
-            return old
-    os.makedirs(out_dir, exist_ok=True)
+        if old and old.get("inputs", {}).get("hash") == in_hash:
+            for k in fold_list:
+                fi = (old.get("folds") or {}).get(str(k)) or {}
+                for n in ("train", "test", "pretrain"):
+                    why = lmdb_problem(os.path.join(out_dir, "fold_%d" % k, n), fi.get("n_" + n))
+                    if why:
+                        repaired.append("fold_%d/%s: %s" % (k, n, why))
+            if not repaired:
+                say("[build_lmdb] %s is up to date (same inputs and options): nothing to do" % out_dir)
+                old["cached"] = True
+                return old
+            for r in repaired:
+                say("[build_lmdb] damaged LMDB %s: rebuilding it" % r)
+    if unwritable is not None:
+        raise DataError("%s; its LMDBs are out of date or damaged and cannot be rebuilt there" % unwritable)
     if os.path.exists(manifest_path):
         os.remove(manifest_path)         # an interrupted rebuild must not look complete
 
@@ -427,23 +477,33 @@ def build_lmdbs(dataset: str, data_root: str, out_dir: str, n_folds: int = 10, f
     say("[build_lmdb] %d samples in %d sequences; aligning %d frames"
         % (len(res.samples), len({s.sequence for s in res.samples}), len(set(need_canvas) | set(need_crop))))
     cache = AlignCache(os.path.join(out_dir, "align_cache.npz"))
+    fallbacks = [f for f, lm in list(need_canvas.items()) + list(need_crop.items()) if lm is None] \
+        if res.has_landmarks else []
+    if pre is not None and pre.has_landmarks:
+        fallbacks += [s.frame for s in pre.samples if s.landmarks is None]
+    fallbacks = sorted(set(fallbacks), key=natural_key)
     canvases, crops, failed = cache.run(need_canvas, need_crop, say)
-    skipped = list(res.skipped)
-    notes = list(res.notes)
-    for f in sorted(failed, key=natural_key):
-        skipped.append((f, failed[f]))
+    notes = list(res.notes) + ["rebuilt damaged LMDB " + r for r in repaired]
+    if fallbacks:
+        notes.append("%d frame(s) without a landmark file were located by the face detector (build_report.json: "
+                     "detector_fallbacks)" % len(fallbacks))
     if A.detector().error:
         notes.append(A.detector().error)
+    # one report entry per file (res.skip keeps the first reason): a bad reference costs its sequence's samples
+    n_ref = Counter(s.reference for s in res.samples)
+    for f in sorted(set(n_ref) & set(failed), key=natural_key):
+        res.skip(f, "no neutral frame: reference %s" % failed[f], n_ref[f])
     usable = []
     for s in res.samples:
-        if s.frame in failed:
-            continue                      # already reported with its reason
-        if s.reference in failed:
-            skipped.append((s.frame, "no neutral frame: reference %s: %s" % (s.reference, failed[s.reference])))
-            continue
-        usable.append(s)
+        if s.reference not in failed and s.frame in failed:
+            res.skip(s.frame, failed[s.frame], 1)
+        elif s.reference not in failed:
+            usable.append(s)
+    for f in sorted(failed, key=natural_key):
+        res.skip(f, failed[f])            # frames only the pretraining LMDB uses: no sample lost
     if not usable:
-        raise DataError("no sample of %s could be aligned (skipped: %s)" % (data_root, json.dumps(count_reasons(skipped))))
+        raise DataError("no sample of %s could be aligned (skipped: %s)"
+                        % (data_root, json.dumps(count_reasons(res.skipped))))
 
     # ---- folds
     foldmap = assign_folds([s.subject for s in usable], n_folds)
@@ -458,7 +518,8 @@ def build_lmdbs(dataset: str, data_root: str, out_dir: str, n_folds: int = 10, f
     pre_info = None
     if pre is not None:
         pre_info = _build_webface(pre, pre_hash, out_dir, seed, say)
-        skipped += pre_info.pop("skipped")
+        for f, why in pre_info.pop("skipped"):
+            res.skip(f, why)
 
     fold_info = {}
     for k in fold_list:
@@ -492,8 +553,13 @@ def build_lmdbs(dataset: str, data_root: str, out_dir: str, n_folds: int = 10, f
                 else:
                     x, r = augment_pair(cx, cr, rng)
                     yield _pair(x, r), s.label
-        n_train = write_lmdb(os.path.join(fdir, "train"), train_items(), len(order), "fold %d train" % k, say)
-        if old_sig.get("n_test") == len(test) and _lmdb_ok(os.path.join(fdir, "test")):
+        if old_sig.get("inputs_hash") == in_hash and old_sig.get("n_train") == len(order) \
+                and not lmdb_problem(os.path.join(fdir, "train"), len(order)):
+            n_train = len(order)
+            say("  fold %d train: unchanged, kept" % k)
+        else:
+            n_train = write_lmdb(os.path.join(fdir, "train"), train_items(), len(order), "fold %d train" % k, say)
+        if old_sig.get("n_test") == len(test) and not lmdb_problem(os.path.join(fdir, "test"), len(test)):
             n_test = len(test)
             say("  fold %d test: unchanged, kept" % k)
         else:
@@ -524,7 +590,7 @@ def build_lmdbs(dataset: str, data_root: str, out_dir: str, n_folds: int = 10, f
                     x = crops[f] if f in crops else crop(canvases[f])
                     yield _pair(x, x), lab
             if (old_sig.get("n_pretrain") == len(pitems) and old_sig.get("pretrain_source") == "training folds"
-                    and not os.path.islink(pdir) and _lmdb_ok(pdir)):
+                    and not os.path.islink(pdir) and not lmdb_problem(pdir, len(pitems))):
                 n_pre = len(pitems)
                 say("  fold %d pretrain: unchanged, kept" % k)
             else:
@@ -543,10 +609,13 @@ def build_lmdbs(dataset: str, data_root: str, out_dir: str, n_folds: int = 10, f
         fold_info[str(k)] = {x: info[x] for x in info if x not in ("dataset", "class_names", "neutral_label",
                                                                    "n_classes", "inputs_hash", "data_hash")}
 
-    by_reason = count_reasons(skipped)
+    skipped = res.skipped
+    by_reason, lost_by_reason = count_reasons(skipped), count_reasons(skipped, res.lost)
     _write_json(os.path.join(out_dir, "build_report.json"),
                 {"dataset": dataset, "data_root": data_root, "skipped_by_reason": by_reason,
-                 "skipped": [list(t) for t in skipped], "notes": notes})
+                 "samples_lost_by_reason": lost_by_reason, "n_samples_lost": sum(lost_by_reason.values()),
+                 "skipped": [[f, why, res.lost[f]] for f, why in skipped],
+                 "detector_fallbacks": fallbacks, "notes": notes})
     manifest = {
         "dataset": dataset, "class_names": class_names, "neutral_label": spec.neutral_label,
         "n_classes": len(class_names), "data_root": data_root, "layout": res.layout, "options": options,
@@ -557,7 +626,8 @@ def build_lmdbs(dataset: str, data_root: str, out_dir: str, n_folds: int = 10, f
                                                            key=lambda t: natural_key(t[0]))},
                    "per_fold": {str(k): len([s for s in usable if foldmap[s.subject] == k]) for k in range(n_folds)}},
         "folds": fold_info, "pretrain": pre_info,
-        "skipped_by_reason": by_reason, "n_skipped": len(skipped), "notes": notes,
+        "skipped_by_reason": by_reason, "n_skipped": len(skipped), "samples_lost_by_reason": lost_by_reason,
+        "n_samples_lost": sum(lost_by_reason.values()), "n_detector_fallbacks": len(fallbacks), "notes": notes,
         "build_seconds": round(time.time() - t_start, 1),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -573,11 +643,14 @@ def _build_webface(pre, pre_hash: str, out_dir: str, seed: int, say) -> dict:
     """Shared pretraining LMDB of WebFace faces, [X, X], label = identity index; rebuilt only when its inputs change."""
     path = os.path.join(out_dir, "pretrain_webface")
     meta_path = path + ".json"
-    if os.path.isfile(meta_path) and _lmdb_ok(path):
+    if os.path.isfile(meta_path):
         try:
             with open(meta_path) as f:
                 meta = json.load(f)
-            if meta.get("hash") == pre_hash:
+            why = lmdb_problem(path, meta.get("n")) if meta.get("hash") == pre_hash else "inputs changed"
+            if why and why != "inputs changed":
+                say("[build_lmdb] damaged LMDB %s: %s: rebuilding it" % (path, why))
+            if not why:
                 say("[build_lmdb] pretraining LMDB %s is up to date" % path)
                 meta["skipped"] = [tuple(t) for t in meta.get("skipped", [])]
                 return meta

@@ -15,6 +15,7 @@ Video frames are written as "path/to/x.avi#<index>".  Landmarks mirror tree: `Se
 (or, for image frames, the image's relative path with suffix .pts).
 """
 import csv
+import math
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -23,7 +24,8 @@ from typing import Dict, List, Optional
 from gcnet.config import BASIC6
 from gcnet.data.records import (open_layout, IMAGE_EXTS, VIDEO_EXTS, DataError, ReadResult, Sample, SequenceInfo,
                                 auto_landmarks_root, check_image_file, class_index, find_wrapped,
-                                list_dirs, list_files, mirror_landmarks, natural_key, video_frame_count)
+                                list_dirs, list_files, mirror_landmarks, natural_key, sequence_samples,
+                                video_frame_count)
 
 SESSIONS = "Sessions"
 MMI_CODES = {i + 1: name for i, name in enumerate(BASIC6)}   # 1 anger ... 6 surprise
@@ -34,21 +36,33 @@ def find_base(root: str) -> Optional[str]:
     return find_wrapped(root, lambda p: os.path.isdir(os.path.join(p, SESSIONS)))
 
 
-def read_peaks(path: str) -> Dict[str, int]:
-    """`session,peak_frame` lines (a header line is allowed) -> {session: index}."""
+def int_code(text: str) -> Optional[int]:
+    """"4", "4.0", "4e0" -> 4; anything that is not a finite whole number -> None."""
+    try:
+        v = float(text)
+    except ValueError:
+        return None
+    return int(v) if math.isfinite(v) and v == int(v) else None
+
+
+def read_peaks(path: str, res: Optional[ReadResult] = None) -> Dict[str, int]:
+    """`session,peak_frame` lines (a header line is allowed) -> {session: index}; other bad lines are skipped
+    (named in `res`) and their sessions use the middle frame."""
     peaks = {}
     try:
         with open(path, newline="") as f:
-            for row in csv.reader(f):
+            first = True
+            for line, row in enumerate(csv.reader(f), 1):
                 if len(row) < 2 or row[0].strip().startswith("#"):
                     continue
-                try:
-                    key = row[0].strip()
-                    peaks[str(int(key)) if key.isdigit() else key] = int(float(row[1]))
-                except ValueError:
-                    continue      # header
-    except OSError as e:
-        raise DataError("cannot read MMI peaks CSV %s: %s" % (path, e.strerror))
+                key, peak = row[0].strip(), int_code(row[1].strip())
+                if peak is None and not first and res is not None:      # the first row may be a header
+                    res.skip("%s:%d" % (path, line), "bad peak frame: %r (peaks CSV)" % row[1].strip()[:20])
+                first = False
+                if peak is not None:
+                    peaks[str(int(key)) if key.isdigit() else key] = peak
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError("cannot read MMI peaks CSV %s: %s" % (path, getattr(e, "strerror", None) or e))
     return peaks
 
 
@@ -99,7 +113,7 @@ def read(root: str, dataset_name: str = "mmi", landmarks_root: Optional[str] = N
     spec, root, base = open_layout(root, dataset_name, "mmi", find_base, "an MMI", SESSIONS)
     k_peak = peak_frames or spec.peak_frames
     landmarks_root = landmarks_root or auto_landmarks_root(root) or auto_landmarks_root(base)
-    res = ReadResult(layout="mmi")
+    res = ReadResult(layout="mmi", has_landmarks=bool(landmarks_root))
     if peaks_csv is None:
         for b in (root, base):
             if os.path.isfile(os.path.join(b, "peaks.csv")):
@@ -107,7 +121,7 @@ def read(root: str, dataset_name: str = "mmi", landmarks_root: Optional[str] = N
                 break
     peaks = None
     if peaks_csv:
-        peaks = read_peaks(peaks_csv)
+        peaks = read_peaks(peaks_csv, res)
         res.sources.append(os.path.abspath(peaks_csv))
         res.note("MMI peak frames: from %s" % os.path.abspath(peaks_csv))
     else:
@@ -127,14 +141,11 @@ def read(root: str, dataset_name: str = "mmi", landmarks_root: Optional[str] = N
             res.skip(sdir, "unlabelled sequence")
             continue
         if len(emos) > 1:
-            res.skip(sdir, "multiple emotions: %s" % ",".join(emos))
+            res.skip(sdir, "multiple emotions: %s" % ",".join(emos), k_peak)
             continue
-        try:
-            code = int(float(emos[0]))
-        except ValueError:
-            code = None
+        code = int_code(emos[0])
         if code not in MMI_CODES:
-            res.skip(sdir, "unknown label code: %s" % emos[0])
+            res.skip(sdir, "unknown label code: %s" % emos[0], k_peak)
             continue
         views = sorted(set(tags.get("view", [])))
         if not views:
@@ -148,7 +159,7 @@ def read(root: str, dataset_name: str = "mmi", landmarks_root: Optional[str] = N
             vpath = os.path.join(sdir, videos[0])
             n = video_frame_count(vpath)
             if n < 0:
-                res.skip(vpath, "unreadable video")
+                res.skip(vpath, "unreadable video", k_peak)
                 continue
             frames = ["%s#%d" % (vpath, i) for i in range(n)]
             media = videos[0]
@@ -156,8 +167,12 @@ def read(root: str, dataset_name: str = "mmi", landmarks_root: Optional[str] = N
             imgs = list_files(sdir, IMAGE_EXTS)
             frames = [os.path.join(sdir, f) for f in imgs]
             media = imgs[0] if imgs else ""
+        if not frames:
+            res.skip(sdir, "no frames: %s" % ("the video has none" if videos else "no video or image in the folder"),
+                     k_peak)
+            continue
         if len(frames) < 2:
-            res.skip(sdir, "no neutral frame: session has %d frame(s)" % len(frames))
+            res.skip(sdir, "no neutral frame: session has %d frame(s)" % len(frames), k_peak)
             continue
         if subject is None:
             m = re.match(r"^(S\d+)[-_]", media, re.IGNORECASE)
@@ -184,13 +199,14 @@ def read(root: str, dataset_name: str = "mmi", landmarks_root: Optional[str] = N
         if not videos:
             bad = check_image_file(frames[0])
             if bad:
-                res.skip(frames[0], "no neutral frame: reference %s" % bad)
+                res.skip(frames[0], "no neutral frame: reference %s" % bad, sequence_samples(len(frames), k_peak))
                 continue
         pkey = sid if (peaks is None or sid in peaks or not sid.isdigit()) else str(int(sid))
         if peaks is not None and pkey in peaks:
             peak = peaks[pkey]
             if not 0 <= peak < len(frames):
-                res.skip(sdir, "bad peak frame: %d not in 0..%d (peaks CSV)" % (peak, len(frames) - 1))
+                res.skip(sdir, "bad peak frame: %d not in 0..%d (peaks CSV)" % (peak, len(frames) - 1),
+                         sequence_samples(len(frames), k_peak))
                 continue
         else:
             if peaks is not None:
@@ -199,7 +215,7 @@ def read(root: str, dataset_name: str = "mmi", landmarks_root: Optional[str] = N
         for i in _window(peak, len(frames), k_peak):
             bad = None if videos else check_image_file(frames[i])
             if bad:
-                res.skip(frames[i], bad)
+                res.skip(frames[i], bad, 1)
                 continue
             res.samples.append(Sample(subject, seq_id, frames[i], label, frames[0], i, lms[i], lms[0]))
     if not_in_csv:

@@ -9,9 +9,9 @@ landmarks: faces are found by the detector unless a landmarks mirror tree is giv
 import os
 from typing import Optional
 
-from gcnet.data.records import (open_layout, IMAGE_EXTS, ReadResult, Sample, SequenceInfo, auto_landmarks_root,
+from gcnet.data.records import (open_layout, ReadResult, Sample, SequenceInfo, auto_landmarks_root,
                                 check_image_file, class_index, find_wrapped, last_frames, list_dirs,
-                                list_files, mirror_landmarks)
+                                list_frames, mirror_landmarks, sequence_samples)
 
 STRONG = os.path.join("OriginalImg", "VL", "Strong")
 EMOTIONS = {"anger": "anger", "disgust": "disgust", "fear": "fear", "happiness": "happiness", "happy": "happiness",
@@ -29,26 +29,30 @@ def read(root: str, dataset_name: str = "oulu", landmarks_root: Optional[str] = 
     k_peak = peak_frames or spec.peak_frames
     landmarks_root = landmarks_root or auto_landmarks_root(root) or auto_landmarks_root(base)
     strong = os.path.join(base, STRONG)
-    res = ReadResult(layout="oulu")
+    res = ReadResult(layout="oulu", has_landmarks=bool(landmarks_root))
     short = []
     for subj in list_dirs(strong):
         for emo in list_dirs(os.path.join(strong, subj)):
             seq_dir = os.path.join(strong, subj, emo)
+            frames, no_frames = list_frames(seq_dir)
+            n_lost = sequence_samples(len(frames), k_peak)
             name = EMOTIONS.get(emo.lower())
             label = class_index(dataset_name, name) if name else -1
             if label < 0:
-                res.skip(seq_dir, "unknown label code: folder name %r" % emo)
+                res.skip(seq_dir, "unknown label code: folder name %r" % emo, n_lost)
                 continue
-            frames = [os.path.join(seq_dir, f) for f in list_files(seq_dir, IMAGE_EXTS)]
+            if no_frames:
+                res.skip(seq_dir, no_frames, n_lost)
+                continue
             if len(frames) < 2:
-                res.skip(seq_dir, "no neutral frame: sequence has %d frame(s)" % len(frames))
+                res.skip(seq_dir, "no neutral frame: sequence has %d frame(s)" % len(frames), n_lost)
                 continue
             lms = [mirror_landmarks(landmarks_root, [root, base], f) for f in frames]
             seq_id = "%s/%s" % (subj, emo)
             res.sequences.append(SequenceInfo(subj, seq_id, frames, lms))
             bad = check_image_file(frames[0])
             if bad:
-                res.skip(frames[0], "no neutral frame: reference %s" % bad)
+                res.skip(frames[0], "no neutral frame: reference %s" % bad, n_lost)
                 continue
             idx = last_frames(len(frames), k_peak)
             if len(idx) < k_peak:
@@ -56,7 +60,7 @@ def read(root: str, dataset_name: str = "oulu", landmarks_root: Optional[str] = 
             for i in idx:
                 bad = check_image_file(frames[i])
                 if bad:
-                    res.skip(frames[i], bad)
+                    res.skip(frames[i], bad, 1)
                     continue
                 res.samples.append(Sample(subj, seq_id, frames[i], label, frames[0], i, lms[i], lms[0]))
     if short:

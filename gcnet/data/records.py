@@ -6,6 +6,7 @@ Skip reasons are ``"<category>"`` or ``"<category>: <detail>"``; reports count t
 import collections
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -48,9 +49,16 @@ class ReadResult:
     sequences: List[SequenceInfo] = field(default_factory=list)    # labelled sequences, all frames
     sources: List[str] = field(default_factory=list)               # label/xml/csv files read (for the manifest)
     layout: str = ""
+    lost: Dict[str, int] = field(default_factory=dict)             # path of a skip entry -> samples it cost
+    has_landmarks: bool = False                                    # a landmark source exists (else: detector)
 
-    def skip(self, path: str, reason: str) -> None:
-        self.skipped.append((str(path), reason))
+    def skip(self, path: str, reason: str, lost: int = 0) -> None:
+        """Record a skipped file once (the first reason wins); `lost`: samples it costs, added up."""
+        path = str(path)
+        if path not in self.lost:
+            self.skipped.append((path, reason))
+            self.lost[path] = 0
+        self.lost[path] += int(lost)
 
     def note(self, text: str) -> None:
         if text not in self.notes:
@@ -61,8 +69,11 @@ def reason_category(reason: str) -> str:
     return reason.split(":", 1)[0].strip()
 
 
-def count_reasons(skipped: Iterable[Tuple[str, str]]) -> Dict[str, int]:
-    c = collections.Counter(reason_category(r) for _, r in skipped)
+def count_reasons(skipped: Iterable[Tuple[str, str]], lost: Optional[Dict[str, int]] = None) -> Dict[str, int]:
+    """Entries per reason category, or (with `lost`: path -> samples) samples lost per category."""
+    c = collections.Counter()
+    for p, r in skipped:
+        c[reason_category(r)] += 1 if lost is None else lost.get(p, 0)
     return dict(sorted(c.items()))
 
 
@@ -88,6 +99,31 @@ def list_files(path: str, exts: Tuple[str, ...]) -> List[str]:
         return []
     return sorted((n for n in names if not n.startswith(".") and n.lower().endswith(exts)
                    and os.path.isfile(os.path.join(path, n))), key=natural_key)
+
+
+def list_frames(seq_dir: str) -> Tuple[List[str], Optional[str]]:
+    """Image paths of a sequence folder, or ([], skip reason) when it is missing, unreadable or holds no image."""
+    if not os.path.isdir(seq_dir):
+        return [], "no frames: image folder missing"
+    try:
+        os.listdir(seq_dir)
+    except OSError as e:
+        return [], "no frames: cannot list the image folder (%s)" % e.strerror
+    frames = [os.path.join(seq_dir, f) for f in list_files(seq_dir, IMAGE_EXTS)]
+    return frames, None if frames else "no frames: no image in the folder"
+
+
+def check_writable(path: str, what: str = "output folder") -> str:
+    """Create `path` if needed and write a probe file in it -> absolute path; DataError naming it otherwise."""
+    a = os.path.abspath(os.path.expanduser(str(path)))
+    try:
+        os.makedirs(a, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_probe", dir=a)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise DataError("%s %s is not writable (%s): choose another folder" % (what, a, e.strerror or e))
+    return a
 
 
 def split_frame(frame: str) -> Tuple[str, Optional[int]]:
@@ -278,3 +314,8 @@ def class_index(dataset_name: str, class_name: str) -> int:
 def last_frames(n: int, k: int) -> List[int]:
     """Indices of the last k frames of an n-frame sequence, never the first frame (the reference)."""
     return list(range(max(1, n - k), n))
+
+
+def sequence_samples(n: int, k: int, neutral: bool = False) -> int:
+    """Samples a labelled n-frame sequence gives (k peaks, + the neutral frame); k (+1) when n < 2 (unknown)."""
+    return (len(last_frames(n, k)) if n >= 2 else k) + (1 if neutral else 0)

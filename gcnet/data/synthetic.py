@@ -69,6 +69,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from gcnet.data.records import check_writable
+
 LAYOUTS = ("ck+", "oulu", "mmi", "webface")
 _LAYOUT_ALIASES = {"ck+": "ck+", "ckplus": "ck+", "ck": "ck+", "oulu": "oulu", "oulu-casia": "oulu",
                    "mmi": "mmi", "webface": "webface", "casia-webface": "webface"}
@@ -781,6 +783,9 @@ def make_synthetic(layout: str, out: str, subjects: int, seed: int = 0, frames: 
     for pth in (out, side):
         if pth and os.path.exists(pth) and not os.path.isdir(pth):
             raise FileExistsError("%s exists and is not a folder" % pth)
+    for pth in (out, side):
+        if pth:
+            check_writable(os.path.dirname(pth), "folder")    # DataError naming it, before any work
     tmp = out + ".partial"
     tmp_side = side + ".partial" if side else None
     for pth in (tmp, tmp_side):

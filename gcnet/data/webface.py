@@ -21,7 +21,7 @@ def read(root: str, dataset_name: str = "webface", landmarks_root: Optional[str]
          **opts) -> ReadResult:
     root = check_root(root)
     landmarks_root = landmarks_root or auto_landmarks_root(root)
-    res = ReadResult(layout="webface")
+    res = ReadResult(layout="webface", has_landmarks=bool(landmarks_root))
     ids = [d for d in list_dirs(root) if list_files(os.path.join(root, d), IMAGE_EXTS)]
     for d in list_dirs(root):
         if d not in ids:
