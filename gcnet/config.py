@@ -88,10 +88,10 @@ class NetOptions:
     # contrastive margin m of Eq. 4.  Caffe's default 1.0 is far below the distances between En_2 features
     # (96x7x7 = 4704 values; ~50-80 apart at initialisation), which would make L_Contr identically 0 for every
     # dissimilar pair, i.e. for all samples of the 6- and 7-class protocols.  See docs/choices.md.
-    margin: float = 100.0
+    margin: float = 2.0                  # DEFAULT_MARGIN[contrastive_distance]
     # S of Eq. 4-5: "l2" = ||En_2(X) - En_2(X_r hat)||_2 (the paper), "rms" = the same divided by sqrt(p), p the
     # feature size (4704), so that a margin is on the scale of one feature (docs/choices.md).
-    contrastive_distance: str = "l2"
+    contrastive_distance: str = "rms"
     lambda_s: float = 1.0
     lambda_gen_r: float = 1.0
     lambda_rec_r: float = 0.25

@@ -66,6 +66,11 @@ SYNTHETIC_PROFILE = dict(
     bn_samples=512,       # training samples of the BatchNorm re-estimation and of the training-set scores
 )
 
+# `--profile ablation`: the five models at equal budget on the synthetic set, five folds, 1000 iterations each (hours
+# on 2 CPU cores, minutes on a GPU); README "Results" reports what it measured.
+ABLATION_PROFILE = dict(SYNTHETIC_PROFILE, folds="0-4", iters=1000, pretrain_iters=1000, display=50, bn_samples=1024)
+PROFILES = {"synthetic-cpu": SYNTHETIC_PROFILE, "ablation": ABLATION_PROFILE}
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -331,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--synthetic-subjects", type=int, metavar="N",
                    help="identities when the synthetic set is generated (default %d)" % SYNTHETIC_PROFILE["subjects"])
     g = ap.add_argument_group("experiment")
+    g.add_argument("--profile", choices=tuple(PROFILES), help="schedule of the synthetic set: synthetic-cpu (the "
+                   "default without --iters: %s) or ablation (%s); explicit options override it" % (
+                       _profile_text(SYNTHETIC_PROFILE), _profile_text(ABLATION_PROFILE)))
     g.add_argument("--models", default=",".join(C.EXPRESSION_MODELS),
                    help="comma-separated subset of %s (default all)" % ",".join(C.EXPRESSION_MODELS))
     g.add_argument("--folds", help="folds to run, e.g. 0-9, 3 or 0,2,5-7 (default all)")
@@ -385,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _profile_text(p: dict) -> str:
+    return "%d subjects, folds %s, %d iterations, batch %d" % (p["subjects"], p["folds"], p["iters"], p["batch"])
+
+
 def _lmdb_default_augment():
     try:
         from gcnet.data.lmdb_build import DEFAULT_AUGMENT
@@ -403,8 +415,11 @@ def resolve_settings(a) -> Settings:
     if a.dataset not in C.DATASETS:
         raise UsageError("unknown dataset %r; choose from %s" % (a.dataset, ", ".join(DATASET_NAMES)))
     synthetic = a.dataset == "synthetic"
-    use_profile = synthetic and a.iters is None
-    prof = SYNTHETIC_PROFILE if use_profile else {}
+    if a.profile and not synthetic:
+        raise UsageError("--profile %s is a schedule for the synthetic set; %s runs the paper's schedule unless "
+                         "--iters/--batch/--folds say otherwise" % (a.profile, a.dataset))
+    profile_name = a.profile or ("synthetic-cpu" if synthetic and a.iters is None else None)
+    prof = PROFILES[profile_name] if profile_name else {}
     n_folds = a.n_folds or prof.get("n_folds") or PAPER_SCHEDULE["n_folds"]
     if n_folds < 2:
         raise UsageError("--n-folds must be >= 2")
@@ -443,7 +458,7 @@ def resolve_settings(a) -> Settings:
         data_root = data_root and os.path.abspath(data_root)
     elif synthetic:
         data_root = os.path.abspath(data_root or str(default_synthetic_root(
-            a.synthetic_subjects or SYNTHETIC_PROFILE["subjects"], a.seed)))
+            a.synthetic_subjects or prof.get("subjects", SYNTHETIC_PROFILE["subjects"]), a.seed)))
     elif not data_root:
         raise UsageError("--data ROOT is required for %s (the dataset root in its original layout); only "
                          "`synthetic` has a default" % a.dataset)
@@ -456,8 +471,8 @@ def resolve_settings(a) -> Settings:
             raise UsageError("%s %s does not exist or is not a folder" % (name, path))
     if a.mmi_peaks and not os.path.isfile(a.mmi_peaks):
         raise UsageError("--mmi-peaks %s does not exist" % a.mmi_peaks)
-    if use_profile:
-        profile = "synthetic-cpu"
+    if profile_name:
+        profile = profile_name
     elif (iters, batch, n_folds) == (PAPER_SCHEDULE["iters"], PAPER_SCHEDULE["batch"], PAPER_SCHEDULE["n_folds"]):
         profile = "paper"
     else:
@@ -474,7 +489,8 @@ def resolve_settings(a) -> Settings:
         landmarks=a.landmarks and os.path.abspath(a.landmarks),
         mmi_peaks=a.mmi_peaks and os.path.abspath(a.mmi_peaks),
         figures=not (a.no_figures or a.no_summary), summary=not a.no_summary, synthetic=synthetic,
-        synthetic_subjects=a.synthetic_subjects or (SYNTHETIC_PROFILE["subjects"] if synthetic else None),
+        synthetic_subjects=a.synthetic_subjects or (prof.get("subjects", SYNTHETIC_PROFILE["subjects"])
+                                                    if synthetic else None),
         profile=profile, stop_after=a.stop_after, keep_snapshots=max(1, a.keep_snapshots),
         models_explicit=a.models != ",".join(C.EXPRESSION_MODELS), lmdb_folds=list(folds))
 

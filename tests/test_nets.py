@@ -198,6 +198,39 @@ def test_solver_defaults_train_the_generator_without_diverging(tmp_path, tiny_lm
     assert max(gen[-5:]) < 0.85 * first, (first, gen)
 
 
+def test_decoder_output_scale_frozen_only_while_fine_tuning():
+    def lr(model, layer, **kw):
+        net = nets.build_net(model, NetOptions(**kw))
+        return [p.lr_mult for p in next(l for l in net.layer if l.name == layer).param]
+    assert lr("encdec", "de1r_scale1") == [1, 2]                       # pretraining learns the output scale
+    for model, layer in (("gcnet_s0r0", "de1r_scale1"), ("gcnet_s1r1", "de2r_scale1"), ("gcnet_s1r1", "de2i_scale1")):
+        assert lr(model, layer) == [0, 0], (model, layer)
+        assert lr(model, layer, finetune_output_scale="decoder-rate") == [10, 20], (model, layer)
+        assert lr(model, layer.replace("scale1", "scale2")) == [10, 20]  # the rest of the decoder keeps rate 10
+
+
+@pytest.mark.parametrize("output_scale,dies", [("decoder-rate", True), ("frozen", False)])
+def test_trained_output_scale_kills_the_generator_without_clipping(tmp_path, tiny_lmdb, output_scale, dies):
+    """The paper's literal setting (output Scale at the decoder rate 10, no clipping) drives the generator's output
+    ReLU to 0 everywhere within a few steps; frozen, the output stays alive (docs/choices.md)."""
+    from gcnet.config import SolverOptions
+    from gcnet.solver import make_solver
+    net_path = str(tmp_path / "net.prototxt")
+    nets.write_net("gcnet_s0r0", NetOptions(n_classes=N_CLASSES, batch_size=8, train_source=tiny_lmdb,
+                                            test_source=tiny_lmdb, finetune_output_scale=output_scale),
+                   "train_val", net_path)
+    solver_path = tmp_path / "solver.prototxt"
+    solver_path.write_text(make_solver(net_path, SolverOptions(max_iter=100, clip_gradients=0),
+                                       str(tmp_path / "snap"), with_test=False))
+    caffe.set_random_seed(3)
+    solver = caffe.get_solver(str(solver_path))
+    alive = []
+    for _ in range(15):
+        solver.step(1)
+        alive.append(float(np.mean(solver.net.blobs["gen_r"].data > 0)))
+    assert (max(alive[-5:]) == 0.0) == dies, alive
+
+
 def test_en2_branches_keep_their_own_batchnorm_statistics():
     net = nets.build_net("gcnet_s1r1", NetOptions())
     params = {l.name: [p.name for p in l.param] for l in net.layer}

@@ -295,6 +295,12 @@ def test_settings_profiles():
     s = R.resolve_settings(ap.parse_args(["synthetic"]))
     assert s.profile == "synthetic-cpu" and s.iters == R.SYNTHETIC_PROFILE["iters"] and s.scaled_down
     assert s.folds == R.parse_folds(R.SYNTHETIC_PROFILE["folds"], R.SYNTHETIC_PROFILE["n_folds"])
+    assert s.jobs == 2 and s.bn_samples == 512 and s.synthetic_subjects == 100 and s.lmdb_folds == s.folds
+    assert s.data_root.endswith("ck+_100subjects_seed0")
+    s = R.resolve_settings(ap.parse_args(["synthetic", "--profile", "ablation", "--folds", "0"]))
+    assert (s.profile, s.iters, s.pretrain_iters, s.folds) == ("ablation", 1000, 1000, [0])
+    with pytest.raises(R.UsageError, match="synthetic set"):
+        R.resolve_settings(ap.parse_args(["ck+", "--data", str(REPO), "--profile", "ablation"]))
     s = R.resolve_settings(ap.parse_args(["ck+", "--data", str(REPO), "--gpu", "0,1"]))
     assert (s.iters, s.batch, s.n_folds, s.folds, s.models) == (300000, 64, 10, list(range(10)),
                                                                list(R.C.EXPRESSION_MODELS))
