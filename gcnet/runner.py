@@ -5,9 +5,11 @@
                 folds' faces (or, with --pretrain-data, WebFace faces: then trained once and shared by the folds)
     3 surgery   init.caffemodel of each expression model from the pretrained nets (gcnet.surgery)
     4 train     `caffe train --solver solver.prototxt --weights init.caffemodel` (resumes from the latest
-                snapshots/*.solverstate after an interruption); final.caffemodel
-    5 test      the peak frames of the held-out fold through the deploy net (pycaffe, centre crop) -> test.json
-    6 summary   <out>/<dataset>/summary.{json,md}; then the figures (gcnet.figures) unless --no-figures
+                snapshots/*.solverstate after an interruption); trained.caffemodel
+    5 bnstats   BatchNorm statistics re-estimated for the final weights (gcnet.bnstats) -> final.caffemodel
+    6 test      the peak frames of the held-out fold through the deploy net (pycaffe, centre crop) and the
+                diagnostics (gcnet.diagnostics) -> test.json
+    7 summary   <out>/<dataset>/summary.{json,md}; then the figures (gcnet.figures) unless --no-figures
 
 Every stage is skipped when its outputs exist and the hash of its inputs (prototxts, solver, data manifest,
 weights it starts from) is unchanged (stage.json in each folder).  Results layout: docs/ARCHITECTURE.md.
@@ -1530,7 +1532,7 @@ def run(s: Settings, collect_only: bool = False) -> int:
 
     # 1 LMDB
     t0 = time.time()
-    say("%s stage 1/6: LMDBs" % tag)
+    say("%s stage 1/7: LMDBs" % tag)
     man = stage_lmdb(s)
     report["stages"]["lmdb"] = {"cached": bool(man.get("cached")), "seconds": round(time.time() - t0, 1)}
     run_settings = {"settings": settings_record(s, man), "models": s.models, "folds": s.folds}
@@ -1539,7 +1541,7 @@ def run(s: Settings, collect_only: bool = False) -> int:
         return EXIT_OK
 
     # 2 pretraining
-    say("%s stage 2/6: pretraining (%s)" % (tag, man_pretrain_source(man)))
+    say("%s stage 2/7: pretraining (%s)" % (tag, man_pretrain_source(man)))
     pre_jobs: Dict[Tuple[int, str], Job] = {}
     shared = bool(man.get("pretrain"))
     for k in ([-1] if shared else s.folds):
@@ -1567,7 +1569,7 @@ def run(s: Settings, collect_only: bool = False) -> int:
         return EXIT_FAILED if any(j.status == "failed" for j in pre_jobs.values()) else EXIT_OK
 
     # 3-5 surgery, training, test
-    say("%s stages 3-5/6: surgery, training, test" % tag)
+    say("%s stages 3-6/7: surgery, training, BatchNorm statistics, test" % tag)
     model_jobs: List[Job] = []
     for k in s.folds:
         for m in s.models:
@@ -1598,7 +1600,7 @@ def run(s: Settings, collect_only: bool = False) -> int:
     # 6 summary + figures
     failed = [j for j in model_jobs if j.status == "failed"]
     if s.summary:
-        say("%s stage 6/6: summary" % tag)
+        say("%s stage 7/7: summary" % tag)
         sm = collect_summary(out, s.dataset, s.models, s.folds, settings=run_settings["settings"])
         write_summary(out, sm)
         say("")
