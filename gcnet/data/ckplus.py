@@ -118,9 +118,6 @@ def read(root: str, dataset_name: str = "ck+", landmarks_root: Optional[str] = N
         if no_frames:
             res.skip(seq_dir, no_frames, n_lost)
             continue
-        if len(frames) < 2:
-            res.skip(seq_dir, "no neutral frame: sequence has %d frame(s)" % len(frames), n_lost)
-            continue
 
         def lm(path):
             if lmdir:

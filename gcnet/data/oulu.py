@@ -44,9 +44,6 @@ def read(root: str, dataset_name: str = "oulu", landmarks_root: Optional[str] = 
             if no_frames:
                 res.skip(seq_dir, no_frames, n_lost)
                 continue
-            if len(frames) < 2:
-                res.skip(seq_dir, "no neutral frame: sequence has %d frame(s)" % len(frames), n_lost)
-                continue
             lms = [mirror_landmarks(landmarks_root, [root, base], f) for f in frames]
             seq_id = "%s/%s" % (subj, emo)
             res.sequences.append(SequenceInfo(subj, seq_id, frames, lms))

@@ -102,7 +102,8 @@ def list_files(path: str, exts: Tuple[str, ...]) -> List[str]:
 
 
 def list_frames(seq_dir: str) -> Tuple[List[str], Optional[str]]:
-    """Image paths of a sequence folder, or ([], skip reason) when it is missing, unreadable or holds no image."""
+    """(image paths of a sequence folder, None), or (what was found, skip reason) when the folder is missing,
+    unreadable, holds no image, or holds a single frame (no neutral frame besides the peak)."""
     if not os.path.isdir(seq_dir):
         return [], "no frames: image folder missing"
     try:
@@ -110,7 +111,11 @@ def list_frames(seq_dir: str) -> Tuple[List[str], Optional[str]]:
     except OSError as e:
         return [], "no frames: cannot list the image folder (%s)" % e.strerror
     frames = [os.path.join(seq_dir, f) for f in list_files(seq_dir, IMAGE_EXTS)]
-    return frames, None if frames else "no frames: no image in the folder"
+    if not frames:
+        return frames, "no frames: no image in the folder"
+    if len(frames) < 2:
+        return frames, "no neutral frame: sequence has %d frame(s)" % len(frames)
+    return frames, None
 
 
 def check_writable(path: str, what: str = "output folder") -> str:
