@@ -119,6 +119,8 @@ PartitionName=local Nodes=gcnet-local Default=YES MaxTime=INFINITE State=UP
 EOF
   export SLURM_CONF="$dir/slurm.conf"
   : > "$dir/pids"
+  UP=0 CLUSTER_DIR=$dir
+  trap '[[ $UP == 1 ]] || cmd_stop "$CLUSTER_DIR" 2>/dev/null' EXIT     # a daemon that did not come up: stop the others
   setsid "$(sbin munged)" --foreground --force --socket="$dir/munge/munge.socket" --key-file="$dir/munge/munge.key" \
     --pid-file="$dir/munge/munged.pid" --log-file="$dir/log/munged.log" --seed-file="$dir/munge/seed" \
     </dev/null >>"$dir/log/munged.out" 2>&1 &
@@ -131,6 +133,7 @@ EOF
   echo "slurmd $!" >> "$dir/pids"
   node_idle() { [[ "$(sinfo -h -n gcnet-local -o %T 2>/dev/null)" == idle* ]]; }
   wait_for 60 "slurmd (node gcnet-local idle)" "$dir/log/slurmd.log" node_idle
+  UP=1
   echo "$PROG: cluster up in $dir (node gcnet-local: $cpus CPUs, ${mem} MB; partition local)" >&2
   echo "export SLURM_CONF=$SLURM_CONF"
 }
