@@ -332,7 +332,18 @@ def test_submit_bad_input_one_line(fake, extra, msg):
 def test_submit_and_local_cluster_help():
     p = sh([SUBMIT, "--help"])
     assert p.returncode == 0 and "--cpus-per-task N" in p.stdout and "--gres=gpu:1" in p.stdout
+    assert p.stdout.rstrip().endswith("bad options exit 2.") and "#" not in p.stdout, p.stdout
     p = sh([LOCAL_CLUSTER, "--help"])
     assert p.returncode == 0 and "start DIR" in p.stdout
+    assert p.stdout.rstrip().endswith("2 bad usage or missing programs.") and "set -e" not in p.stdout, p.stdout
+
+
+def test_task_without_the_gpu_it_asks_for():
+    """run_folds.sbatch takes the device from the allocation: --gpu without an allocated GPU is an error."""
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    p = sh(["bash", str(SLURM / "run_folds.sbatch"), "train", "synthetic", "--gpu", "0", "--models", "cnn"], env=env)
+    assert p.returncode == 2
+    assert p.stderr.strip() == ("run_folds.sbatch: the options ask for a GPU but Slurm allocated none "
+                                "(submit with --gres=gpu:1)")
     p = sh([LOCAL_CLUSTER, "bogus"])
     assert p.returncode == 2 and p.stderr.strip() == "local_cluster.sh: unknown command 'bogus' (install, start or stop)"

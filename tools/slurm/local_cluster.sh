@@ -14,7 +14,7 @@
 set -euo pipefail
 PROG="local_cluster.sh"
 die() { echo "$PROG: $1" >&2; exit "${2:-1}"; }
-usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "${BASH_SOURCE[0]}"; }
 
 need_bins() {
   local b missing=()

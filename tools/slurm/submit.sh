@@ -23,7 +23,7 @@ set -euo pipefail
 PROG="submit.sh"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 S="$REPO/tools/slurm"
-usage() { sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "${BASH_SOURCE[0]}"; }
 die() { echo "$PROG: $1" >&2; exit "${2:-2}"; }
 
 CPUS=2 MEM=4G TIME="" RUN_ARGS=()
