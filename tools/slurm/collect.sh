@@ -3,9 +3,6 @@
 #   sbatch tools/slurm/collect.sh <dataset> [the same options as the tasks, e.g. --out DIR --models ... --folds ...]
 # or directly (no Slurm):  tools/slurm/collect.sh <dataset> [options]
 #SBATCH --job-name=gcnet-collect
-#SBATCH --output=gcnet-%x-%j.out
-#SBATCH --cpus-per-task=2
-#SBATCH --mem=8G
 #SBATCH --time=01:00:00
 set -uo pipefail
 REPO="${GCNET_ROOT:-${SLURM_SUBMIT_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}}"
@@ -15,5 +12,5 @@ if [[ ! -f "$REPO/tools/env.sh" ]]; then
 fi
 # shellcheck disable=SC1091
 source "$REPO/tools/env.sh"
-cd "$REPO" || exit 2
+# no cd: the job runs where it was submitted, so relative --data/--out paths keep their meaning
 exec python -m gcnet.runner "$@" --collect
