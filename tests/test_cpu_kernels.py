@@ -120,9 +120,10 @@ def _special_values(shape, rng, ties=True):
 
 
 POOL_CASES = [  # (H, W, kernel (h, w), stride (h, w), pad (h, w))
-    ((60, 60), (5, 5), (2, 2), (0, 0)),       # en*_pool1 (last window clipped: ceil rounding)
-    ((27, 27), (3, 3), (2, 2), (0, 0)),       # en*_pool2
-    ((11, 11), (3, 3), (2, 2), (0, 0)),       # en*_pool3
+    ((64, 64), (5, 5), (2, 2), (0, 0)),       # en*_pool1 (last window clipped: ceil rounding)
+    ((31, 31), (3, 3), (2, 2), (0, 0)),       # en*_pool2
+    ((15, 15), (3, 3), (2, 2), (0, 0)),       # en*_pool3
+    ((60, 60), (5, 5), (2, 2), (0, 0)),       # clipped last window, even size
     ((13, 17), (3, 2), (2, 3), (1, 1)),       # rectangular, padded
     ((9, 10), (4, 4), (3, 3), (2, 1)),        # pad 2 (windows starting in the padding)
     ((8, 8), (2, 2), (2, 2), (0, 0)),         # no overlap
