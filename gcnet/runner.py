@@ -379,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpu", default="cpu", metavar="ID[,ID..]|cpu", help="GPUs; each job gets its own "
                    "(default cpu)")
     g.add_argument("--jobs", type=int, help="fold trainings run at once (default: number of GPUs, 1 on CPU)")
+    g.add_argument("--threads", type=int, help="BLAS/OpenMP threads per job (default: cores // jobs, so one "
+                   "per job when the jobs fill the cores)")
     g.add_argument("--out", default=str(REPO / "results"), help="results root (default %(default)s); "
                    "everything goes to <out>/<dataset>/")
     g.add_argument("--no-figures", action="store_true", help="skip the figures step")
@@ -444,7 +446,9 @@ def resolve_settings(a) -> Settings:
     jobs = a.jobs or (len(gpus) if gpus else prof.get("jobs", 1))
     if jobs < 1:
         raise UsageError("--jobs must be >= 1")
-    threads = max(1, n_cores() // jobs)
+    threads = a.threads if a.threads is not None else max(1, n_cores() // jobs)
+    if threads < 1:
+        raise UsageError("--threads must be >= 1")
     display = a.display or prof.get("display") or min(100, max(1, iters // 20))
     snapshot = a.snapshot or min(10000, max(display, iters // 4))
     test_interval = a.test_interval or min(1000, max(display, iters // 5))
@@ -1466,7 +1470,7 @@ def settings_record(s: Settings, man: Optional[dict]) -> dict:
         "caffe_build": os.environ.get("CAFFE_BUILD", "unknown"), "caffe_version": caffe_version(),
         "git_commit": git_commit(), "synthetic": s.synthetic, "scaled_down": s.scaled_down, "profile": s.profile,
         "device": "GPU %s" % ",".join(map(str, s.gpus)) if s.gpus else "CPU (%d threads per job)" % s.threads,
-        "jobs": s.jobs, "display": s.display, "snapshot": s.snapshot, "test_interval": s.test_interval,
+        "jobs": s.jobs, "threads": s.threads, "display": s.display, "snapshot": s.snapshot, "test_interval": s.test_interval,
         "seed": s.seed,
     }
 

@@ -310,7 +310,10 @@ class MaxUnpool(_LayerBase):
     top (N, C, H, W): zeros except that every pooled value is placed at its argmax.  Pooled cells that share an
     argmax (overlapping windows) are SUMMED there, so the backward is exactly dx = dtop[mask] (each cell gets the
     full gradient of its position).  No gradient to the mask (its diff is zeroed if requested).
-    The mask must be integral and in [0, H*W) (checked at every forward)."""
+    The mask must be integral and in [0, H*W): this is checked at the first forward after each reshape (the whole
+    mask, with a clear error), not at every forward: later masks come from the same Caffe MAX Pooling layer, whose
+    indices always lie in the window (a -1 only marks a window with no value above -FLT_MAX, e.g. all NaN, when
+    the net has already diverged).  The flat indices are computed into a buffer kept between forwards."""
 
     def setup(self, bottom, top):
         p = _parse_params(self, {"out_h": None, "out_w": None})
@@ -321,6 +324,7 @@ class MaxUnpool(_LayerBase):
                 raise ValueError("%s: param_str needs a positive integer %r (the pre-pooling size), got %r"
                                  % (name, key, v))
         self.out_h, self.out_w = int(p["out_h"]), int(p["out_w"])
+        self._shape = None
         self._validate(bottom, top)
 
     def _validate(self, bottom, top):
@@ -339,13 +343,24 @@ class MaxUnpool(_LayerBase):
     def reshape(self, bottom, top):
         xs = self._validate(bottom, top)
         top[0].reshape(xs[0], xs[1], self.out_h, self.out_w)
+        if xs != self._shape:          # new shape: new offsets and index buffer, and the next mask is validated
+            self._shape = xs
+            plane = self.out_h * self.out_w
+            self._offsets = (np.arange(xs[0] * xs[1], dtype=np.int64) * plane).reshape(xs[:2] + (1, 1))
+            self._index = np.empty(xs, dtype=np.int64)
+            self._mask_checked = False
 
     def forward(self, bottom, top):
-        self._index = mask_to_flat_index(bottom[1].data, self.out_h, self.out_w, self.__class__.__name__)
-        max_unpool_forward(bottom[0].data, self._index, top[0].data.shape, out=top[0].data)
+        if not self._mask_checked:
+            mask_to_flat_index(bottom[1].data, self.out_h, self.out_w, self.__class__.__name__)
+            self._mask_checked = True
+        np.copyto(self._index, bottom[1].data, casting="unsafe")     # float mask -> int64 (integral values)
+        np.add(self._index, self._offsets, out=self._index)
+        max_unpool_forward(bottom[0].data, self._index.reshape(-1), top[0].data.shape, out=top[0].data)
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
-            bottom[0].diff[...] = max_unpool_backward(top[0].diff, self._index, bottom[0].data.shape)
+            # dx = dtop gathered at the argmax positions, written straight into the bottom diff
+            np.take(top[0].diff.reshape(-1), self._index.reshape(-1), out=bottom[0].diff.reshape(-1), mode="clip")
         if len(propagate_down) > 1 and propagate_down[1]:
             bottom[1].diff[...] = 0

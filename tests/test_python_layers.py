@@ -644,6 +644,31 @@ def test_mismatched_shapes_raise_through_pycaffe(need_caffe, tmp_path):
         net.forward()
 
 
+def test_max_unpool_mask_checked_after_each_reshape_and_index_buffer_reused(need_caffe, tmp_path):
+    """The mask is validated at the first forward after a (re)shape; later forwards with new masks reuse the index
+    buffer and still give the reference result (collisions summed)."""
+    n = caffe.NetSpec()
+    n.p = L.Input(shape=dict(dim=[1, 2, 2, 2]))
+    n.mask = L.Input(shape=dict(dim=[1, 2, 2, 2]))
+    n.unpool = pylayer(n.p, n.mask, layer="MaxUnpool", params={"out_h": 4, "out_w": 4})
+    net = write_net(n, tmp_path)
+    rng = np.random.default_rng(3)
+    for masks in ([0, 2, 8, 10, 5, 5, 5, 15], [1, 1, 1, 1, 0, 3, 12, 15]):
+        p = rng.standard_normal((1, 2, 2, 2)).astype(np.float32)
+        mask = np.array(masks, dtype=np.float32).reshape(1, 2, 2, 2)
+        net.blobs["p"].data[...] = p
+        net.blobs["mask"].data[...] = mask
+        net.forward()
+        ref = G.max_unpool_forward(p, G.mask_to_flat_index(mask, 4, 4), (1, 2, 4, 4))
+        np.testing.assert_array_equal(net.blobs["unpool"].data, ref)
+    for blob in ("p", "mask"):
+        net.blobs[blob].reshape(2, 2, 2, 2)
+    net.blobs["mask"].data[...] = 0
+    net.blobs["mask"].data[1, 1, 1, 1] = 16
+    with pytest.raises(ValueError, match=r"MaxUnpool: mask values must lie in \[0, out_h\*out_w\)"):
+        net.forward()
+
+
 def test_bad_mask_raises_through_pycaffe(need_caffe, tmp_path):
     n = caffe.NetSpec()
     n.p = L.Input(shape=dict(dim=[1, 1, 2, 2]))

@@ -308,6 +308,21 @@ def test_settings_profiles():
     assert (s.display, s.snapshot, s.test_interval) == (100, 10000, 1000)
 
 
+def test_threads_per_job():
+    """--threads N sets the BLAS/OpenMP threads of every job (child env) and is recorded in the summary settings;
+    the default is cores // jobs (one per job when the jobs fill the cores)."""
+    ap = R.build_parser()
+    s = R.resolve_settings(ap.parse_args(["synthetic", "--jobs", "2", "--threads", "1"]))
+    assert s.threads == 1 and s.jobs == 2
+    env = R.child_env(s)
+    assert env["OPENBLAS_NUM_THREADS"] == env["OMP_NUM_THREADS"] == "1"
+    assert R.settings_record(s, None)["threads"] == 1
+    s = R.resolve_settings(ap.parse_args(["synthetic", "--jobs", "2"]))
+    assert s.threads == max(1, R.n_cores() // 2)
+    with pytest.raises(R.UsageError):
+        R.resolve_settings(ap.parse_args(["synthetic", "--threads", "0"]))
+
+
 def test_summary_from_disk(tmp_path):
     ds = tmp_path / "ck+"
     for k, acc in ((0, 0.5), (1, 1.0)):

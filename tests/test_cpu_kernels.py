@@ -1,0 +1,210 @@
+"""Equivalence of the CPU kernels that patches/0003 (MAX pooling forward) and patches/0004 (ReLU forward/backward)
+rewrite: every result must be BIT-IDENTICAL to Caffe 1.0's original code, represented here by the numpy references
+of tests/caffe_reference_layers.py (which do not use the patched code).
+
+* whole nets (cnn and gcnet_s1r1 from gcnet/nets.py, seeded inputs, small batch): the net as built, and the same net
+  with every MAX Pooling and ReLU layer replaced by its numpy reference (a Python layer), get the same weights and
+  inputs; after forward + backward every blob's data and diff and every parameter's data and diff must be equal
+  bit for bit (ReLU zeros make pooling windows with ties);
+* single layers against the numpy references: pooling geometries (rectangular kernels, strides, padding, Caffe's
+  ceil rounding with clipped last windows, mask top or internal mask) on inputs full of ties and with -FLT_MAX,
+  -inf, NaN and signed zeros; ReLU in place and not, negative_slope 0, 0.1, -0.5, on the same special values.
+
+Run:  source tools/env.sh && python -m pytest -q tests/test_cpu_kernels.py
+"""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+caffe = pytest.importorskip("caffe") if os.environ.get("GCNET_ALLOW_NO_CAFFE") == "1" else __import__("caffe")
+from caffe import layers as L, params as P  # noqa: E402
+from caffe.proto import caffe_pb2  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # the reference Python layers' module
+import caffe_reference_layers as R  # noqa: E402
+
+from gcnet import nets  # noqa: E402
+from gcnet.config import NetOptions  # noqa: E402
+
+BATCH = 4
+
+
+def same_bits(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def first_difference(a, b):
+    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
+    i = int(np.flatnonzero(a.view(np.uint32) != b.view(np.uint32))[0])
+    return "at flat index %d: %r vs %r" % (i, a[i], b[i])
+
+
+def _net_from_param(param, tmp_path, name):
+    path = str(tmp_path / (name + ".prototxt"))
+    with open(path, "w") as f:
+        f.write(str(param))
+    return caffe.Net(path, caffe.TRAIN)
+
+
+def _with_input_layer(param, batch, crop):
+    """The train_val net with its two Data layers replaced by one Input layer (tops data, label)."""
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(param)
+    keep = [l for l in out.layer if l.type != "Data"]
+    del out.layer[:]
+    inp = out.layer.add(name="data", type="Input", top=["data", "label"])
+    inp.input_param.shape.add(dim=[batch, 2, crop, crop])
+    inp.input_param.shape.add(dim=[batch])
+    out.layer.extend(keep)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def cpu_mode():
+    caffe.set_mode_cpu()
+
+
+# ============================================================================================ whole nets
+@pytest.mark.parametrize("model", ["cnn", "gcnet_s1r1"])
+def test_net_forward_backward_bit_identical_to_reference(model, tmp_path):
+    opts = NetOptions(n_classes=7, batch_size=BATCH, test_batch_size=BATCH, n_identities=5, mirror=False)
+    param = _with_input_layer(nets.build_net(model, opts), BATCH, opts.crop)
+    ref_param, replaced = R.to_reference(param)
+    n_pool = sum(l.type == "Pooling" for l in param.layer)
+    n_relu = sum(l.type == "ReLU" for l in param.layer)
+    assert replaced == n_pool + n_relu and n_pool >= 3 and n_relu >= 4
+    caffe.set_random_seed(1)
+    net = _net_from_param(param, tmp_path, "patched")
+    ref = _net_from_param(ref_param, tmp_path, "reference")
+    for name, blobs in net.params.items():            # same weights (xavier fillers drew different numbers)
+        for b, rb in zip(blobs, ref.params[name]):
+            rb.data[...] = b.data
+    rng = np.random.RandomState(0)
+    data = (rng.randint(0, 256, net.blobs["data"].data.shape) / 256.0).astype(np.float32)
+    label = np.arange(BATCH) % 7
+    for n in (net, ref):
+        n.blobs["data"].data[...] = data
+        n.blobs["label"].data[...] = label
+        caffe.set_random_seed(7)                        # same Dropout masks
+        n.forward()
+        n.backward()
+    checked = 0
+    for name in net.blobs:
+        for kind in ("data", "diff"):
+            a, b = getattr(net.blobs[name], kind), getattr(ref.blobs[name], kind)
+            assert same_bits(a, b), "blob %s %s differs %s" % (name, kind, first_difference(a, b))
+            checked += 1
+    for name, blobs in net.params.items():
+        for i, (b, rb) in enumerate(zip(blobs, ref.params[name])):
+            for kind in ("data", "diff"):
+                assert same_bits(getattr(b, kind), getattr(rb, kind)), "param %s[%d] %s differs" % (name, i, kind)
+    # the test is not vacuous: gradients flowed and the pooling windows had ties (all-zero windows after ReLU)
+    pool_in = [l.bottom[0] for l in param.layer if l.type == "Pooling"][0]
+    assert np.abs(net.blobs[pool_in].diff).max() > 0
+    assert (net.blobs[pool_in].data == 0).mean() > 0.2
+    assert checked == 2 * len(net.blobs)
+
+
+# ============================================================================================ single layers
+def _special_values(shape, rng, ties=True):
+    """Small integers (many ties), with some -FLT_MAX, -inf, +inf and signed zeros."""
+    x = rng.randint(-3, 4, shape).astype(np.float32) if ties else rng.randn(*shape).astype(np.float32)
+    flat = x.reshape(-1)
+    k = max(1, flat.size // 50)
+    for v in (-R.FLT_MAX, -np.inf, np.inf, np.float32(-0.0), np.float32(0.0)):
+        flat[rng.choice(flat.size, k, replace=False)] = v
+    return x
+
+
+POOL_CASES = [  # (H, W, kernel (h, w), stride (h, w), pad (h, w))
+    ((64, 64), (5, 5), (2, 2), (0, 0)),       # en*_pool1 (last window clipped: ceil rounding)
+    ((31, 31), (3, 3), (2, 2), (0, 0)),       # en*_pool2
+    ((15, 15), (3, 3), (2, 2), (0, 0)),       # en*_pool3
+    ((60, 60), (5, 5), (2, 2), (0, 0)),       # clipped last window, even size
+    ((13, 17), (3, 2), (2, 3), (1, 1)),       # rectangular, padded
+    ((9, 10), (4, 4), (3, 3), (2, 1)),        # pad 2 (windows starting in the padding)
+    ((8, 8), (2, 2), (2, 2), (0, 0)),         # no overlap
+    ((7, 9), (3, 3), (1, 1), (1, 1)),         # stride 1
+    ((5, 6), (5, 6), (1, 1), (0, 0)),         # window = whole plane
+]
+
+
+def _pool_net(tmp_path, shape, kernel, stride, pad, with_mask):
+    n = caffe.NetSpec()
+    n.x = L.Input(shape=dict(dim=list(shape)))
+    kw = dict(pool=P.Pooling.MAX, kernel_h=kernel[0], kernel_w=kernel[1], stride_h=stride[0],
+              stride_w=stride[1], pad_h=pad[0], pad_w=pad[1])
+    if with_mask:
+        n.y, n.mask = L.Pooling(n.x, ntop=2, **kw)
+    else:
+        n.y = L.Pooling(n.x, **kw)
+    param = n.to_proto()
+    param.force_backward = True
+    return _net_from_param(param, tmp_path, "pool")
+
+
+@pytest.mark.parametrize("with_mask", [True, False], ids=["mask_top", "internal_mask"])
+@pytest.mark.parametrize("hw,kernel,stride,pad", POOL_CASES)
+def test_max_pooling_matches_reference(tmp_path, hw, kernel, stride, pad, with_mask):
+    shape = (3, 4) + hw
+    net = _pool_net(tmp_path, shape, kernel, stride, pad, with_mask)
+    rng = np.random.RandomState(sum(hw) + kernel[0])
+    for ties in (True, False):
+        x = _special_values(shape, rng, ties)
+        net.blobs["x"].data[...] = x
+        net.forward()
+        top, mask = R.max_pool_forward(x, kernel, stride, pad)
+        assert net.blobs["y"].data.shape == top.shape
+        assert same_bits(net.blobs["y"].data, top), first_difference(net.blobs["y"].data, top)
+        if with_mask:
+            assert same_bits(net.blobs["mask"].data, mask.astype(np.float32))
+        if mask.min() < 0:          # a window without a maximum: Caffe's backward is undefined there
+            continue
+        dtop = rng.randn(*top.shape).astype(np.float32)
+        net.blobs["y"].diff[...] = dtop
+        net.backward()              # the internal mask (max_idx_) is checked through the backward
+        assert same_bits(net.blobs["x"].diff, R.max_pool_backward(dtop, mask, shape))
+
+
+def test_max_pooling_ties_keep_the_first_maximum_and_nan_never_wins(tmp_path):
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    x[0, 0] = [[1, 2, 2, 0], [2, 2, 1, 0], [np.nan, 5, 5, np.nan], [5, 5, -np.inf, -R.FLT_MAX]]
+    x2 = np.full((1, 1, 4, 4), np.nan, np.float32)
+    x2[0, 0, 3, 3] = -R.FLT_MAX                       # never strictly greater than the start value -FLT_MAX
+    net = _pool_net(tmp_path, (2, 1, 4, 4), (2, 2), (2, 2), (0, 0), True)
+    net.blobs["x"].data[...] = np.concatenate([x, x2])
+    net.forward()
+    f = -R.FLT_MAX
+    np.testing.assert_array_equal(net.blobs["y"].data, [[[[2, 2], [5, 5]]], [[[f, f], [f, f]]]])
+    np.testing.assert_array_equal(net.blobs["mask"].data, [[[[1, 2], [9, 10]]], [[[-1, -1], [-1, -1]]]])
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["in_place", "separate"])
+@pytest.mark.parametrize("slope", [0.0, 0.1, -0.5])
+def test_relu_matches_reference(tmp_path, slope, in_place):
+    shape = (2, 3, 17, 19)                              # count not a multiple of the vector width
+    n = caffe.NetSpec()
+    n.x = L.Input(shape=dict(dim=list(shape)))
+    n.y = L.ReLU(n.x, negative_slope=slope, in_place=in_place)
+    param = n.to_proto()
+    param.force_backward = True
+    net = _net_from_param(param, tmp_path, "relu")
+    top = "x" if in_place else "y"
+    rng = np.random.RandomState(3)
+    x = rng.randn(*shape).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[:8] = [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45]   # NaN, infinities, zeros, denormals
+    net.blobs["x"].data[...] = x
+    net.forward()
+    y = R.relu_forward(x, slope)
+    assert same_bits(net.blobs[top].data, y), first_difference(net.blobs[top].data, y)
+    dtop = rng.randn(*shape).astype(np.float32)
+    dtop.reshape(-1)[8:12] = [np.inf, np.nan, 0.0, -0.0]
+    net.blobs[top].diff[...] = dtop
+    net.backward()
+    # Caffe's backward reads the bottom data, which is the top (ReLU output) when in place
+    dx = R.relu_backward(y if in_place else x, dtop, slope)
+    assert same_bits(net.blobs["x"].diff, dx), first_difference(net.blobs["x"].diff, dx)
