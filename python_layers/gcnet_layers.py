@@ -213,16 +213,21 @@ class ElementwiseDistance(_LayerBase):
         top[0].reshape(*shape)
 
     def forward(self, bottom, top):
-        top[0].data[...] = elementwise_distance_forward(bottom[0].data, bottom[1].data)
+        # elementwise_distance_forward, computed in the top's memory (no temporaries)
+        y = top[0].data
+        np.subtract(bottom[0].data, bottom[1].data, out=y)
+        np.abs(y, out=y)
 
     def backward(self, top, propagate_down, bottom):
+        # elementwise_distance_backward, computed in the first requested bottom diff (no temporaries)
         if not (propagate_down[0] or propagate_down[1]):
             return
-        da, db = elementwise_distance_backward(bottom[0].data, bottom[1].data, top[0].diff)
-        if propagate_down[0]:
-            bottom[0].diff[...] = da
+        g = bottom[0].diff if propagate_down[0] else bottom[1].diff
+        np.subtract(bottom[0].data, bottom[1].data, out=g)
+        np.sign(g, out=g)
+        np.multiply(g, top[0].diff, out=g)            # d a = sign(a - b) * dtop
         if propagate_down[1]:
-            bottom[1].diff[...] = db
+            np.negative(g, out=bottom[1].diff)        # d b = -d a (in place when only b is requested)
 
 
 class ContrastiveLoss(_LayerBase):

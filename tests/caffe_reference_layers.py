@@ -1,5 +1,5 @@
-"""Numpy references of Caffe's CPU MAX Pooling and ReLU layers (the kernels that patches 0003 and 0004 rewrite),
-as plain functions and as Caffe Python layers, for the equivalence tests of tests/test_cpu_kernels.py.
+"""Numpy references of Caffe's CPU MAX Pooling, ReLU and BatchNorm layers (the kernels that patches 0003, 0004 and
+0005 rewrite), as plain functions and as Caffe Python layers, for the equivalence tests of tests/test_cpu_kernels.py.
 
 They reproduce BVLC Caffe 1.0's CPU code (pooling_layer.cpp, relu_layer.cpp) element for element, in float32 and in
 the same order of operations, so a patched Caffe must match them bit for bit:
@@ -12,9 +12,14 @@ the same order of operations, so a patched Caffe must match them bit for bit:
 * ReLU forward: std::max(x, 0) + negative_slope * std::min(x, 0), where std::max(a, b) = (a < b) ? b : a and
   std::min(a, b) = (b < a) ? b : a.
 * ReLU backward: top_diff * ((x > 0) + negative_slope * (x <= 0)), x the bottom data (the top data when in place).
+* BatchNorm forward and backward: the operations of batch_norm_layer.cpp in their original order.  Its sums are BLAS
+  gemv calls whose summation order belongs to the BLAS kernel, so the reference calls the same cblas_sgemv (and
+  sscal/saxpy for caffe_cpu_axpby and caffe_cpu_scale) of the BLAS library that libcaffe loaded, through ctypes; its
+  broadcasts (rank-1 gemm, K = 1: one exact product by 1 and one add) and elementwise steps are numpy float32.
 
 This module is on sys.path only in the tests (the Python layers are named by module in a prototxt).
 """
+import ctypes
 import json
 
 import numpy as np
@@ -143,9 +148,11 @@ def _pair(p, name):
     return [v, v]
 
 
-def to_reference(net_param):
-    """Copy of a NetParameter in which every MAX Pooling and every ReLU layer is the Python reference layer above
-    (same name, bottoms and tops, so in-place layers stay in place).  Returns (copy, number of layers replaced)."""
+def to_reference(net_param, batch_norm=True, train=True):
+    """Copy of a NetParameter in which every MAX Pooling, ReLU and (with `batch_norm`) BatchNorm layer is the Python
+    reference layer above (same name, bottoms, tops and param specs, so in-place layers stay in place and shared
+    statistics stay shared).  Returns (copy, number of layers replaced).  `train`: the phase the net will be built in
+    (BatchNorm's use_global_stats defaults to its opposite)."""
     from caffe.proto import caffe_pb2
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net_param)
@@ -159,11 +166,142 @@ def to_reference(net_param):
         elif layer.type == "ReLU":
             param = {"negative_slope": layer.relu_param.negative_slope}
             layer.ClearField("relu_param")
+        elif layer.type == "BatchNorm" and batch_norm:
+            p = layer.batch_norm_param
+            param = {"use_global_stats": p.use_global_stats if p.HasField("use_global_stats") else not train,
+                     "moving_average_fraction": p.moving_average_fraction, "eps": p.eps}
+            layer.ClearField("batch_norm_param")
         else:
             continue
         layer.type = "Python"
         layer.python_param.module = __name__
-        layer.python_param.layer = "RefMaxPool" if "kernel" in param else "RefReLU"
+        layer.python_param.layer = ("RefMaxPool" if "kernel" in param else "RefBatchNorm" if "eps" in param
+                                    else "RefReLU")
         layer.python_param.param_str = json.dumps(param)
         replaced += 1
     return out, replaced
+
+
+# ============================================================================================ BatchNorm
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+_blas = None
+
+
+def caffe_blas():
+    """The CBLAS library that libcaffe loaded (not numpy's), found in this process's memory map."""
+    global _blas
+    if _blas is None:
+        maps = {line.split()[-1] for line in open("/proc/self/maps") if len(line.split()) >= 6}
+        libs = sorted(p for p in maps if "blas" in p.rsplit("/", 1)[-1].lower() and ".so" in p
+                      and "site-packages" not in p)
+        if len(libs) != 1:
+            raise RuntimeError("cannot tell which BLAS libcaffe uses: %s" % libs)
+        lib = ctypes.CDLL(libs[0])
+        f, i, p = ctypes.c_float, ctypes.c_int, ctypes.c_void_p
+        lib.cblas_sgemv.argtypes = [i, i, i, i, f, p, i, p, i, f, p, i]
+        lib.cblas_sscal.argtypes = [i, f, p, i]
+        lib.cblas_saxpy.argtypes = [i, f, p, i, p, i]
+        _blas = lib
+    return _blas
+
+
+def _ptr(a):
+    assert a.dtype == np.float32 and a.flags.c_contiguous
+    return a.ctypes.data_as(ctypes.c_void_p)
+
+
+def _gemv(trans, m, n, alpha, a, x):
+    """caffe_cpu_gemv<float>: y = alpha * op(A) x with A row-major (m, n), beta 0."""
+    y = np.zeros(n if trans else m, np.float32)
+    caffe_blas().cblas_sgemv(_ROW_MAJOR, _TRANS if trans else _NO_TRANS, m, n, float(np.float32(alpha)), _ptr(a),
+                             n, _ptr(x), 1, 0.0, _ptr(y), 1)
+    return y
+
+
+def _axpby(alpha, x, beta, y):
+    """caffe_cpu_axpby<float> without MKL: sscal(beta, y) then saxpy(alpha, x, y), in place on y."""
+    caffe_blas().cblas_sscal(y.size, float(np.float32(beta)), _ptr(y), 1)
+    caffe_blas().cblas_saxpy(y.size, float(np.float32(alpha)), _ptr(x), 1, _ptr(y), 1)
+
+
+def _channel_sums(v, num, channels, spatial, alpha):
+    """Caffe's two gemv calls: per-(n, c) sums over space (times alpha), then sums over the batch."""
+    ones_s, ones_n = np.ones(spatial, np.float32), np.ones(num, np.float32)
+    by_nc = _gemv(False, num * channels, spatial, alpha, np.ascontiguousarray(v, np.float32), ones_s)
+    return _gemv(True, num, channels, 1.0, by_nc, ones_n)
+
+
+def batch_norm_forward(x, blobs, use_global_stats, maf=0.999, eps=1e-5):
+    """Caffe's BatchNorm Forward_cpu.  x (N, C, ...) float32; blobs [mean sum, variance sum, factor] float32 arrays,
+    updated in place in the training phase.  Returns (top, sd) with sd = sqrt(var + eps) per channel."""
+    x = np.ascontiguousarray(x, np.float32)
+    num, channels = x.shape[0], x.shape[1]
+    spatial = x.size // (num * channels)
+    f32 = np.float32
+    if use_global_stats:
+        factor = blobs[2][0]
+        sf = f32(0) if factor == 0 else f32(1) / factor
+        mean, var = blobs[0].copy(), blobs[1].copy()
+        caffe_blas().cblas_sscal(channels, float(sf), _ptr(mean), 1)
+        caffe_blas().cblas_sscal(channels, float(sf), _ptr(var), 1)
+    else:
+        mean = _channel_sums(x, num, channels, spatial, 1.0 / (num * spatial))
+    bshape = (1, channels) + (1,) * (x.ndim - 2)
+    top = x + (f32(-1) * (mean * f32(1))).reshape(bshape)         # gemm, beta 1: top + (-1) * (mean * 1)
+    if not use_global_stats:
+        var = _channel_sums(top * top, num, channels, spatial, 1.0 / (num * spatial))
+        blobs[2][0] = blobs[2][0] * f32(maf)
+        blobs[2][0] = blobs[2][0] + f32(1)
+        _axpby(1.0, mean, maf, blobs[0])
+        m = x.size // channels
+        _axpby(f32(m) / f32(m - 1) if m > 1 else f32(1), var, maf, blobs[1])
+    sd = np.sqrt(var + f32(eps))
+    return top / sd.reshape(bshape), sd
+
+
+def batch_norm_backward(top_diff, x_norm, sd, use_global_stats):
+    """Caffe's BatchNorm Backward_cpu (x_norm: the forward's output, sd: its sqrt(var + eps) per channel)."""
+    dy = np.ascontiguousarray(top_diff, np.float32)
+    num, channels = dy.shape[0], dy.shape[1]
+    spatial = dy.size // (num * channels)
+    bshape = (1, channels) + (1,) * (dy.ndim - 2)
+    if use_global_stats:
+        return dy / sd.reshape(bshape)
+    y = np.ascontiguousarray(x_norm, np.float32)
+    f32 = np.float32
+    a = _channel_sums(y * dy, num, channels, spatial, 1.0)           # sum(dE/dY . Y)
+    t = y * (a * f32(1)).reshape(bshape)                              # broadcast (gemm, beta 0), then mul
+    b = _channel_sums(dy, num, channels, spatial, 1.0)                # sum(dE/dY)
+    t = t + (b * f32(1)).reshape(bshape)                              # gemm, beta 1
+    t = np.ascontiguousarray(t)
+    _axpby(1.0, dy, f32(-1.0 / (num * spatial)), t.reshape(-1))       # dE/dY - mean(...) ...
+    return t / sd.reshape(bshape)
+
+
+class RefBatchNorm(_LayerBase):
+    """Python stand-in for a BatchNorm layer (in place or not, three blobs like Caffe's).
+    param_str: {"use_global_stats": bool, "moving_average_fraction": f, "eps": e}."""
+
+    def setup(self, bottom, top):
+        p = json.loads(self.param_str)
+        self.global_stats, self.maf, self.eps = p["use_global_stats"], p["moving_average_fraction"], p["eps"]
+        c = bottom[0].data.shape[1]
+        if len(self.blobs) == 0:
+            for shape in ((c,), (c,), (1,)):
+                self.blobs.add_blob(*shape)
+                self.blobs[-1].data[...] = 0
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        stats = [np.array(b.data, np.float32) for b in self.blobs]
+        out, self._sd = batch_norm_forward(bottom[0].data, stats, self.global_stats, self.maf, self.eps)
+        for b, s in zip(self.blobs, stats):
+            b.data[...] = s
+        self._x_norm = out.copy()
+        top[0].data[...] = out
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = batch_norm_backward(top[0].diff, self._x_norm, self._sd, self.global_stats)

@@ -1,14 +1,16 @@
-"""Equivalence of the CPU kernels that patches/0003 (MAX pooling forward) and patches/0004 (ReLU forward/backward)
-rewrite: every result must be BIT-IDENTICAL to Caffe 1.0's original code, represented here by the numpy references
-of tests/caffe_reference_layers.py (which do not use the patched code).
+"""Equivalence of the CPU kernels that patches/0003 (MAX pooling forward), patches/0004 (ReLU forward/backward) and
+patches/0005 (BatchNorm forward/backward) rewrite: every result must be BIT-IDENTICAL to Caffe 1.0's original code,
+represented here by the references of tests/caffe_reference_layers.py (numpy, plus for BatchNorm's sums the same
+BLAS gemv calls as the original; none of them uses the patched code).
 
 * whole nets (cnn and gcnet_s1r1 from gcnet/nets.py, seeded inputs, small batch): the net as built, and the same net
-  with every MAX Pooling and ReLU layer replaced by its numpy reference (a Python layer), get the same weights and
+  with every MAX Pooling, ReLU and BatchNorm layer replaced by its reference (a Python layer), get the same weights and
   inputs; after forward + backward every blob's data and diff and every parameter's data and diff must be equal
   bit for bit (ReLU zeros make pooling windows with ties);
 * single layers against the numpy references: pooling geometries (rectangular kernels, strides, padding, Caffe's
   ceil rounding with clipped last windows, mask top or internal mask) on inputs full of ties and with -FLT_MAX,
-  -inf, NaN and signed zeros; ReLU in place and not, negative_slope 0, 0.1, -0.5, on the same special values.
+  -inf, NaN and signed zeros; ReLU in place and not, negative_slope 0, 0.1, -0.5, on the same special values;
+  BatchNorm in both phases, in place and not, on odd plane sizes and a constant channel, moving averages included.
 
 Run:  source tools/env.sh && python -m pytest -q tests/test_cpu_kernels.py
 """
@@ -75,7 +77,8 @@ def test_net_forward_backward_bit_identical_to_reference(model, tmp_path):
     ref_param, replaced = R.to_reference(param)
     n_pool = sum(l.type == "Pooling" for l in param.layer)
     n_relu = sum(l.type == "ReLU" for l in param.layer)
-    assert replaced == n_pool + n_relu and n_pool >= 3 and n_relu >= 4
+    n_bn = sum(l.type == "BatchNorm" for l in param.layer)
+    assert replaced == n_pool + n_relu + n_bn and n_pool >= 3 and n_relu >= 4 and n_bn >= 3
     caffe.set_random_seed(1)
     net = _net_from_param(param, tmp_path, "patched")
     ref = _net_from_param(ref_param, tmp_path, "reference")
@@ -208,3 +211,40 @@ def test_relu_matches_reference(tmp_path, slope, in_place):
     # Caffe's backward reads the bottom data, which is the top (ReLU output) when in place
     dx = R.relu_backward(y if in_place else x, dtop, slope)
     assert same_bits(net.blobs["x"].diff, dx), first_difference(net.blobs["x"].diff, dx)
+
+
+BN_SHAPES = [(4, 3, 7, 7), (2, 5, 31, 31), (3, 4, 1, 1), (1, 6, 8, 9)]
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["in_place", "separate"])
+@pytest.mark.parametrize("global_stats", [False, True], ids=["batch_stats", "global_stats"])
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=["x".join(map(str, s)) for s in BN_SHAPES])
+def test_batch_norm_matches_reference(tmp_path, shape, global_stats, in_place):
+    n = caffe.NetSpec()
+    n.x = L.Input(shape=dict(dim=list(shape)))
+    n.y = L.BatchNorm(n.x, use_global_stats=global_stats, moving_average_fraction=0.9, eps=1e-5, in_place=in_place)
+    param = n.to_proto()
+    param.force_backward = True
+    net = _net_from_param(param, tmp_path, "bn")
+    top = "x" if in_place else "y"
+    rng = np.random.RandomState(sum(shape))
+    c = shape[1]
+    stats = [(rng.rand(c) * 3).astype(np.float32), (rng.rand(c) * 2 + 0.1).astype(np.float32),
+             np.array([3.7 if global_stats else 0.0], np.float32)]
+    for b, s in zip(net.params["y"], stats):
+        b.data[...] = s
+    for step in range(2):                      # twice: the moving averages build on the first update
+        x = (rng.randn(*shape) * rng.rand(1, c, 1, 1) * 4 + rng.randn(1, c, 1, 1) * 3).astype(np.float32)
+        x[:, 0] = 1.5                          # a constant channel: variance 0, sd = sqrt(eps)
+        net.blobs["x"].data[...] = x
+        net.forward()
+        y, sd = R.batch_norm_forward(x, stats, global_stats, 0.9, 1e-5)
+        assert same_bits(net.blobs[top].data, y), first_difference(net.blobs[top].data, y)
+        for i, (b, s) in enumerate(zip(net.params["y"], stats)):
+            assert same_bits(b.data, s), "blob %d: %s" % (i, first_difference(b.data, s))
+        dtop = rng.randn(*shape).astype(np.float32)
+        net.blobs[top].diff[...] = dtop
+        net.backward()
+        dx = R.batch_norm_backward(dtop, y, sd, global_stats)
+        assert same_bits(net.blobs["x"].diff, dx), first_difference(net.blobs["x"].diff, dx)
+    assert np.abs(dx).max() > 0 and (global_stats or stats[2][0] > 1)

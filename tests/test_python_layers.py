@@ -621,6 +621,8 @@ def test_direct_calls_respect_propagate_down(need_caffe, tmp_path):
         obj.backward(top, [False, True] + [False] * (len(bottoms) - 2), bottoms)
         assert np.all(a.diff == 42.0), name
         assert not np.all(b.diff == 42.0), name
+        if name == "delta":                            # only b requested: d b = -sign(a - b) * dtop
+            np.testing.assert_array_equal(b.diff, -np.sign(a.data - b.data) * top[0].diff)
         if name == "loss":
             assert np.all(label.diff == 42.0)
             obj.backward(top, [True, True, True], bottoms)  # force_backward asks for a label gradient: zero
