@@ -12,10 +12,12 @@ the same order of operations, so a patched Caffe must match them bit for bit:
 * ReLU forward: std::max(x, 0) + negative_slope * std::min(x, 0), where std::max(a, b) = (a < b) ? b : a and
   std::min(a, b) = (b < a) ? b : a.
 * ReLU backward: top_diff * ((x > 0) + negative_slope * (x <= 0)), x the bottom data (the top data when in place).
-* BatchNorm forward and backward: the operations of batch_norm_layer.cpp in their original order.  Its sums are BLAS
+* BatchNorm and Scale (with its bias) forward and backward: the operations of batch_norm_layer.cpp and
+  scale_layer.cpp / bias_layer.cpp in their original order.  Its sums are BLAS
   gemv calls whose summation order belongs to the BLAS kernel, so the reference calls the same cblas_sgemv (and
   sscal/saxpy for caffe_cpu_axpby and caffe_cpu_scale) of the BLAS library that libcaffe loaded, through ctypes; its
-  broadcasts (rank-1 gemm, K = 1: one exact product by 1 and one add) and elementwise steps are numpy float32.
+  broadcasts (rank-1 gemm, K = 1: one exact product by 1 added to an accumulator that starts at +0, then one add)
+  and elementwise steps are numpy float32.
 
 This module is on sys.path only in the tests (the Python layers are named by module in a prototxt).
 """
@@ -149,8 +151,8 @@ def _pair(p, name):
 
 
 def to_reference(net_param, batch_norm=True, train=True):
-    """Copy of a NetParameter in which every MAX Pooling, ReLU and (with `batch_norm`) BatchNorm layer is the Python
-    reference layer above (same name, bottoms, tops and param specs, so in-place layers stay in place and shared
+    """Copy of a NetParameter in which every MAX Pooling, ReLU and (with `batch_norm`) BatchNorm and Scale layer is
+    the Python reference layer above (same name, bottoms, tops and param specs, so in-place layers stay in place and shared
     statistics stay shared).  Returns (copy, number of layers replaced).  `train`: the phase the net will be built in
     (BatchNorm's use_global_stats defaults to its opposite)."""
     from caffe.proto import caffe_pb2
@@ -166,6 +168,12 @@ def to_reference(net_param, batch_norm=True, train=True):
         elif layer.type == "ReLU":
             param = {"negative_slope": layer.relu_param.negative_slope}
             layer.ClearField("relu_param")
+        elif layer.type == "Scale" and batch_norm:
+            p = layer.scale_param
+            assert p.axis == 1 and p.num_axes == 1 and len(layer.bottom) == 1
+            grads = [spec.lr_mult != 0 for spec in layer.param] + [True] * (2 - len(layer.param))
+            param = {"bias_term": p.bias_term, "param_grad": grads[:2]}
+            layer.ClearField("scale_param")
         elif layer.type == "BatchNorm" and batch_norm:
             p = layer.batch_norm_param
             param = {"use_global_stats": p.use_global_stats if p.HasField("use_global_stats") else not train,
@@ -176,7 +184,7 @@ def to_reference(net_param, batch_norm=True, train=True):
         layer.type = "Python"
         layer.python_param.module = __name__
         layer.python_param.layer = ("RefMaxPool" if "kernel" in param else "RefBatchNorm" if "eps" in param
-                                    else "RefReLU")
+                                    else "RefScale" if "bias_term" in param else "RefReLU")
         layer.python_param.param_str = json.dumps(param)
         replaced += 1
     return out, replaced
@@ -210,12 +218,24 @@ def _ptr(a):
     return a.ctypes.data_as(ctypes.c_void_p)
 
 
-def _gemv(trans, m, n, alpha, a, x):
-    """caffe_cpu_gemv<float>: y = alpha * op(A) x with A row-major (m, n), beta 0."""
-    y = np.zeros(n if trans else m, np.float32)
-    caffe_blas().cblas_sgemv(_ROW_MAJOR, _TRANS if trans else _NO_TRANS, m, n, float(np.float32(alpha)), _ptr(a),
-                             n, _ptr(x), 1, 0.0, _ptr(y), 1)
+def _gemv(trans, m, n, alpha, a, x, beta=0.0, y=None):
+    """caffe_cpu_gemv<float>: y = alpha * op(A) x + beta * y with A row-major (m, n) (y in place when given)."""
+    if y is None:
+        y = np.zeros(n if trans else m, np.float32)
+    caffe_blas().cblas_sgemv(_ROW_MAJOR, _TRANS if trans else _NO_TRANS, m, n, float(np.float32(alpha)),
+                             _ptr(np.ascontiguousarray(a, np.float32)), n, _ptr(x), 1, float(beta), _ptr(y), 1)
     return y
+
+
+def _scale_planes(x, factors):
+    """caffe_cpu_scale per (outer, d) plane: scopy then cblas_sscal (whose factors 0 and 1 are special cases)."""
+    out = np.array(x, np.float32, order="C")
+    planes = out.reshape(out.shape[0], len(factors), -1)
+    for o in range(planes.shape[0]):
+        for d, f in enumerate(factors):
+            row = planes[o, d]
+            caffe_blas().cblas_sscal(row.size, float(f), row.ctypes.data_as(ctypes.c_void_p), 1)
+    return out
 
 
 def _axpby(alpha, x, beta, y):
@@ -247,7 +267,7 @@ def batch_norm_forward(x, blobs, use_global_stats, maf=0.999, eps=1e-5):
     else:
         mean = _channel_sums(x, num, channels, spatial, 1.0 / (num * spatial))
     bshape = (1, channels) + (1,) * (x.ndim - 2)
-    top = x + (f32(-1) * (mean * f32(1))).reshape(bshape)         # gemm, beta 1: top + (-1) * (mean * 1)
+    top = x + (f32(-1) * (mean * f32(1) + f32(0))).reshape(bshape)   # gemm, beta 1: top + (-1) * (0 + mean * 1)
     if not use_global_stats:
         var = _channel_sums(top * top, num, channels, spatial, 1.0 / (num * spatial))
         blobs[2][0] = blobs[2][0] * f32(maf)
@@ -270,9 +290,9 @@ def batch_norm_backward(top_diff, x_norm, sd, use_global_stats):
     y = np.ascontiguousarray(x_norm, np.float32)
     f32 = np.float32
     a = _channel_sums(y * dy, num, channels, spatial, 1.0)           # sum(dE/dY . Y)
-    t = y * (a * f32(1)).reshape(bshape)                              # broadcast (gemm, beta 0), then mul
+    t = y * (a * f32(1) + f32(0)).reshape(bshape)                     # broadcast (gemm, beta 0), then mul
     b = _channel_sums(dy, num, channels, spatial, 1.0)                # sum(dE/dY)
-    t = t + (b * f32(1)).reshape(bshape)                              # gemm, beta 1
+    t = t + (b * f32(1) + f32(0)).reshape(bshape)                     # gemm, beta 1
     t = np.ascontiguousarray(t)
     _axpby(1.0, dy, f32(-1.0 / (num * spatial)), t.reshape(-1))       # dE/dY - mean(...) ...
     return t / sd.reshape(bshape)
@@ -305,3 +325,96 @@ class RefBatchNorm(_LayerBase):
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
             bottom[0].diff[...] = batch_norm_backward(top[0].diff, self._x_norm, self._sd, self.global_stats)
+
+
+# ============================================================================================ Scale (+ bias)
+def scale_forward(x, scale, bias=None):
+    """Caffe's Scale Forward_cpu (scale blob over axis 1, bias_term from the internal Bias layer): per plane
+    caffe_cpu_scale, then the bias layer's rank-1 gemm (top + (0 + bias * 1))."""
+    x = np.ascontiguousarray(x, np.float32)
+    y = _scale_planes(x, scale)
+    if bias is not None:
+        bshape = (1, len(bias)) + (1,) * (x.ndim - 2)
+        y = y + (np.asarray(bias, np.float32) * np.float32(1) + np.float32(0)).reshape(bshape)
+    return y
+
+
+def scale_backward(top_diff, x, scale, scale_diff, bias_diff=None, need_scale=True, need_bias=True,
+                   need_bottom=True):
+    """Caffe's Scale Backward_cpu: bias diff (gemv per outer index, accumulating), scale diff (product, gemv over
+    the inner axis, gemv over the outer axis accumulating, or overwriting when the outer size is 1), bottom diff
+    (caffe_cpu_scale of the top diff).  scale_diff / bias_diff are updated in place; returns the bottom diff."""
+    dy = np.ascontiguousarray(top_diff, np.float32)
+    outer, dim = dy.shape[0], len(scale)
+    inner = dy.size // (outer * dim)
+    ones = np.ones(max(outer, inner), np.float32)
+    if bias_diff is not None and need_bias:
+        for n in range(outer):
+            _gemv(False, dim, inner, 1.0, dy[n].reshape(dim, inner), ones, beta=1.0, y=bias_diff)
+    if need_scale:
+        product = dy * np.ascontiguousarray(x, np.float32)
+        if inner == 1:
+            sums = product.reshape(-1)
+        elif outer == 1:                      # Caffe writes the inner sums straight into the scale diff (beta 0)
+            _gemv(False, dim, inner, 1.0, product.reshape(dim, inner), ones, beta=0.0, y=scale_diff)
+            sums = None
+        else:
+            sums = _gemv(False, outer * dim, inner, 1.0, product.reshape(outer * dim, inner), ones)
+        if outer != 1:
+            _gemv(True, outer, dim, 1.0, sums.reshape(outer, dim), ones, beta=1.0, y=scale_diff)
+    return _scale_planes(dy, scale) if need_bottom else None
+
+
+class RefScale(_LayerBase):
+    """Python stand-in for a Scale layer over axis 1 with its own scale blob (and bias blob with bias_term), in
+    place or not.  param_str: {"bias_term": bool, "param_grad": [scale, bias]} (False where lr_mult is 0: Caffe then
+    leaves that parameter's diff alone)."""
+
+    def setup(self, bottom, top):
+        p = json.loads(self.param_str)
+        self.bias_term, self.param_grad = p["bias_term"], p["param_grad"]
+        if len(self.blobs) == 0:
+            c = bottom[0].data.shape[1]
+            self.blobs.add_blob(c)
+            self.blobs[0].data[...] = 1
+            if self.bias_term:
+                self.blobs.add_blob(c)
+                self.blobs[1].data[...] = 0
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        self._x = np.array(bottom[0].data, np.float32)
+        top[0].data[...] = scale_forward(self._x, self.blobs[0].data,
+                                         self.blobs[1].data if self.bias_term else None)
+
+    def backward(self, top, propagate_down, bottom):
+        sd = np.array(self.blobs[0].diff, np.float32)
+        bd = np.array(self.blobs[1].diff, np.float32) if self.bias_term else None
+        dx = scale_backward(top[0].diff, self._x, self.blobs[0].data, sd, bd, self.param_grad[0],
+                            self.bias_term and self.param_grad[-1], propagate_down[0])
+        self.blobs[0].diff[...] = sd
+        if self.bias_term:
+            self.blobs[1].diff[...] = bd
+        if dx is not None:
+            bottom[0].diff[...] = dx
+
+
+class InjectGradient(_LayerBase):
+    """Test helper: a loss layer (give its top a loss_weight) whose backward writes `self.dtop` (set by the test) into
+    its bottom diff, so a net reaches the layers under test with a chosen top diff and without force_backward (which
+    would also force the gradients of frozen parameters)."""
+
+    def setup(self, bottom, top):
+        self.dtop = None
+
+    def reshape(self, bottom, top):
+        top[0].reshape(1)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = 0
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = self.dtop

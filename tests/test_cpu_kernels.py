@@ -1,16 +1,17 @@
 """Equivalence of the CPU kernels that patches/0003 (MAX pooling forward), patches/0004 (ReLU forward/backward) and
-patches/0005 (BatchNorm forward/backward) rewrite: every result must be BIT-IDENTICAL to Caffe 1.0's original code,
+patches/0005 (BatchNorm forward/backward) and patches/0006 (Scale forward/backward) rewrite: every result must be BIT-IDENTICAL to Caffe 1.0's original code,
 represented here by the references of tests/caffe_reference_layers.py (numpy, plus for BatchNorm's sums the same
 BLAS gemv calls as the original; none of them uses the patched code).
 
 * whole nets (cnn and gcnet_s1r1 from gcnet/nets.py, seeded inputs, small batch): the net as built, and the same net
-  with every MAX Pooling, ReLU and BatchNorm layer replaced by its reference (a Python layer), get the same weights and
+  with every MAX Pooling, ReLU, BatchNorm and Scale layer replaced by its reference (a Python layer), get the same weights and
   inputs; after forward + backward every blob's data and diff and every parameter's data and diff must be equal
   bit for bit (ReLU zeros make pooling windows with ties);
 * single layers against the numpy references: pooling geometries (rectangular kernels, strides, padding, Caffe's
   ceil rounding with clipped last windows, mask top or internal mask) on inputs full of ties and with -FLT_MAX,
   -inf, NaN and signed zeros; ReLU in place and not, negative_slope 0, 0.1, -0.5, on the same special values;
-  BatchNorm in both phases, in place and not, on odd plane sizes and a constant channel, moving averages included.
+  BatchNorm in both phases, in place and not, on odd plane sizes and a constant channel, moving averages included;
+  Scale with and without bias, in place and not, factors 0 and 1, -0 biases, NaN and infinities, frozen parameters.
 
 Run:  source tools/env.sh && python -m pytest -q tests/test_cpu_kernels.py
 """
@@ -77,8 +78,8 @@ def test_net_forward_backward_bit_identical_to_reference(model, tmp_path):
     ref_param, replaced = R.to_reference(param)
     n_pool = sum(l.type == "Pooling" for l in param.layer)
     n_relu = sum(l.type == "ReLU" for l in param.layer)
-    n_bn = sum(l.type == "BatchNorm" for l in param.layer)
-    assert replaced == n_pool + n_relu + n_bn and n_pool >= 3 and n_relu >= 4 and n_bn >= 3
+    n_bn = sum(l.type in ("BatchNorm", "Scale") for l in param.layer)
+    assert replaced == n_pool + n_relu + n_bn and n_pool >= 3 and n_relu >= 4 and n_bn >= 6
     caffe.set_random_seed(1)
     net = _net_from_param(param, tmp_path, "patched")
     ref = _net_from_param(ref_param, tmp_path, "reference")
@@ -248,3 +249,55 @@ def test_batch_norm_matches_reference(tmp_path, shape, global_stats, in_place):
         dx = R.batch_norm_backward(dtop, y, sd, global_stats)
         assert same_bits(net.blobs["x"].diff, dx), first_difference(net.blobs["x"].diff, dx)
     assert np.abs(dx).max() > 0 and (global_stats or stats[2][0] > 1)
+
+
+SCALE_SHAPES = [(4, 3, 7, 7), (1, 5, 31, 31), (3, 4, 1, 1)]
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["learned", "frozen"])
+@pytest.mark.parametrize("in_place", [True, False], ids=["in_place", "separate"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("shape", SCALE_SHAPES, ids=["x".join(map(str, s)) for s in SCALE_SHAPES])
+def test_scale_matches_reference(tmp_path, shape, bias, in_place, frozen):
+    # x -> learned Bias (its parameter makes the Scale's bottom need a gradient) -> Scale -> a loss layer that
+    # injects the chosen top diff; no force_backward (it would also force the gradients of frozen parameters)
+    n = caffe.NetSpec()
+    n.x0 = L.Input(shape=dict(dim=list(shape)))
+    n.x = L.Bias(n.x0, param=dict(lr_mult=1), filler=dict(type="constant", value=0))
+    lr = 0 if frozen else 1
+    n.y = L.Scale(n.x, bias_term=bias, in_place=in_place, param=[dict(lr_mult=lr)] * (2 if bias else 1))
+    n.inject = L.Python(n.x if in_place else n.y, module=R.__name__, layer="InjectGradient", loss_weight=1)
+    net = _net_from_param(n.to_proto(), tmp_path, "scale")
+    top = "x" if in_place else "y"
+    rng = np.random.RandomState(sum(shape) + 2 * bias + in_place)
+    c = shape[1]
+    scale = rng.randn(c).astype(np.float32)
+    scale[0], scale[1] = 0.0, 1.0                       # sscal's special cases
+    b = rng.randn(c).astype(np.float32)
+    b[-1] = -0.0
+    x = rng.randn(*shape).astype(np.float32)
+    x.reshape(-1)[:6] = [np.nan, np.inf, -np.inf, -0.0, 0.0, -1e-45]
+    x[:, 0].reshape(-1)[:3] = [np.nan, -np.inf, -2.0]   # in the plane scaled by 0
+    net.params["y"][0].data[...] = scale
+    diffs = [rng.randn(c).astype(np.float32) for _ in range(2)]     # Caffe accumulates into parameter diffs
+    if bias:
+        net.params["y"][1].data[...] = b
+    for i, blob in enumerate(net.params["y"]):
+        blob.diff[...] = diffs[i]
+    net.blobs["x0"].data[...] = x
+    net.forward()
+    x = x + np.float32(0)                               # what the Bias layer (bias 0) passes on: -0 -> +0
+    y = R.scale_forward(x, scale, b if bias else None)
+    assert same_bits(net.blobs[top].data, y), first_difference(net.blobs[top].data, y)
+    dtop = rng.randn(*shape).astype(np.float32)
+    dtop.reshape(-1)[6:9] = [-0.0, np.inf, 0.0]
+    net.layers[list(net._layer_names).index("inject")].dtop = dtop
+    net.backward()
+    sd, bd = diffs[0].copy(), diffs[1].copy()
+    with np.errstate(invalid="ignore", over="ignore"):
+        dx = R.scale_backward(dtop, x, scale, sd, bd if bias else None, need_scale=not frozen, need_bias=not frozen)
+    assert same_bits(net.blobs["x"].diff, dx), first_difference(net.blobs["x"].diff, dx)
+    assert same_bits(net.params["y"][0].diff, sd), first_difference(net.params["y"][0].diff, sd)
+    if bias:
+        assert same_bits(net.params["y"][1].diff, bd), first_difference(net.params["y"][1].diff, bd)
+    assert frozen == same_bits(sd, diffs[0])            # not vacuous: a learned scale's diff moved
