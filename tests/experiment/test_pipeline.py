@@ -201,6 +201,22 @@ def test_moved_results_cached_and_a_failing_stage_summarised(first_run, tmp_path
     jobs = {(j.model, j.fold): j for j in model_jobs(ctx)}
     stages.run_model(ctx, jobs[("gcnet_s1r1", 0)])
     assert jobs[("gcnet_s1r1", 0)].status == "cached"
+    # pretraining: a new --iters (other snapshot interval) keeps it; a result recorded under the key of
+    # gcnet/runner.py (which hashed display and snapshot) is accepted and re-recorded under the new key
+    from gcnet.experiment import cache
+    from gcnet.experiment.plan import data_fingerprint, pretrain_jobs, write_prototxts
+    args = MAIN + ["--data", str(first_run["data"]), "--out", str(out)]
+    args[args.index("--iters") + 1] = "12"
+    s2 = cli.resolve_settings(cli.build_parser().parse_args(args))
+    ctx2 = Context(s2, lay, Supervisor(), man=ctx.man)
+    pre = pretrain_jobs(ctx2)[(0, "encdec")]
+    write_prototxts(ctx2, pre)
+    assert "snapshot: 3" in pre.texts["solver"] and "max_iter: 6" in pre.texts["solver"]
+    legacy = cache.pretrain_keys(ctx2, pre, data_fingerprint(ctx.man, 0, "pretrain"))[1]
+    st = json.loads((pre.dir / "stage.json").read_text())
+    (pre.dir / "stage.json").write_text(json.dumps(dict(st, hash=legacy)))
+    stages.run_pretrain(ctx2, pre)
+    assert pre.status == "cached" and json.loads((pre.dir / "stage.json").read_text())["hash"] == st["hash"]
 
     def boom(ctx, job):
         raise JobError("boom")
