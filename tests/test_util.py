@@ -86,6 +86,7 @@ def test_datum_codec_roundtrip():
         assert lab == label and b.dtype == np.uint8 and np.array_equal(a, b)
 
 
+@pytest.mark.usefixtures("caffe")
 def test_read_caffemodel_errors(tmp_path):
     with pytest.raises(caffe_io.WeightsError, match="cannot read"):
         caffe_io.read_caffemodel(str(tmp_path / "missing.caffemodel"))
