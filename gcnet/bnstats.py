@@ -1,26 +1,21 @@
-"""Re-estimate every BatchNorm layer's statistics for a model's final weights ("precise BN"), between training and
-test.
+"""BatchNorm statistics re-estimated for a model's final weights ("precise BN"), between training and test
+(why: docs/choices.md).  The BatchNorm sums are zeroed, the first n training samples (TEST-phase transform) go
+through the deploy net with batch statistics in batches of the training size, and their plain average replaces the
+stored statistics; that pass also scores the training set with batch statistics (the diagnostics).
 
-Caffe's BatchNorm normalises with batch statistics in TRAIN and with its stored running averages in TEST.  After a
-short training those averages mix statistics of weights that changed fast (and, without zeroing at surgery, of the
-pretraining nets), so TEST-phase scores can be far below what the weights achieve (docs/choices.md).  Here the
-statistics are recomputed for the final weights: the BatchNorm sums are zeroed, the first `n` samples of the
-training LMDB (TEST-phase transforms: centre crop, no mirror) go through the deploy net in batches of the training
-batch size with batch statistics, and the plain average over the batches replaces the stored statistics.  The
-predictions of that pass are the batch-statistics scores of the training set, reported by the diagnostics.
-
-CLI (the runner calls it in a subprocess, so that a Caffe CHECK failure cannot kill the runner):
+CLI (run by the experiment in a subprocess, so that a Caffe CHECK failure cannot kill the runner):
     python -m gcnet.bnstats MODEL_DIR --weights trained.caffemodel --out final.caffemodel --train-lmdb LMDB
         [--samples 1024] [--batch 16] [--gpu ID] [--report bn_stats.json]
 """
 import argparse
-import json
-import os
 import sys
 import time
 from typing import Dict, List
 
 import numpy as np
+
+from gcnet.caffe_io import load_net_param, read_lmdb, save_net_param
+from gcnet.util import write_json
 
 __all__ = ["training_samples", "recalibrate", "write_batchnorm_stats", "main"]
 
@@ -32,7 +27,6 @@ class BNStatsError(Exception):
 def training_samples(train_lmdb: str, n: int, batch: int):
     """(aligned pairs (m, 2, 66, 66) uint8, labels (m,)) of the first m samples of the training LMDB, m = the
     largest multiple of `batch` <= n (all samples, one batch, when there are fewer than `batch`)."""
-    from gcnet.data.lmdb_build import read_lmdb
     items = read_lmdb(train_lmdb, limit=n)
     if not items:
         raise BNStatsError("training LMDB %s is empty" % train_lmdb)
@@ -74,10 +68,7 @@ def recalibrate(model_dir: str, weights: str, out: str, train_lmdb: str, n_sampl
 def write_batchnorm_stats(weights: str, out: str, stats: Dict[str, List[np.ndarray]]) -> None:
     """Copy the .caffemodel `weights` to `out` with the blobs of the BatchNorm layers in `stats` replaced; every
     BatchNorm layer of the model must be in `stats`."""
-    from caffe.proto import caffe_pb2
-    net = caffe_pb2.NetParameter()
-    with open(weights, "rb") as f:
-        net.ParseFromString(f.read())
+    net = load_net_param(weights)
     missing = []
     for layer in net.layer:
         if layer.type != "BatchNorm":
@@ -94,10 +85,7 @@ def write_batchnorm_stats(weights: str, out: str, stats: Dict[str, List[np.ndarr
     if missing:
         raise BNStatsError("BatchNorm layers of %s not in the deploy net, so not re-estimated: %s"
                            % (weights, ", ".join(missing)))
-    tmp = out + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(net.SerializeToString())
-    os.replace(tmp, out)
+    save_net_param(net, out)
 
 
 def main(argv=None) -> int:
@@ -117,10 +105,7 @@ def main(argv=None) -> int:
         print("error: %s" % e, file=sys.stderr)
         return 2
     if a.report:
-        tmp = a.report + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(rep, f, indent=1)
-        os.replace(tmp, a.report)
+        write_json(a.report, rep)
     print("BatchNorm statistics of %d layers re-estimated on %d training samples (batch-statistics accuracy %.4f) "
           "-> %s" % (rep["layers"], rep["n_samples"], rep["train_accuracy_batch_stats"], a.out))
     return 0

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gcnet.layout import DEPLOY, FINAL, META, TRAIN_VAL, ResultsLayout, fold_of
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SCALE = 0.00390625       # transform_param.scale of the Data layers (docs/ARCHITECTURE.md, LMDB format)
 DEFAULT_CROP = 64
@@ -38,7 +40,7 @@ def read_transform(model_dir):
     """(scale, crop_size, mean) of the Data layers' transform_param in the model's train_val.prototxt (what training
     and the runner's test stage saw); defaults when there is no train_val.prototxt."""
     scale, crop, mean = DEFAULT_SCALE, DEFAULT_CROP, 0.0
-    p = Path(model_dir) / "train_val.prototxt"
+    p = Path(model_dir) / TRAIN_VAL
     if p.exists():
         m = re.search(r"transform_param\s*\{([^}]*)\}", p.read_text())
         if m:
@@ -51,26 +53,30 @@ def read_transform(model_dir):
     return scale, crop, mean
 
 
-def preprocess(aligned, scale=DEFAULT_SCALE, crop=DEFAULT_CROP, mean=0.0):
-    """Aligned faces (S, S) / (N, S, S) / (N, C, S, S) uint8 (channel 0 = X) -> (N, 1, crop, crop) float32 net input.
-
-    Caffe's DataTransformer in TEST phase (and gcnet.runner.evaluate): centre crop at offset (S - crop) // 2,
-    minus the mean value, times scale."""
-    a = np.asarray(aligned)
-    if a.ndim == 2:
-        a = a[None]
-    if a.ndim == 3:
-        a = a[:, None]
-    a = a[:, :1]
+def crop_scale(a, crop=DEFAULT_CROP, scale=DEFAULT_SCALE, mean=0.0, dtype=np.float32) -> np.ndarray:
+    """(N, C, S, S) uint8 -> (N, C, crop, crop) `dtype`: Caffe's TEST-phase DataTransformer (centre crop at offset
+    (S - crop) // 2, minus the mean value, times scale)."""
+    a = np.asarray(a)
     s_h, s_w = a.shape[2], a.shape[3]
     crop = crop or s_h
     if s_h < crop or s_w < crop:
         raise ValueError("aligned faces are %dx%d, smaller than the %d crop" % (s_h, s_w, crop))
     oh, ow = (s_h - crop) // 2, (s_w - crop) // 2
-    x = a[:, :, oh:oh + crop, ow:ow + crop].astype(np.float32)
+    x = a[:, :, oh:oh + crop, ow:ow + crop].astype(dtype)
     if mean:
-        x = x - np.float32(mean)
-    return x * np.float32(scale)
+        x = x - dtype(mean)
+    return x * dtype(scale)
+
+
+def preprocess(aligned, scale=DEFAULT_SCALE, crop=DEFAULT_CROP, mean=0.0):
+    """Aligned faces (S, S) / (N, S, S) / (N, C, S, S) uint8 (channel 0 = X) -> (N, 1, crop, crop) float32 net
+    input (crop_scale of channel 0)."""
+    a = np.asarray(aligned)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim == 3:
+        a = a[:, None]
+    return crop_scale(a[:, :1], crop, scale, mean)
 
 
 def batch_stats_net_text(deploy_path) -> str:
@@ -96,18 +102,19 @@ class DeployModel:
         self.dir = Path(model_dir)
         if not self.dir.is_dir():
             raise ModelError("model folder %s does not exist" % self.dir)
-        self.deploy = self.dir / "deploy.prototxt"
-        self.weights = Path(weights) if weights else self.dir / "final.caffemodel"
-        missing = [str(p.name) for p in (self.deploy, self.weights, self.dir / "meta.json") if not p.exists()]
+        self.deploy = self.dir / DEPLOY
+        self.weights = Path(weights) if weights else self.dir / FINAL
+        missing = [str(p.name) for p in (self.deploy, self.weights, self.dir / META) if not p.exists()]
         if missing:
-            folds = sorted(p.name for p in self.dir.glob("fold_*") if (p / "final.caffemodel").exists())
-            hint = ("; it holds trained folds: pass one of %s" % ", ".join(str(self.dir / f) for f in folds[:3])
-                    if folds else "; is the model trained? (expected results/<dataset>/<model>/fold_K)")
+            folds = sorted(p for p in self.dir.iterdir() if fold_of(p.name) is not None and (p / FINAL).exists())
+            hint = ("; it holds trained folds: pass one of %s" % ", ".join(str(f) for f in folds[:3])
+                    if folds else "; is the model trained? (expected %s)"
+                    % ResultsLayout("results", "<dataset>").model_dir("<model>", 0).with_name("fold_K"))
             raise ModelError("model folder %s is incomplete: missing %s%s" % (self.dir, ", ".join(missing), hint))
         try:
-            self.meta = json.loads((self.dir / "meta.json").read_text())
+            self.meta = json.loads((self.dir / META).read_text())
         except ValueError as e:
-            raise ModelError("cannot read %s: %s" % (self.dir / "meta.json", e))
+            raise ModelError("cannot read %s: %s" % (self.dir / META, e))
         self.scale, self.crop, self.mean = read_transform(self.dir)
         self.crop = self.crop or DEFAULT_CROP
         caffe = import_caffe()
@@ -166,7 +173,7 @@ _MODEL_CACHE = {}
 def load_model(model_dir):
     """DeployModel of a folder, cached while its weights are unchanged."""
     d = Path(model_dir).resolve()
-    w = d / "final.caffemodel"
+    w = d / FINAL
     key = (str(d), os.path.getmtime(str(w)) if w.exists() else None)
     if key not in _MODEL_CACHE:
         _MODEL_CACHE[key] = DeployModel(d)
