@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -231,7 +232,7 @@ def test_damaged_lmdb_under_a_finished_build_is_rebuilt(tmp_path):
     m = L.build_lmdbs("ck+", root, out, n_folds=2, augment_copies=1, progress=None)
     n_test0, n_train1 = m["folds"]["0"]["n_test"], m["folds"]["1"]["n_train"]
     open(os.path.join(out, "fold_0", "test", "data.mdb"), "w").close()     # zero bytes
-    L.write_lmdb(os.path.join(out, "fold_1", "train"), [(L.np.zeros((2, 66, 66), L.np.uint8), 0)], 1, "x")
+    L.write_lmdb(os.path.join(out, "fold_1", "train"), [(np.zeros((2, 66, 66), np.uint8), 0)], 1, "x")
     assert L.lmdb_problem(os.path.join(out, "fold_0", "test"), n_test0).startswith("cannot be opened")
     lines = []
     m2 = L.build_lmdbs("ck+", root, out, n_folds=2, augment_copies=1, progress=lines.append)

@@ -134,19 +134,19 @@ def test_lmdb_round_trip_lmdb_package(built):
         assert (d.channels, d.height, d.width, len(d.data)) == (2, 66, 66, 2 * 66 * 66)
 
 
-def test_same_augmentation_on_both_channels():
+def test_same_augmentation_on_both_channels(monkeypatch):
+    from gcnet.data.lmdb_build import augment
     rng = np.random.RandomState(0)
     cx = rng.randint(0, 256, size=(96, 96)).astype(np.uint8)
     x, r = L.augment_pair(cx, cx.copy(), np.random.RandomState(5))
     assert np.array_equal(x, r) and x.shape == (66, 66)
+    assert not np.array_equal(x, L.crop(cx))
     # no-op parameters give the centre crop
-    old = L.AUG_SCALE, L.AUG_ROTATION_DEG, L.AUG_INTENSITY
-    try:
-        L.AUG_SCALE, L.AUG_ROTATION_DEG, L.AUG_INTENSITY = (1, 1), (0, 0), (1, 1)
-        x, _ = L.augment_pair(cx, cx, np.random.RandomState(5))
-        assert np.array_equal(x, L.crop(cx))
-    finally:
-        L.AUG_SCALE, L.AUG_ROTATION_DEG, L.AUG_INTENSITY = old
+    monkeypatch.setattr(augment, "AUG_SCALE", (1, 1))
+    monkeypatch.setattr(augment, "AUG_ROTATION_DEG", (0, 0))
+    monkeypatch.setattr(augment, "AUG_INTENSITY", (1, 1))
+    x, _ = L.augment_pair(cx, cx, np.random.RandomState(5))
+    assert np.array_equal(x, L.crop(cx))
 
 
 def test_caffe_data_layer_reads_the_lmdb(built, tmp_path):
