@@ -14,13 +14,14 @@ CLI (the runner calls it in a subprocess, so that a Caffe CHECK failure cannot k
         [--samples 1024] [--batch 16] [--gpu ID] [--report bn_stats.json]
 """
 import argparse
-import json
-import os
 import sys
 import time
 from typing import Dict, List
 
 import numpy as np
+
+from gcnet.caffe_io import load_net_param, read_lmdb, save_net_param
+from gcnet.util import write_json
 
 __all__ = ["training_samples", "recalibrate", "write_batchnorm_stats", "main"]
 
@@ -32,7 +33,6 @@ class BNStatsError(Exception):
 def training_samples(train_lmdb: str, n: int, batch: int):
     """(aligned pairs (m, 2, 66, 66) uint8, labels (m,)) of the first m samples of the training LMDB, m = the
     largest multiple of `batch` <= n (all samples, one batch, when there are fewer than `batch`)."""
-    from gcnet.data.lmdb_build import read_lmdb
     items = read_lmdb(train_lmdb, limit=n)
     if not items:
         raise BNStatsError("training LMDB %s is empty" % train_lmdb)
@@ -74,10 +74,7 @@ def recalibrate(model_dir: str, weights: str, out: str, train_lmdb: str, n_sampl
 def write_batchnorm_stats(weights: str, out: str, stats: Dict[str, List[np.ndarray]]) -> None:
     """Copy the .caffemodel `weights` to `out` with the blobs of the BatchNorm layers in `stats` replaced; every
     BatchNorm layer of the model must be in `stats`."""
-    from caffe.proto import caffe_pb2
-    net = caffe_pb2.NetParameter()
-    with open(weights, "rb") as f:
-        net.ParseFromString(f.read())
+    net = load_net_param(weights)
     missing = []
     for layer in net.layer:
         if layer.type != "BatchNorm":
@@ -94,10 +91,7 @@ def write_batchnorm_stats(weights: str, out: str, stats: Dict[str, List[np.ndarr
     if missing:
         raise BNStatsError("BatchNorm layers of %s not in the deploy net, so not re-estimated: %s"
                            % (weights, ", ".join(missing)))
-    tmp = out + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(net.SerializeToString())
-    os.replace(tmp, out)
+    save_net_param(net, out)
 
 
 def main(argv=None) -> int:
@@ -117,10 +111,7 @@ def main(argv=None) -> int:
         print("error: %s" % e, file=sys.stderr)
         return 2
     if a.report:
-        tmp = a.report + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(rep, f, indent=1)
-        os.replace(tmp, a.report)
+        write_json(a.report, rep)
     print("BatchNorm statistics of %d layers re-estimated on %d training samples (batch-statistics accuracy %.4f) "
           "-> %s" % (rep["layers"], rep["n_samples"], rep["train_accuracy_batch_stats"], a.out))
     return 0

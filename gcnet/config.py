@@ -6,6 +6,8 @@ tools/make_prototxt.py / tools/run_folds.sh.  Nothing here imports caffe.
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
+from gcnet.util import DataError
+
 # ----------------------------------------------------------------------------------------------- datasets
 CKPLUS_EMOTIONS = ["neutral", "anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"]  # CK+ codes 0-7
 BASIC6 = ["anger", "disgust", "fear", "happiness", "sadness", "surprise"]
@@ -30,6 +32,13 @@ DATASETS: Dict[str, DatasetSpec] = {
     "synthetic": DatasetSpec("synthetic", "ckplus", tuple(CKPLUS_EMOTIONS[1:]), -1, 3, "none (synthetic data)"),
 }
 
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The DatasetSpec of `name`; DataError (exit 2) naming the known ones."""
+    if name not in DATASETS:
+        raise DataError("unknown dataset '%s' (known: %s)" % (name, ", ".join(DATASETS)))
+    return DATASETS[name]
+
 # ----------------------------------------------------------------------------------------------- paper numbers
 # Averaged accuracy (%) of the paper's Tables 2-5.  Table 3's last row is printed as "GCNet S0R0" a second time
 # in the paper; by its position (and Table 2's order) it is S1R1.
@@ -46,12 +55,43 @@ PAPER_RESULTS: Dict[str, Dict[str, float]] = {
              "DTAGN-Joint": 81.46,
              "cnn": 83.96, "gcnet_s0r0": 84.65, "gcnet_s1r0": 86.39, "gcnet_s0r1": 85.83, "gcnet_s1r1": 86.11},
 }
-PAPER_MODEL_KEYS = ("cnn", "gcnet_s0r0", "gcnet_s1r0", "gcnet_s0r1", "gcnet_s1r1")
 
 # ----------------------------------------------------------------------------------------------- models
-EXPRESSION_MODELS = ("cnn", "gcnet_s0r0", "gcnet_s1r0", "gcnet_s0r1", "gcnet_s1r1")
-PRETRAIN_MODELS = ("encdec", "cnn_id")
+@dataclass(frozen=True)
+class ModelFacts:
+    pretrain: bool          # a pretraining net (section 4.1), not an expression model
+    generator: bool         # Generator(X) = De_1r(En_1(X)) estimates the reference X_r (all GCNets)
+    contrastive: bool       # L_Contr on En_2(X), En_2(X_r hat) (S1)
+    reconstruction: bool    # De_2r, De_2i reconstruct X_r and X (R1)
+
+
+# the one table of what each network has (nets, surgery, figures and the runner read it)
+MODELS: Dict[str, ModelFacts] = {
+    "encdec": ModelFacts(True, False, False, False),
+    "cnn_id": ModelFacts(True, False, False, False),
+    "cnn": ModelFacts(False, False, False, False),
+    "gcnet_s0r0": ModelFacts(False, True, False, False),
+    "gcnet_s1r0": ModelFacts(False, True, True, False),
+    "gcnet_s0r1": ModelFacts(False, True, False, True),
+    "gcnet_s1r1": ModelFacts(False, True, True, True),
+}
+EXPRESSION_MODELS = tuple(m for m, f in MODELS.items() if not f.pretrain)
+PRETRAIN_MODELS = tuple(m for m, f in MODELS.items() if f.pretrain)
 ALL_MODELS = PRETRAIN_MODELS + EXPRESSION_MODELS
+
+
+def has_generator(model: str) -> bool:
+    return MODELS[model].generator
+
+
+def has_contrastive(model: str) -> bool:
+    return MODELS[model].contrastive
+
+
+def has_reconstruction(model: str) -> bool:
+    return MODELS[model].reconstruction
+
+
 FINETUNE_OUTPUT_SCALE = ("frozen", "decoder-rate")      # NetOptions.finetune_output_scale
 CONTRASTIVE_DISTANCES = ("l2", "rms")                   # NetOptions.contrastive_distance
 
@@ -60,7 +100,6 @@ CONTRASTIVE_DISTANCES = ("l2", "rms")                   # NetOptions.contrastive
 class NetOptions:
     """Architecture choices (paper section 4.1, Table 1).  See docs/choices.md for the reasons."""
     crop: int = 64                       # Wsize: 66x66 aligned faces, random 64x64 crop
-    stored_size: int = 66
     # Table 1 encoder: (kernel, channels) of the convs and the max-pool windows
     conv_kernels: Tuple[int, ...] = (5, 3, 3)
     conv_channels: Tuple[int, ...] = (32, 64, 96)
@@ -134,8 +173,3 @@ class SolverOptions:
 PRETRAIN_CLIP_GRADIENTS = 10.0
 # default contrastive margin m per NetOptions.contrastive_distance (docs/choices.md)
 DEFAULT_MARGIN = {"l2": 100.0, "rms": 2.0}
-
-
-def inv_lr(it: int, s: SolverOptions = SolverOptions()) -> float:
-    """Caffe's `inv` learning-rate policy."""
-    return s.base_lr * (1.0 + s.gamma * it) ** (-s.power)

@@ -12,6 +12,8 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from gcnet.inference import crop_scale
+
 DEAD_NOTE = "generator output is <= 0 everywhere (dead output ReLU): this model is a CNN on En_2(X) - En_2(0), " \
             "not a GCNet result"
 
@@ -32,20 +34,14 @@ def accuracy_entry(correct: int, n: int) -> dict:
     return {"accuracy": correct / n if n else None, "n": n, "ci95": wilson_interval(correct, n)}
 
 
-def centre_crop(pairs: np.ndarray, crop: int, scale: float) -> np.ndarray:
-    """(N, C, S, S) uint8 -> (N, C, crop, crop) float64 in the nets' units (TEST-phase transform)."""
-    o = (pairs.shape[-1] - crop) // 2
-    return pairs[:, :, o:o + crop, o:o + crop].astype(np.float64) * scale
-
-
 def generator_diagnostics(test_pairs: np.ndarray, generated: np.ndarray, train_pairs: np.ndarray, crop: int,
                           scale: float) -> dict:
     """Per-image L_Gen,r on the test set (mean over images) against the mean-training-reference and copy-X
     baselines; `generated` is the deploy net's `gen_r` (N, 1, crop, crop) for `test_pairs` [X, X_r]."""
-    test = centre_crop(test_pairs, crop, scale)
+    test = crop_scale(test_pairs, crop, scale, dtype=np.float64)
     x, xr = test[:, 0], test[:, 1]
     g = np.asarray(generated, np.float64).reshape(xr.shape)
-    mean_ref = centre_crop(train_pairs[:, 1:2], crop, scale)[:, 0].mean(0)
+    mean_ref = crop_scale(train_pairs[:, 1:2], crop, scale, dtype=np.float64)[:, 0].mean(0)
 
     def per_image(pred):
         return float(np.mean(0.5 * np.sum((xr - pred) ** 2, axis=(1, 2))))

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gcnet.layout import FINAL, ResultsLayout, fold_of
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SCALE = 0.00390625       # transform_param.scale of the Data layers (docs/ARCHITECTURE.md, LMDB format)
 DEFAULT_CROP = 64
@@ -51,26 +53,30 @@ def read_transform(model_dir):
     return scale, crop, mean
 
 
-def preprocess(aligned, scale=DEFAULT_SCALE, crop=DEFAULT_CROP, mean=0.0):
-    """Aligned faces (S, S) / (N, S, S) / (N, C, S, S) uint8 (channel 0 = X) -> (N, 1, crop, crop) float32 net input.
-
-    Caffe's DataTransformer in TEST phase (and gcnet.runner.evaluate): centre crop at offset (S - crop) // 2,
-    minus the mean value, times scale."""
-    a = np.asarray(aligned)
-    if a.ndim == 2:
-        a = a[None]
-    if a.ndim == 3:
-        a = a[:, None]
-    a = a[:, :1]
+def crop_scale(a, crop=DEFAULT_CROP, scale=DEFAULT_SCALE, mean=0.0, dtype=np.float32) -> np.ndarray:
+    """(N, C, S, S) uint8 -> (N, C, crop, crop) `dtype`: Caffe's TEST-phase DataTransformer (centre crop at offset
+    (S - crop) // 2, minus the mean value, times scale)."""
+    a = np.asarray(a)
     s_h, s_w = a.shape[2], a.shape[3]
     crop = crop or s_h
     if s_h < crop or s_w < crop:
         raise ValueError("aligned faces are %dx%d, smaller than the %d crop" % (s_h, s_w, crop))
     oh, ow = (s_h - crop) // 2, (s_w - crop) // 2
-    x = a[:, :, oh:oh + crop, ow:ow + crop].astype(np.float32)
+    x = a[:, :, oh:oh + crop, ow:ow + crop].astype(dtype)
     if mean:
-        x = x - np.float32(mean)
-    return x * np.float32(scale)
+        x = x - dtype(mean)
+    return x * dtype(scale)
+
+
+def preprocess(aligned, scale=DEFAULT_SCALE, crop=DEFAULT_CROP, mean=0.0):
+    """Aligned faces (S, S) / (N, S, S) / (N, C, S, S) uint8 (channel 0 = X) -> (N, 1, crop, crop) float32 net
+    input (crop_scale of channel 0)."""
+    a = np.asarray(aligned)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim == 3:
+        a = a[:, None]
+    return crop_scale(a[:, :1], crop, scale, mean)
 
 
 def batch_stats_net_text(deploy_path) -> str:
@@ -100,9 +106,10 @@ class DeployModel:
         self.weights = Path(weights) if weights else self.dir / "final.caffemodel"
         missing = [str(p.name) for p in (self.deploy, self.weights, self.dir / "meta.json") if not p.exists()]
         if missing:
-            folds = sorted(p.name for p in self.dir.glob("fold_*") if (p / "final.caffemodel").exists())
-            hint = ("; it holds trained folds: pass one of %s" % ", ".join(str(self.dir / f) for f in folds[:3])
-                    if folds else "; is the model trained? (expected results/<dataset>/<model>/fold_K)")
+            folds = sorted(p for p in self.dir.iterdir() if fold_of(p.name) is not None and (p / FINAL).exists())
+            hint = ("; it holds trained folds: pass one of %s" % ", ".join(str(f) for f in folds[:3])
+                    if folds else "; is the model trained? (expected %s)"
+                    % ResultsLayout("results", "<dataset>").model_dir("<model>", 0).with_name("fold_K"))
             raise ModelError("model folder %s is incomplete: missing %s%s" % (self.dir, ", ".join(missing), hint))
         try:
             self.meta = json.loads((self.dir / "meta.json").read_text())

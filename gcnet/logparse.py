@@ -29,10 +29,7 @@ import os
 import re
 from typing import Iterable, List, Optional, Union
 
-__all__ = ["LogParser", "parse_log", "train_series", "test_series", "last_lines", "LOSS_NAMES"]
-
-# the output names the nets of this project produce (gcnet/nets.py)
-LOSS_NAMES = ("loss_cls", "loss_contr", "loss_gen_r", "loss_rec_r", "loss_rec_i", "loss_rec", "loss_id")
+__all__ = ["LogParser", "parse_log", "train_series", "test_series", "last_lines"]
 
 _NUM = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|-?inf|NaN|-?Inf))"
 # glog prefix: severity, MMDD, time, thread id, file:line]

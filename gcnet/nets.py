@@ -29,7 +29,8 @@ from caffe import params as P
 from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
-from gcnet.config import ALL_MODELS, CONTRASTIVE_DISTANCES, FINETUNE_OUTPUT_SCALE, NetOptions
+from gcnet.config import (ALL_MODELS, CONTRASTIVE_DISTANCES, FINETUNE_OUTPUT_SCALE, NetOptions, has_contrastive,
+                          has_generator, has_reconstruction)
 
 PY_MODULE = "gcnet_layers"          # python_layers/gcnet_layers.py
 WEIGHT_FILLER = dict(type="xavier")
@@ -37,14 +38,6 @@ BIAS_FILLER = dict(type="constant", value=0)
 
 # decoder output blob -> name of the decoder's last deconvolution layer
 DECODER_OUTPUTS = {"gen_r": "de1r_deconv1", "rec_r": "de2r_deconv1", "rec_i": "de2i_deconv1"}
-
-MODEL_FLAGS = {
-    #  model        (generator, contrastive S, reconstruction R)
-    "gcnet_s0r0": (True, False, False),
-    "gcnet_s1r0": (True, True, False),
-    "gcnet_s0r1": (True, False, True),
-    "gcnet_s1r1": (True, True, True),
-}
 
 
 # ----------------------------------------------------------------------------------------------- geometry
@@ -207,7 +200,7 @@ def _body(n, model: str, opts: NetOptions, deploy: bool) -> None:
         _head(n, out, loss, deploy)
         return
 
-    _, contrastive, recon = MODEL_FLAGS[model]
+    contrastive, recon = has_contrastive(model), has_reconstruction(model)
     dec_lr = opts.decoder_lr_mult
     out_lr = 0.0 if opts.finetune_output_scale == "frozen" else dec_lr
     # Generator(X) = De_1r(En_1(X)) estimates the reference X_r (section 3.2)
@@ -244,10 +237,6 @@ def _head(n, out, loss_name: str, deploy: bool) -> None:
         n.accuracy = L.Accuracy(out, n.label, include=dict(phase=caffe.TEST))
 
 
-def _uses_reference(model: str) -> bool:
-    return model in MODEL_FLAGS
-
-
 def build_net(model: str, opts: NetOptions = None, phase: str = "train_val") -> caffe_pb2.NetParameter:
     """NetParameter of `model` (one of config.ALL_MODELS) for phase "train_val" or "deploy"."""
     opts = opts or NetOptions()
@@ -264,7 +253,7 @@ def build_net(model: str, opts: NetOptions = None, phase: str = "train_val") -> 
         n.data, n.label = _data_layer(opts.train_source, opts.batch_size, opts, caffe.TRAIN)
         # Datum channels [X, X_r] -> x, xr
         n.x, n.xr = L.Slice(n.data, slice_param=dict(axis=1, slice_point=[1]), ntop=2)
-        unused = [] if _uses_reference(model) else [n.xr]
+        unused = [] if has_generator(model) else [n.xr]
         if model == "encdec":
             unused.append(n.label)
         if unused:

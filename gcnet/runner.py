@@ -42,7 +42,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from gcnet import config as C
 from gcnet import diagnostics as D
+from gcnet.layout import ResultsLayout
 from gcnet.logparse import LogParser, last_lines
+from gcnet.util import (UsageError, fmt_duration, fmt_num, now as _now, parse_folds, read_json, say,
+                        sha256_file, sha_text, write_json, write_text)
 
 REPO = Path(os.environ.get("GCNET_ROOT") or Path(__file__).resolve().parents[1])
 DATASET_NAMES = tuple(C.DATASETS)
@@ -76,92 +79,11 @@ PROFILES = {"synthetic-cpu": SYNTHETIC_PROFILE, "ablation": ABLATION_PROFILE}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-class UsageError(Exception):
-    """Bad input: printed as one line, exit status 2."""
-
-
 class Interrupted(Exception):
     pass
 
 
 # --------------------------------------------------------------------------------------------- small helpers
-_print_lock = threading.Lock()
-
-
-def say(msg: str = "") -> None:
-    with _print_lock:
-        print(msg, flush=True)
-
-
-def sha256_file(path, chunk=1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
-def sha_text(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update((p if isinstance(p, str) else json.dumps(p, sort_keys=True, default=str)).encode())
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def write_json(path, data) -> None:
-    path = str(path)
-    tmp = "%s.tmp%d.%d" % (path, os.getpid(), threading.get_ident())
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, default=_json_default)
-    os.replace(tmp, path)
-
-
-def _json_default(o):
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(repr(o))
-
-
-def read_json(path, default=None):
-    try:
-        with open(str(path)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return default
-
-
-def write_text(path, text) -> None:
-    tmp = "%s.tmp%d.%d" % (path, os.getpid(), threading.get_ident())
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, str(path))
-
-
-def fmt_duration(s: float) -> str:
-    if s is None or not math.isfinite(s):
-        return "?"
-    s = int(round(s))
-    if s < 60:
-        return "%ds" % s
-    if s < 3600:
-        return "%dm%02ds" % (s // 60, s % 60)
-    return "%dh%02dm" % (s // 3600, (s % 3600) // 60)
-
-
-def fmt_num(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    return "%.4g" % v
-
-
 class FileLock:
     """fcntl.flock on <dir>/.lock: serialises stages between runners (threads, Slurm array tasks)."""
 
@@ -194,32 +116,6 @@ class FileLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
         finally:
             os.close(self.fd)
-
-
-def parse_folds(text: str, n_folds: int) -> List[int]:
-    """"0-9", "3", "0,2,5-7" -> sorted fold indices, each in [0, n_folds)."""
-    out = set()
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
-        if m:
-            a, b = int(m.group(1)), int(m.group(2))
-            if a > b:
-                raise UsageError("bad fold range %r: %d > %d" % (part, a, b))
-            out.update(range(a, b + 1))
-        elif re.fullmatch(r"\d+", part):
-            out.add(int(part))
-        else:
-            raise UsageError("bad --folds %r: use e.g. 0-9, 3 or 0,2,5-7" % text)
-    if not out:
-        raise UsageError("--folds %r selects no fold" % text)
-    bad = sorted(k for k in out if k >= n_folds)
-    if bad:
-        raise UsageError("fold(s) %s out of range: there are %d folds (0-%d)"
-                         % (",".join(map(str, bad)), n_folds, n_folds - 1))
-    return sorted(out)
 
 
 def parse_models(text: str) -> List[str]:
@@ -297,8 +193,8 @@ class Settings:
                                                           # --task-index, so that every array task agrees)
 
     @property
-    def lmdb_dir(self) -> Path:
-        return Path(self.out) / "lmdb"
+    def layout(self) -> ResultsLayout:
+        return ResultsLayout.at(self.out, self.dataset)
 
     @property
     def scaled_down(self) -> bool:
@@ -416,8 +312,7 @@ def default_synthetic_root(subjects: int, seed: int) -> Path:
 
 
 def resolve_settings(a) -> Settings:
-    if a.dataset not in C.DATASETS:
-        raise UsageError("unknown dataset %r; choose from %s" % (a.dataset, ", ".join(DATASET_NAMES)))
+    C.dataset_spec(a.dataset)
     synthetic = a.dataset == "synthetic"
     if a.profile and not synthetic:
         raise UsageError("--profile %s is a schedule for the synthetic set; %s runs the paper's schedule unless "
@@ -658,7 +553,7 @@ def stage_lmdb(s: Settings) -> dict:
         kw["augment_copies"] = s.augment
     with FileLock(s.out, ".lmdb.lock"):
         # the folds of --folds only: each Slurm array task names the same set
-        man = build_lmdbs(s.dataset, s.data_root, str(s.lmdb_dir), **dict(kw, folds=s.lmdb_folds or s.folds))
+        man = build_lmdbs(s.dataset, s.data_root, str(s.layout.lmdb_root), **dict(kw, folds=s.lmdb_folds or s.folds))
     return man
 
 
@@ -695,30 +590,22 @@ class Job:
     diverged: Optional[str] = None
 
 
-def pretrain_dir(s: Settings, man: dict, k: int, net: str) -> Path:
-    base = Path(s.out) / "pretrain"
-    if man.get("pretrain"):
-        return base / "webface" / net
-    return base / ("fold_%d" % k) / net
-
-
 def net_options(s: Settings, man: dict, k: int, model: str):
     info = fold_info(man, k)
     spec = C.DATASETS[s.dataset]
-    lm = s.lmdb_dir / ("fold_%d" % k)
+    lay = s.layout
     opts = C.NetOptions(n_classes=len(spec.class_names), neutral_label=spec.neutral_label, batch_size=s.batch,
                         margin=s.margin, contrastive_distance=s.contrastive_distance,
                         finetune_output_scale=s.finetune_output_scale)
     if model in C.PRETRAIN_MODELS:
         # the shared WebFace LMDB by its own path, so that the shared pretraining does not depend on --folds
-        src = str(s.lmdb_dir / man["pretrain"].get("path", "pretrain_webface")) if man.get("pretrain") \
-            else str(lm / "pretrain")
+        src = str(lay.webface_lmdb(man)) if man.get("pretrain") else str(lay.lmdb(k, "pretrain"))
         opts = replace(opts, n_identities=int(info["n_identities"]), train_source=src, test_source=src,
                        test_batch_size=min(s.batch, 64))
     else:
         n_test = max(1, int(info["n_test"]))
-        opts = replace(opts, n_identities=int(info["n_identities"]), train_source=str(lm / "train"),
-                       test_source=str(lm / "test"), test_batch_size=min(64, n_test))
+        opts = replace(opts, n_identities=int(info["n_identities"]), train_source=str(lay.lmdb(k, "train")),
+                       test_source=str(lay.lmdb(k, "test")), test_batch_size=min(64, n_test))
     return opts
 
 
@@ -963,7 +850,7 @@ def run_model_job(s: Settings, man: dict, job: Job, pre: Dict[str, Path], gpu: O
                            s.surgery_bn_stats)
         st = _stage_state(d)
         trained_w, final, test_json = d / "trained.caffemodel", d / "final.caffemodel", d / "test.json"
-        lm = s.lmdb_dir / ("fold_%d" % job.fold)
+        lay, k = s.layout, job.fold
         trained = st.get("hash") == h_train and "train" in (st.get("stages") or {}) and trained_w.exists()
 
         def bn_key():
@@ -1020,7 +907,7 @@ def run_model_job(s: Settings, man: dict, job: Job, pre: Dict[str, Path], gpu: O
                     say("%s re-estimating BatchNorm statistics on up to %d training samples" % (job.label,
                                                                                             s.bn_samples))
                     cmd = [sys.executable, "-m", "gcnet.bnstats", str(d), "--weights", str(trained_w), "--out",
-                           str(final), "--train-lmdb", str(lm / "train"), "--samples", str(s.bn_samples),
+                           str(final), "--train-lmdb", str(lay.lmdb(k, "train")), "--samples", str(s.bn_samples),
                            "--batch", str(s.batch), "--report", "bn_stats.json"] + (
                         ["--gpu", str(gpu)] if gpu is not None else [])
                     _run_step(cmd, d, "bnstats", "BatchNorm re-estimation", child_env(s, gpu, quiet_glog=True))
@@ -1034,9 +921,9 @@ def run_model_job(s: Settings, man: dict, job: Job, pre: Dict[str, Path], gpu: O
             # 5: test
             stage = "test"
             info = fold_info(man, job.fold)
-            cmd = [sys.executable, "-m", "gcnet.runner", "_evaluate", "--dir", str(d), "--lmdb", str(lm / "test"),
-                   "--index", str(lm / "test_index.json"), "--n-classes", str(texts["opts"]["n_classes"]),
-                   "--n-train", str(info["n_train"]), "--hash", test_key(), "--train-lmdb", str(lm / "train"),
+            cmd = [sys.executable, "-m", "gcnet.runner", "_evaluate", "--dir", str(d),
+                   "--lmdb", str(lay.lmdb(k, "test")), "--index", str(lay.test_index(k)), "--n-classes", str(texts["opts"]["n_classes"]),
+                   "--n-train", str(info["n_train"]), "--hash", test_key(), "--train-lmdb", str(lay.lmdb(k, "train")),
                    "--bn-samples", str(s.bn_samples), "--batch", str(s.batch)]
             if gpu is not None:
                 cmd += ["--gpu", str(gpu)]
@@ -1110,10 +997,6 @@ def make_meta(s: Settings, man: dict, job: Job, texts: dict, state: dict) -> dic
             "train_seconds": state.get("train_seconds"), "finished": _now()}
 
 
-def _now() -> str:
-    return datetime.datetime.now().isoformat(timespec="seconds")
-
-
 # --------------------------------------------------------------------------------------------- stage 5: evaluate
 def evaluate(model_dir: str, lmdb_path: str, index_path: Optional[str], n_classes: int, gpu: Optional[int] = None,
              batch: int = 64, train_lmdb: Optional[str] = None, bn_samples: int = 1024, train_batch: int = 16,
@@ -1123,7 +1006,7 @@ def evaluate(model_dir: str, lmdb_path: str, index_path: Optional[str], n_classe
     gcnet.diagnostics on the first `bn_samples` training samples (those of the BatchNorm re-estimation)."""
     import numpy as np
     from gcnet import diagnostics as D
-    from gcnet.data.lmdb_build import read_lmdb
+    from gcnet.caffe_io import read_lmdb
     from gcnet.inference import DeployModel
     items = read_lmdb(lmdb_path)
     labels = [label for _, _, label in items]
@@ -1248,21 +1131,11 @@ def paper_numbers(dataset: str) -> dict:
     res = C.PAPER_RESULTS.get(dataset)
     if not res:
         return {"table": None, "note": "the paper has no numbers for %s data" % dataset}
-    models = {m: res[m] / 100.0 for m in C.PAPER_MODEL_KEYS if m in res}
-    prior = {k: v / 100.0 for k, v in res.items() if k not in C.PAPER_MODEL_KEYS}
+    models = {m: res[m] / 100.0 for m in C.EXPRESSION_MODELS if m in res}
+    prior = {k: v / 100.0 for k, v in res.items() if k not in C.EXPRESSION_MODELS}
     best = max(prior.items(), key=lambda kv: kv[1]) if prior else (None, None)
     return {"table": spec.table, "models": models, "cnn_baseline": models.get("cnn"), "prior": prior,
             "best_prior": {"method": best[0], "accuracy": best[1]}}
-
-
-def _model_dirs(out: Path) -> Dict[str, Dict[int, Path]]:
-    found: Dict[str, Dict[int, Path]] = {}
-    for m in C.EXPRESSION_MODELS:
-        for fd in sorted(glob.glob(str(out / m / "fold_*"))):
-            mm = re.search(r"fold_(\d+)$", fd)
-            if mm:
-                found.setdefault(m, {})[int(mm.group(1))] = Path(fd)
-    return found
 
 
 def fold_entry(tj: dict, st: dict, d: Path) -> dict:
@@ -1289,8 +1162,9 @@ def collect_summary(out: Path, dataset: str, models: Optional[Sequence[str]] = N
                     folds: Optional[Sequence[int]] = None, settings: Optional[dict] = None) -> dict:
     """summary dict from what is on disk under out (= <out>/<dataset>)."""
     import statistics
-    found = _model_dirs(out)
-    run = read_json(out / "run_settings.json", {}) or {}
+    lay = ResultsLayout.at(out, dataset)
+    found = lay.trained_models()
+    run = read_json(lay.run_settings, {}) or {}
     settings = dict(settings or run.get("settings") or {})
     models = list(models or [m for m in C.EXPRESSION_MODELS if m in found])
     folds = list(folds if folds is not None else sorted({k for m in found.values() for k in m}))
@@ -1328,7 +1202,7 @@ def collect_summary(out: Path, dataset: str, models: Optional[Sequence[str]] = N
             entry["not_a_gcnet_result"] = any((f.get("generator") or {}).get("dead") for f in entry["folds"].values())
         summary["models"][m] = entry
     # pretraining failures
-    for st_path in sorted(glob.glob(str(out / "pretrain" / "*" / "*" / "stage.json"))):
+    for st_path in lay.pretrain_stage_files():
         st = read_json(st_path, {}) or {}
         if st.get("status") in ("failed", "interrupted"):
             summary["failures"].append({"model": st.get("model"), "fold": st.get("fold"), "status": st.get("status"),
@@ -1448,8 +1322,9 @@ def _fmt_frac(v) -> str:
 
 
 def write_summary(out: Path, sm: dict) -> None:
-    write_json(out / "summary.json", sm)
-    write_text(out / "summary.md", summary_markdown(sm))
+    lay = ResultsLayout.at(out, sm["dataset"])
+    write_json(lay.summary_json, sm)
+    write_text(lay.summary_md, summary_markdown(sm))
 
 
 def settings_record(s: Settings, man: Optional[dict]) -> dict:
@@ -1493,7 +1368,7 @@ def make_figures(out: Path) -> None:
     except Exception as e:
         say("[figures] skipped: gcnet.figures cannot be imported (%s)" % e)
         return
-    stamp = out / "figures" / "inputs.json"
+    stamp = ResultsLayout.at(out).figures_stamp
     key = figure_inputs_hash(out)
     done = read_json(stamp, {})
     if done.get("hash") == key and done.get("files") and all(os.path.exists(f) for f in done["files"]):
@@ -1540,7 +1415,7 @@ def run(s: Settings, collect_only: bool = False) -> int:
     man = stage_lmdb(s)
     report["stages"]["lmdb"] = {"cached": bool(man.get("cached")), "seconds": round(time.time() - t0, 1)}
     run_settings = {"settings": settings_record(s, man), "models": s.models, "folds": s.folds}
-    write_json(out / "run_settings.json", run_settings)
+    write_json(s.layout.run_settings, run_settings)
     if s.stop_after == "lmdb":
         return EXIT_OK
 
@@ -1550,12 +1425,12 @@ def run(s: Settings, collect_only: bool = False) -> int:
     shared = bool(man.get("pretrain"))
     for k in ([-1] if shared else s.folds):
         for net in C.PRETRAIN_MODELS:
-            d = pretrain_dir(s, man, k if k >= 0 else s.folds[0], net)
+            d = s.layout.pretrain_dir(k, net)
             lab = "[%s %s pretrain %s]" % (s.dataset, "webface" if shared else "fold %d" % k, net)
             pre_jobs[(k, net)] = Job("pretrain", net, k, d, lab)
     if shared:
         for k in s.folds:                 # layout: pretrain/fold_K -> webface
-            link = Path(s.out) / "pretrain" / ("fold_%d" % k)
+            link = s.layout.pretrain_fold_link(k)
             if not link.exists():
                 link.parent.mkdir(parents=True, exist_ok=True)
                 try:
@@ -1569,7 +1444,7 @@ def run(s: Settings, collect_only: bool = False) -> int:
     if STOP.is_set():
         return _interrupted(s, report)
     if s.stop_after == "pretrain":
-        write_json(out / "run_report.json", report)
+        write_json(s.layout.run_report, report)
         return EXIT_FAILED if any(j.status == "failed" for j in pre_jobs.values()) else EXIT_OK
 
     # 3-5 surgery, training, test
@@ -1577,7 +1452,7 @@ def run(s: Settings, collect_only: bool = False) -> int:
     model_jobs: List[Job] = []
     for k in s.folds:
         for m in s.models:
-            job = Job("model", m, k, out / m / ("fold_%d" % k), "[%s fold %d %s]" % (s.dataset, k, m))
+            job = Job("model", m, k, s.layout.model_dir(m, k), "[%s fold %d %s]" % (s.dataset, k, m))
             model_jobs.append(job)
     runnable = []
     for job in model_jobs:
@@ -1596,7 +1471,7 @@ def run(s: Settings, collect_only: bool = False) -> int:
                                             "error": j.error} for j in model_jobs}
     report["finished"] = _now()
     report["seconds"] = round(time.time() - t_start, 1)
-    write_json(out / "run_report.json", report)
+    write_json(s.layout.run_report, report)
     say("%s models: %s (%s)" % (tag, _status_counts(model_jobs), fmt_duration(time.time() - t0)))
     if STOP.is_set():
         return _interrupted(s, report)
@@ -1637,7 +1512,7 @@ def _status_counts(jobs) -> str:
 def _interrupted(s: Settings, report: dict) -> int:
     report["interrupted"] = _now()
     try:
-        write_json(Path(s.out) / "run_report.json", report)
+        write_json(s.layout.run_report, report)
     except OSError:
         pass
     say("Interrupted. Snapshots are kept; rerun the same command to resume:\n  %s"
@@ -1678,8 +1553,8 @@ def main(argv=None) -> int:
         say("Interrupted; rerun the same command to resume.")
         return EXIT_INTERRUPTED
     except Exception as e:
-        # bad input from the data helpers (DataError) or the synthetic generator: one line, exit 2
-        if type(e).__name__ in ("DataError",) or isinstance(e, FileExistsError):
+        # the synthetic generator refusing to overwrite a folder: one line, exit 2
+        if isinstance(e, FileExistsError):
             print("error: %s" % e, file=sys.stderr)
             return EXIT_USAGE
         raise

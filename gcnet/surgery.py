@@ -7,77 +7,49 @@
     GCNet R1 (s0r1, s1r1) De_2r `de2r_*`, De_2i `de2i_*`          <- encdec  `de1r_*` (renamed)
     cnn (baseline)     En_2  `en2_*`                              <- cnn_id  `en2_*`
 
-Every other layer with parameters (fc1, fc2) keeps the random initialisation of its filler.  BatchNorm running
-statistics are zeroed by default (``bn_stats="zero"``): TRAIN never reads them, and the runner re-estimates them for
-the final weights after training; copied, they would only bias the running average of a short training
-(docs/choices.md).  The pretrained nets
-are read as plain NetParameter protobufs; the target is the model's train_val net built by pycaffe (so that the
-shapes checked are the real ones), written with ``net.save``.  A layer that a rule says must be copied but whose
-source is missing, or whose shapes differ, is an error naming the layer (``SurgeryError``).
-
-CLI (used by gcnet.runner in a subprocess, so that a Caffe CHECK failure cannot kill the runner):
+Other layers (fc1, fc2) keep their filler's random values; BatchNorm statistics are zeroed unless bn_stats="copy"
+(docs/choices.md).  A missing source layer or a shape mismatch is a SurgeryError naming the layer.
+CLI (used by the runner's surgery stage in a subprocess, so that a Caffe CHECK failure cannot kill the runner):
     python -m gcnet.surgery MODEL TRAIN_VAL.prototxt OUT.caffemodel --encdec E.caffemodel --cnn-id C.caffemodel
         [--report surgery.json] [--bn-stats zero|copy]
 """
 import argparse
-import json
 import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from gcnet.config import EXPRESSION_MODELS
+from gcnet.caffe_io import WeightsError, read_caffemodel
+from gcnet.config import EXPRESSION_MODELS, has_generator, has_reconstruction
+from gcnet.util import write_json
 
-__all__ = ["SurgeryError", "RULES", "rules_for", "read_caffemodel", "plan", "init_weights", "main"]
+__all__ = ["SurgeryError", "rules_for", "plan", "init_weights", "main"]
 
 
 class SurgeryError(Exception):
     pass
 
 
-# (target layer prefix, source net, source layer prefix); the first matching rule applies
-RULES = {
-    "gcnet": [("en1_", "encdec", "en1_"), ("de1r_", "encdec", "de1r_"),
-              ("en2r_", "cnn_id", "en2_"), ("en2_", "cnn_id", "en2_"),
-              ("de2r_", "encdec", "de1r_"), ("de2i_", "encdec", "de1r_")],
-    "cnn": [("en2_", "cnn_id", "en2_")],
-}
+def rules_for(model: str) -> List[Tuple[str, str, str]]:
+    """[(target layer prefix, source net, source layer prefix)] of `model`; the first matching rule applies."""
+    if model not in EXPRESSION_MODELS:
+        raise SurgeryError("no surgery rules for model %r (expression models: %s)"
+                           % (model, ", ".join(EXPRESSION_MODELS)))
+    rules = []
+    if has_generator(model):
+        rules += [("en1_", "encdec", "en1_"), ("de1r_", "encdec", "de1r_"), ("en2r_", "cnn_id", "en2_")]
+    rules.append(("en2_", "cnn_id", "en2_"))
+    if has_reconstruction(model):
+        rules += [("de2r_", "encdec", "de1r_"), ("de2i_", "encdec", "de1r_")]
+    return rules
 
 
-def rules_for(model: str):
-    if model == "cnn":
-        return RULES["cnn"]
-    if model in EXPRESSION_MODELS:
-        return RULES["gcnet"]
-    raise SurgeryError("no surgery rules for model %r (expression models: %s)" % (model, ", ".join(EXPRESSION_MODELS)))
-
-
-def _blob_array(b) -> np.ndarray:
-    if len(b.shape.dim):
-        shape = tuple(int(d) for d in b.shape.dim)
-    else:                                   # legacy 4-D blob
-        shape = tuple(int(d) for d in (b.num, b.channels, b.height, b.width))
-    data = b.data if len(b.data) else b.double_data
-    return np.asarray(data, dtype=np.float32).reshape(shape)
-
-
-def read_caffemodel(path: str) -> Dict[str, List[np.ndarray]]:
-    """{layer name: [blob arrays]} of a .caffemodel (layers without blobs omitted)."""
-    from caffe.proto import caffe_pb2
-    net = caffe_pb2.NetParameter()
+def _read_source(path: str) -> Dict[str, List[np.ndarray]]:
     try:
-        with open(path, "rb") as f:
-            net.ParseFromString(f.read())
-    except OSError as e:
-        raise SurgeryError("cannot read %s: %s" % (path, e))
-    except Exception as e:  # protobuf DecodeError
-        raise SurgeryError("%s is not a Caffe .caffemodel: %s" % (path, e))
-    out = {}
-    for layer in list(net.layer) + list(net.layers):
-        if len(layer.blobs):
-            out[layer.name] = [_blob_array(b) for b in layer.blobs]
-    return out
+        return read_caffemodel(path)
+    except WeightsError as e:
+        raise SurgeryError(str(e))
 
 
 def plan(model: str, target_shapes: Dict[str, List[Tuple[int, ...]]],
@@ -131,9 +103,9 @@ def init_weights(model: str, train_val: str, out_path: str, encdec: Optional[str
         raise SurgeryError("bn_stats must be zero or copy, not %r" % bn_stats)
     sources = {}
     if encdec:
-        sources["encdec"] = read_caffemodel(encdec)
+        sources["encdec"] = _read_source(encdec)
     if cnn_id:
-        sources["cnn_id"] = read_caffemodel(cnn_id)
+        sources["cnn_id"] = _read_source(cnn_id)
     import caffe
     caffe.set_mode_cpu()
     net = caffe.Net(train_val, caffe.TRAIN)
@@ -163,9 +135,7 @@ def init_weights(model: str, train_val: str, out_path: str, encdec: Optional[str
                    "sources": {"encdec": encdec and os.path.abspath(encdec),
                                "cnn_id": cnn_id and os.path.abspath(cnn_id)}})
     if report_path:
-        with open(report_path + ".tmp", "w") as f:
-            json.dump(report, f, indent=1)
-        os.replace(report_path + ".tmp", report_path)
+        write_json(report_path, report)
     return report
 
 

@@ -17,6 +17,7 @@ sys.path.insert(0, str(REPO))
 
 from conftest import needs_caffe  # noqa: E402
 from gcnet import diagnostics as D  # noqa: E402
+from gcnet.inference import crop_scale  # noqa: E402
 
 BATCH = 16
 
@@ -84,7 +85,7 @@ def test_reestimation_makes_test_phase_match_batch_statistics(tmp_path, model):
 @needs_caffe
 def test_reestimation_uses_whole_batches_and_keeps_other_weights(tmp_path):
     from gcnet.bnstats import recalibrate
-    from gcnet.surgery import read_caffemodel
+    from gcnet.caffe_io import read_caffemodel
     d, _ = _model_dir(tmp_path, "cnn")
     rep = recalibrate(str(d), str(d / "trained.caffemodel"), str(d / "final.caffemodel"), str(tmp_path / "train"),
                       n_samples=BATCH + 5, batch=6)
@@ -110,13 +111,13 @@ def test_generator_diagnostics_baselines_and_dead_output():
     test = rng.integers(0, 256, (5, 2, 66, 66)).astype(np.uint8)
     train = rng.integers(0, 256, (8, 2, 66, 66)).astype(np.uint8)
     crop, scale = 64, 1 / 256.0
-    xr = D.centre_crop(test, crop, scale)[:, 1:2]
+    xr = crop_scale(test, crop, scale, dtype=np.float64)[:, 1:2]
     perfect = D.generator_diagnostics(test, xr, train, crop, scale)
     assert perfect["l_gen_r"] == 0 and perfect["beats_mean_reference"] and not perfect["dead"]
-    mean_ref = D.centre_crop(train, crop, scale)[:, 1].mean(0)
+    mean_ref = crop_scale(train, crop, scale, dtype=np.float64)[:, 1].mean(0)
     expect = np.mean(0.5 * np.sum((xr[:, 0] - mean_ref) ** 2, axis=(1, 2)))
     assert perfect["baseline_mean_reference"] == pytest.approx(expect)
-    x = D.centre_crop(test, crop, scale)[:, 0]
+    x = crop_scale(test, crop, scale, dtype=np.float64)[:, 0]
     assert perfect["baseline_copy_x"] == pytest.approx(np.mean(0.5 * np.sum((xr[:, 0] - x) ** 2, axis=(1, 2))))
     dead = D.generator_diagnostics(test, np.zeros_like(xr), train, crop, scale)
     assert dead["dead"] and dead["output_positive_fraction"] == 0.0 and not dead["beats_mean_reference"]

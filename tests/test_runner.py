@@ -125,7 +125,7 @@ def test_fold_outputs(first_run):
             index = json.loads((ds / "lmdb" / ("fold_%d" % k) / "test_index.json").read_text())
             assert tj["frames"] == [e["frame"] for e in index]
             # the BatchNorm stage ran: final = trained with every BatchNorm layer's statistics replaced
-            from gcnet.surgery import read_caffemodel
+            from gcnet.caffe_io import read_caffemodel
             trained, final = read_caffemodel(str(d / "trained.caffemodel")), read_caffemodel(str(d / "final.caffemodel"))
             assert set(trained) == set(final)
             bn = [name for name in final if name.startswith(("en", "de")) and "_bn" in name]
@@ -140,7 +140,7 @@ def test_fold_outputs(first_run):
 @pytest.mark.e2e
 @needs_caffe
 def test_surgery_copied_pretrained_weights(first_run):
-    from gcnet.surgery import read_caffemodel
+    from gcnet.caffe_io import read_caffemodel
     ds = first_run["ds"]
     for k in (0, 1):
         enc = read_caffemodel(str(ds / "pretrain" / ("fold_%d" % k) / "encdec" / "final.caffemodel"))

@@ -25,28 +25,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gcnet.config import DATASETS  # noqa: E402
-from gcnet.data.records import DataError  # noqa: E402
-
-
-def parse_folds(text: str, n_folds: int):
-    """"0-9", "0,3,5", "2", "0-2,7" -> sorted list of ints."""
-    out = set()
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if "-" in part:
-                a, b = part.split("-", 1)
-                out.update(range(int(a), int(b) + 1))
-            else:
-                out.add(int(part))
-    except ValueError:
-        raise DataError("bad --folds %r: use e.g. 0-9, 0,3,5 or 2" % text)
-    bad = sorted(k for k in out if not 0 <= k < n_folds)
-    if bad or not out:
-        raise DataError("bad --folds %r: folds must lie in 0..%d" % (text, n_folds - 1))
-    return sorted(out)
+from gcnet.util import UsageError, parse_folds  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -81,7 +60,7 @@ def main(argv=None) -> int:
                         seed=a.seed, landmarks_root=a.landmarks, pretrain_root=a.pretrain_data,
                         pretrain_landmarks=a.pretrain_landmarks, mmi_peaks=a.mmi_peaks, force=a.force,
                         progress=None if a.quiet else (lambda s: print(s, flush=True)))
-    except DataError as e:
+    except UsageError as e:                      # DataError too
         print("build_lmdb: error: %s" % e, file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -18,21 +18,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("GLOG_minloglevel", "2")           # keep Caffe's net-construction log out of the output
 
 from gcnet.figures import FIGURES, run_figures  # noqa: E402
+from gcnet.util import UsageError, parse_folds  # noqa: E402
 
 
 def _list(text):
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
-
-
-def _folds(text):
-    out = []
-    for part in _list(text) or []:
-        if "-" in part:
-            a, b = part.split("-", 1)
-            out += list(range(int(a), int(b) + 1))
-        else:
-            out.append(int(part))
-    return out or None
 
 
 def main(argv=None):
@@ -50,8 +40,8 @@ def main(argv=None):
     if bad:
         ap.error("unknown figure(s) %s; choose from %s" % (", ".join(bad), ",".join(FIGURES)))
     try:
-        folds = _folds(a.fold)
-    except ValueError:
+        folds = parse_folds(a.fold) if a.fold else None
+    except UsageError:
         ap.error("--fold takes fold numbers such as 0 or 0,3 or 0-4, not %r" % a.fold)
     if not os.path.isdir(a.dataset_dir):
         print("figures: %s is not a folder (expected <out>/<dataset>, e.g. results/ck+)" % a.dataset_dir,

@@ -26,7 +26,7 @@ os.environ.setdefault("GLOG_minloglevel", "2")           # keep Caffe's net-cons
 
 import numpy as np  # noqa: E402
 
-from gcnet.figures import IMAGE_EXTS  # noqa: E402
+from gcnet.util import IMAGE_EXTS  # noqa: E402
 from gcnet.inference import DeployModel, ModelError, predict_arrays  # noqa: E402,F401  (re-exported)
 
 __all__ = ["predict_arrays", "read_image", "align_image", "load_aligned", "collect_images", "landmark_finder", "main"]

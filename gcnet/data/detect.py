@@ -38,13 +38,8 @@ def get_reader(name: str):
 
 def read_dataset(dataset_name: str, root: str, landmarks_root=None, **opts):
     """Read `root` with the reader of `dataset_name` (gcnet.config.DATASETS, or "webface"), checking the layout."""
-    from gcnet.config import DATASETS
-    if dataset_name == "webface":
-        want = "webface"
-    elif dataset_name in DATASETS:
-        want = DATASETS[dataset_name].reader
-    else:
-        raise DataError("unknown dataset '%s' (known: %s, webface)" % (dataset_name, ", ".join(DATASETS)))
+    from gcnet.config import dataset_spec
+    want = "webface" if dataset_name == "webface" else dataset_spec(dataset_name).reader
     mod = get_reader(want)
     a = check_root(root)
     fits = mod.looks_like(a) if want == "webface" else mod.find_base(a) is not None

@@ -3,10 +3,10 @@ even intervals"): the subjects with at least one usable labelled sample are sort
 compared as numbers, so S5 < S10 and S005 < S010 alike) and the subject of rank i goes to fold i mod n_folds.
 """
 import json
-import os
 from typing import Dict, Iterable, List
 
 from gcnet.data.records import DataError, natural_key
+from gcnet.util import write_json
 
 RULE = "subjects with >= 1 usable labelled sample, sorted by ID ascending (natural order); rank i -> fold i mod n"
 
@@ -30,10 +30,7 @@ def write_folds(path: str, folds: Dict[str, int], n_folds: int, **extra) -> None
             "folds": {s: folds[s] for s in sorted(folds, key=natural_key)},
             "subjects_by_fold": {str(k): fold_subjects(folds, k) for k in range(n_folds)}}
     data.update(extra)
-    tmp = path + ".partial"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    write_json(path, data)
 
 
 def read_folds(path: str) -> Dict[str, int]:

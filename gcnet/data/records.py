@@ -12,12 +12,9 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm")
+from gcnet.util import IMAGE_EXTS, DataError  # noqa: F401  (the readers import them from here)
+
 VIDEO_EXTS = (".avi", ".mp4", ".mov", ".mpg", ".mpeg", ".wmv", ".mkv")
-
-
-class DataError(Exception):
-    """Fatal input error (missing/empty root, no matching layout, nothing usable).  CLIs print it and exit 2."""
 
 
 @dataclass(frozen=True)
@@ -279,14 +276,15 @@ def open_layout(root: str, dataset_name: str, reader: str, find_base, title: str
     """Common start of every reader: the dataset is one this reader serves, the root exists and holds the layout
     (`find_base(root)` -> folder holding `marker`, or None).  Returns (DatasetSpec, root, base)."""
     from gcnet.config import DATASETS
-    if dataset_name not in DATASETS or DATASETS[dataset_name].reader != reader:
+    spec = DATASETS.get(dataset_name)
+    if spec is None or spec.reader != reader:
         served = ", ".join(k for k, v in DATASETS.items() if v.reader == reader)
         raise DataError("the %s reader serves %s, not '%s'" % (title, served, dataset_name))
     root = check_root(root)
     base = find_base(root)
     if base is None:
         raise DataError("not %s root (no %s/ in %s or one level down)" % (title, marker, root))
-    return DATASETS[dataset_name], root, base
+    return spec, root, base
 
 
 def check_root(root: str) -> str:
@@ -309,10 +307,8 @@ def check_root(root: str) -> str:
 
 def class_index(dataset_name: str, class_name: str) -> int:
     """Index of `class_name` in the dataset's class list, -1 when the protocol has no such class."""
-    from gcnet.config import DATASETS
-    if dataset_name not in DATASETS:
-        raise DataError("unknown dataset '%s' (known: %s)" % (dataset_name, ", ".join(DATASETS)))
-    names = DATASETS[dataset_name].class_names
+    from gcnet.config import dataset_spec
+    names = dataset_spec(dataset_name).class_names
     return names.index(class_name) if class_name in names else -1
 
 

@@ -1,0 +1,165 @@
+"""Where everything lives under a results folder: every module asks a ResultsLayout for its paths.
+
+    <out>/<dataset>/lmdb/fold_K/{train,test,pretrain,test_index.json}   lmdb/manifest.json  lmdb/pretrain_webface
+    <out>/<dataset>/pretrain/{fold_K,webface}/{encdec,cnn_id}/          (fold_K -> webface when shared)
+    <out>/<dataset>/<model>/fold_K/                                     one trained expression model
+    <out>/<dataset>/{summary.json,summary.md,run_settings.json,run_report.json,figures/}
+"""
+import re
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+
+from gcnet.config import DATASETS, EXPRESSION_MODELS, PRETRAIN_MODELS
+from gcnet.util import read_json
+
+WEBFACE = "webface"          # pretrain/<WEBFACE>: pretrained once on CASIA-WebFace, shared by the folds (fold -1)
+
+# files of a model folder (<model>/fold_K) and of a pretraining folder
+TRAIN_VAL, DEPLOY, SOLVER = "train_val.prototxt", "deploy.prototxt", "solver.prototxt"
+STAGE, META, TEST, TRAIN_LOG = "stage.json", "meta.json", "test.json", "train.log"
+INIT, TRAINED, FINAL = "init.caffemodel", "trained.caffemodel", "final.caffemodel"
+SURGERY_REPORT, BN_REPORT = "surgery.json", "bn_stats.json"
+
+
+def fold_of(name: str) -> Optional[int]:
+    """K of a folder named fold_K, else None."""
+    m = re.fullmatch(r"fold_(\d+)", name)
+    return int(m.group(1)) if m else None
+
+
+def fold_name(k: int) -> str:
+    return "fold_%d" % k
+
+
+class ResultsLayout:
+    """The results of one dataset: root = <out>/<dataset> (or any folder given as root, e.g. a moved one)."""
+
+    def __init__(self, out, dataset: str, root=None):
+        self.dataset = dataset
+        self.root = Path(root) if root is not None else Path(out) / dataset
+
+    @classmethod
+    def at(cls, root, dataset: Optional[str] = None) -> "ResultsLayout":
+        """The layout whose root is `root` (<out>/<dataset>); the dataset, when not given, from its summary or
+        a meta.json, else the folder name."""
+        root = Path(root)
+        if dataset is None:
+            dataset = (read_json(root / "summary.json", {}) or {}).get("dataset")
+        if dataset is None:
+            metas = sorted(root.glob("*/fold_*/" + META))
+            dataset = (read_json(metas[0], {}) or {}).get("dataset") if metas else None
+        return cls(root.parent, dataset or root.name, root=root)
+
+    # ------------------------------------------------------------------------------------------- LMDBs
+    @property
+    def lmdb_root(self) -> Path:
+        return self.root / "lmdb"
+
+    def lmdb_fold(self, k: int) -> Path:
+        return self.lmdb_root / fold_name(k)
+
+    def lmdb(self, k: int, split: str) -> Path:
+        """split: train | test | pretrain."""
+        return self.lmdb_fold(k) / split
+
+    def test_index(self, k: int) -> Path:
+        return self.lmdb_fold(k) / "test_index.json"
+
+    def webface_lmdb(self, manifest: dict) -> Path:
+        """The shared pretraining LMDB built from --pretrain-data (its manifest names it)."""
+        return self.lmdb_root / ((manifest.get("pretrain") or {}).get("path") or "pretrain_webface")
+
+    def lmdb_manifest(self) -> Path:
+        return self.lmdb_root / "manifest.json"
+
+    # ------------------------------------------------------------------------------------------- pretraining
+    @property
+    def pretrain_root(self) -> Path:
+        return self.root / "pretrain"
+
+    def pretrain_dir(self, k: int, net: str) -> Path:
+        """pretrain/fold_K/<net>; k = -1: pretrain/webface/<net>."""
+        return self.pretrain_root / (WEBFACE if k < 0 else fold_name(k)) / net
+
+    def pretrain_fold_link(self, k: int) -> Path:
+        """pretrain/fold_K, a link to webface/ when the pretraining is shared."""
+        return self.pretrain_root / fold_name(k)
+
+    def pretrained(self, nets: Optional[Iterable[str]] = None, folds: Optional[Iterable[int]] = None,
+                   need: Iterable[str] = (TRAIN_LOG,)) -> Dict[str, Dict[int, Path]]:
+        """{net: {fold: dir}} of the pretraining folders holding every file of `need` (fold -1: webface)."""
+        nets = list(nets or PRETRAIN_MODELS)
+        folds = None if folds is None else set(folds)
+        out: Dict[str, Dict[int, Path]] = {}
+        if not self.pretrain_root.is_dir():
+            return out
+        for fdir in sorted(self.pretrain_root.iterdir()):
+            k = -1 if fdir.name == WEBFACE else fold_of(fdir.name)
+            if k is None or (folds is not None and k >= 0 and k not in folds):
+                continue
+            for net in nets:
+                d = fdir / net
+                if d.is_dir() and all((d / n).exists() for n in need):
+                    out.setdefault(net, {})[k] = d
+        return out
+
+    def pretrain_stage_files(self) -> List[Path]:
+        return sorted(self.pretrain_root.glob("*/*/" + STAGE))
+
+    # ------------------------------------------------------------------------------------------- models
+    def model_dir(self, model: str, k: int) -> Path:
+        return self.root / model / fold_name(k)
+
+    def trained_models(self, models: Optional[Iterable[str]] = None, folds: Optional[Iterable[int]] = None,
+                       need: Iterable[str] = ()) -> Dict[str, Dict[int, Path]]:
+        """{model: {fold: dir}} of the <model>/fold_K folders that hold every file of `need`, models in
+        config.EXPRESSION_MODELS order."""
+        folds = None if folds is None else set(folds)
+        out: Dict[str, Dict[int, Path]] = {}
+        for m in EXPRESSION_MODELS:
+            mdir = self.root / m
+            if (models and m not in models) or not mdir.is_dir():
+                continue
+            for fdir in sorted(mdir.iterdir(), key=lambda p: (fold_of(p.name) is None, fold_of(p.name) or 0)):
+                k = fold_of(fdir.name)
+                if k is None or not fdir.is_dir() or (folds is not None and k not in folds):
+                    continue
+                if all((fdir / n).exists() for n in need):
+                    out.setdefault(m, {})[k] = fdir
+        return out
+
+    def class_names(self, n_classes: Optional[int] = None) -> List[str]:
+        """Class names from a meta.json of the results, else the dataset's (gcnet.config), else 'class k'."""
+        for meta in sorted(self.root.glob("*/fold_*/" + META)):
+            names = (read_json(meta, {}) or {}).get("class_names")
+            if names:
+                return list(names)
+        spec = DATASETS.get(self.dataset)
+        if spec is not None:
+            return list(spec.class_names)
+        return ["class %d" % i for i in range(n_classes or 0)]
+
+    # ------------------------------------------------------------------------------------------- run files
+    @property
+    def summary_json(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def summary_md(self) -> Path:
+        return self.root / "summary.md"
+
+    @property
+    def run_settings(self) -> Path:
+        return self.root / "run_settings.json"
+
+    @property
+    def run_report(self) -> Path:
+        return self.root / "run_report.json"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def figures_stamp(self) -> Path:
+        return self.figures_dir / "inputs.json"

@@ -1,0 +1,142 @@
+"""Small helpers shared by every module: printing, hashes, atomic JSON/text files, durations, fold lists."""
+import datetime
+import hashlib
+import json
+import math
+import os
+import re
+import threading
+from pathlib import Path
+from typing import List, Optional
+
+# image files read by the data readers and tools/predict.py
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp")
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+class DataError(UsageError):
+    """Fatal input error of the data (missing/empty root, no matching layout, nothing usable)."""
+
+
+# ----------------------------------------------------------------------------------------------- printing
+_print_lock = threading.Lock()
+
+
+def say(msg: str = "") -> None:
+    """print, one whole line at a time across threads, flushed."""
+    with _print_lock:
+        print(msg, flush=True)
+
+
+def now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def fmt_duration(s: Optional[float]) -> str:
+    """42s, 3m05s, 2h07m; "?" when unknown."""
+    if s is None or not math.isfinite(s):
+        return "?"
+    s = int(round(s))
+    if s < 60:
+        return "%ds" % s
+    if s < 3600:
+        return "%dm%02ds" % (s // 60, s % 60)
+    return "%dh%02dm" % (s // 3600, (s % 3600) // 60)
+
+
+def fmt_num(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return "%.4g" % v
+
+
+# ----------------------------------------------------------------------------------------------- hashes
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(str(path), "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def sha_text(*parts) -> str:
+    """sha256 of the parts (strings as they are, anything else as sorted JSON), NUL-separated."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update((p if isinstance(p, str) else json.dumps(p, sort_keys=True, default=str)).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------- files
+def _tmp_name(path: str) -> str:
+    return "%s.partial%d.%d" % (path, os.getpid(), threading.get_ident())   # (build_lmdb removes *.partial*)
+
+
+def _json_default(o):
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(repr(o))
+
+
+def write_json(path, data) -> None:
+    """Atomic: a reader sees the old file or the whole new one (numpy values and paths are converted)."""
+    path = str(path)
+    tmp = _tmp_name(path)
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, default=_json_default)
+    os.replace(tmp, path)
+
+
+def write_text(path, text: str) -> None:
+    path = str(path)
+    tmp = _tmp_name(path)
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def read_json(path, default=None):
+    """The parsed file, or `default` when it is missing or not JSON."""
+    try:
+        with open(str(path)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return default
+
+
+# ----------------------------------------------------------------------------------------------- fold lists
+def parse_folds(text: str, n_folds: Optional[int] = None) -> List[int]:
+    """"0-9", "3", "0,2,5-7" -> sorted fold indices, each in [0, n_folds) when n_folds is given; UsageError."""
+    out = set()
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
+        if m:
+            a, b = int(m.group(1)), int(m.group(2))
+            if a > b:
+                raise UsageError("bad fold range %r: %d > %d" % (part, a, b))
+            out.update(range(a, b + 1))
+        elif re.fullmatch(r"\d+", part):
+            out.add(int(part))
+        else:
+            raise UsageError("bad --folds %r: use e.g. 0-9, 3 or 0,2,5-7" % text)
+    if not out:
+        raise UsageError("--folds %r selects no fold" % text)
+    bad = sorted(k for k in out if n_folds is not None and k >= n_folds)
+    if bad:
+        raise UsageError("fold(s) %s out of range: there are %d folds (0-%d)"
+                         % (",".join(map(str, bad)), n_folds, n_folds - 1))
+    return sorted(out)
