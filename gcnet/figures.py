@@ -145,7 +145,7 @@ def read_lmdb(path):
         import lmdb  # noqa: F401
     except ImportError:
         raise Skip("python package 'lmdb' is not installed (needed to read %s)" % path)
-    from gcnet.data.lmdb_build import read_lmdb as _read
+    from gcnet.caffe_io import read_lmdb as _read
     items = _read(str(path))
     if not items:
         return np.zeros((0, 2, 66, 66), np.uint8), np.zeros((0,), int)

@@ -27,7 +27,7 @@ def _model_dir(tmp_path, model):
     training LMDB of exactly one batch of smooth random faces."""
     import caffe
     from gcnet.config import NetOptions
-    from gcnet.data.lmdb_build import encode_datum
+    from gcnet.caffe_io import encode_datum
     from gcnet.nets import build_net, net_text
     import lmdb
     d = tmp_path / model

@@ -180,7 +180,7 @@ def _predict(args, timeout=180):
 
 
 def test_predict_arrays_matches_the_test_stage(results):
-    from gcnet.data.lmdb_build import read_lmdb
+    from gcnet.caffe_io import read_lmdb
     for key in (("cnn", 0), ("gcnet_s1r1", 0)):
         d = results["dirs"][key]
         test = json.loads((d / "test.json").read_text())
@@ -194,7 +194,7 @@ def test_predict_arrays_matches_the_test_stage(results):
 def test_predict_alignment_is_the_lmdb_one(results):
     sys.path.insert(0, str(REPO / "tools"))
     import predict as P
-    from gcnet.data.lmdb_build import read_lmdb
+    from gcnet.caffe_io import read_lmdb
     index = json.loads((results["ds"] / "lmdb" / "fold_0" / "test_index.json").read_text())
     items = read_lmdb(str(results["ds"] / "lmdb" / "fold_0" / "test"))
     find = P.landmark_finder(str(_landmarks_root(results)), len(index))

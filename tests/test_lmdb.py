@@ -14,6 +14,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from test_data_readers import make_ck_tree, make_mmi_tree, write_image, write_points, face_points  # noqa: E402
+from gcnet.caffe_io import decode_datum, encode_datum, read_lmdb  # noqa: E402
 from gcnet.data import lmdb_build as L  # noqa: E402
 from gcnet.data.records import DataError  # noqa: E402
 
@@ -58,8 +59,8 @@ def built(tmp_path_factory):
 
 def test_datum_encoding_matches_caffe_pb2():
     a = np.random.RandomState(0).randint(0, 256, size=(2, 66, 66)).astype(np.uint8)
-    buf = L.encode_datum(a, 300)
-    back, label = L.decode_datum(buf)
+    buf = encode_datum(a, 300)
+    back, label = decode_datum(buf)
     assert np.array_equal(back, a) and label == 300
     pb2 = _caffe_pb2()
     if pb2 is None:
@@ -103,7 +104,7 @@ def test_manifest_counts_folds_and_report(built):
 def test_lmdb_round_trip_lmdb_package(built):
     out = built["out"]
     for k in range(3):
-        test = L.read_lmdb(os.path.join(out, "fold_%d" % k, "test"))
+        test = read_lmdb(os.path.join(out, "fold_%d" % k, "test"))
         index = json.load(open(os.path.join(out, "fold_%d" % k, "test_index.json")))
         assert len(test) == len(index) > 0
         assert [key for key, _, _ in test] == ["%08d" % i for i in range(len(test))]
@@ -113,13 +114,13 @@ def test_lmdb_round_trip_lmdb_package(built):
             assert rec["frame"] != rec["reference"] and rec["reference"].endswith("00000001.png")
             subj.add(rec["subject"])
         assert subj == set(json.load(open(os.path.join(out, "folds.json")))["subjects_by_fold"][str(k)])
-        train = L.read_lmdb(os.path.join(out, "fold_%d" % k, "train"))
+        train = read_lmdb(os.path.join(out, "fold_%d" % k, "train"))
         assert len(train) == built["m"]["folds"][str(k)]["n_train"]
         assert all(a.shape == (2, 66, 66) for _, a, _ in train)
         # the unaugmented copies of the test samples are not in train (subject independence)
         test_x = {a[0].tobytes() for _, a, _ in test}
         assert not test_x & {a[0].tobytes() for _, a, _ in train}
-        pre = L.read_lmdb(os.path.join(out, "fold_%d" % k, "pretrain"))
+        pre = read_lmdb(os.path.join(out, "fold_%d" % k, "pretrain"))
         assert pre and all(np.array_equal(a[0], a[1]) for _, a, _ in pre)
         assert {lab for _, _, lab in pre} == set(range(4))
     # X and X_r of a test pair are the aligned frame and its sequence's first frame
@@ -155,7 +156,7 @@ def test_caffe_data_layer_reads_the_lmdb(built, tmp_path):
     must say mirror: false; with mirror: true each pair comes back as is or with BOTH channels flipped."""
     import caffe
     src = os.path.join(built["out"], "fold_1", "test")
-    stored = L.read_lmdb(src)
+    stored = read_lmdb(src)
     n = len(stored)
     exp = np.stack([a[:, 1:65, 1:65] for _, a, _ in stored]).astype(np.float32) * np.float32(0.00390625)
     caffe.set_mode_cpu()
@@ -195,7 +196,7 @@ def test_second_build_cached_and_option_change_rebuilds(built):
     assert any("fold 0 test: unchanged, kept" in ln for ln in lines)   # only train depends on --augment
     assert any("fold 0 pretrain: unchanged, kept" in ln for ln in lines)
     assert m3["inputs"]["data_hash"] == m2["inputs"]["data_hash"] and m3["inputs"]["hash"] != m2["inputs"]["hash"]
-    assert len(L.read_lmdb(os.path.join(out, "fold_0", "train"))) == m3["folds"]["0"]["n_train"]
+    assert len(read_lmdb(os.path.join(out, "fold_0", "train"))) == m3["folds"]["0"]["n_train"]
     # a touched input file also rebuilds
     f = os.path.join(root, "Emotion", "S005", "001", "S005_001_00000005_emotion.txt")
     os.utime(f, ns=(os.stat(f).st_atime_ns, os.stat(f).st_mtime_ns + 10 ** 9))
@@ -211,7 +212,7 @@ def test_subset_of_folds_and_ck8_neutral(tmp_path):
     m = L.build_lmdbs("ck+8", root, str(tmp_path / "o"), n_folds=3, folds=[1], augment_copies=0, progress=None)
     assert m["folds_built"] == [1] and sorted(os.listdir(str(tmp_path / "o"))) == [
         "align_cache.npz", "build_report.json", "fold_1", "folds.json", "manifest.json"]
-    test = L.read_lmdb(str(tmp_path / "o" / "fold_1" / "test"))
+    test = read_lmdb(str(tmp_path / "o" / "fold_1" / "test"))
     assert [lab for _, _, lab in test] == [0, 5, 5, 5]                 # neutral first frame + 3 happy peaks
     assert np.array_equal(test[0][1][0], test[0][1][1])               # the neutral sample is its own reference
     with pytest.raises(DataError, match="outside"):
@@ -235,7 +236,7 @@ def test_mmi_video_and_webface_pretrain(tmp_path):
     assert m["pretrain"]["n"] == 6 and m["pretrain"]["n_identities"] == 2
     for k in range(3):
         assert os.path.islink(os.path.join(out, "fold_%d" % k, "pretrain"))
-        pre = L.read_lmdb(os.path.join(out, "fold_%d" % k, "pretrain"))
+        pre = read_lmdb(os.path.join(out, "fold_%d" % k, "pretrain"))
         assert sorted(lab for _, _, lab in pre) == [0, 0, 0, 1, 1, 1]
         assert m["folds"][str(k)]["n_identities"] == 2
         idx = json.load(open(os.path.join(out, "fold_%d" % k, "test_index.json")))

@@ -12,8 +12,9 @@ from gcnet.data.lmdb_build.align_cache import align_frames, drop_unaligned
 from gcnet.data.lmdb_build.augment import DEFAULT_AUGMENT
 from gcnet.data.lmdb_build.fold_build import build_fold, build_webface
 from gcnet.data.lmdb_build.manifest import build_options, cached_manifest, input_hashes, write_reports
-from gcnet.data.lmdb_build.store import hms, remove_partials
-from gcnet.data.records import DataError, check_writable, count_reasons
+from gcnet.data.lmdb_build.store import remove_partials
+from gcnet.data.records import check_writable, count_reasons
+from gcnet.util import DataError, fmt_duration
 
 
 def _fold_list(dataset: str, n_folds: int, folds: Optional[Sequence[int]], augment_copies: int) -> List[int]:
@@ -122,7 +123,7 @@ def build_lmdbs(dataset: str, data_root: str, out_dir: str, n_folds: int = 10, f
                              hashes=hashes, fold_info=fold_info, pre_info=pre_info, fallbacks=fallbacks, notes=notes,
                              t_start=t_start)
     say("[build_lmdb] done in %s: %d samples, %d subjects, folds %s; skipped %s -> %s"
-        % (hms(time.time() - t_start), len(usable), len(foldmap), ",".join(map(str, fold_list)),
+        % (fmt_duration(time.time() - t_start), len(usable), len(foldmap), ",".join(map(str, fold_list)),
            json.dumps(manifest["skipped_by_reason"]) if manifest["skipped_by_reason"] else "nothing", out_dir))
     manifest["cached"] = False
     return manifest

@@ -10,8 +10,9 @@ from gcnet.data import align as A
 from gcnet.data.folds import fold_subjects
 from gcnet.data.lmdb_build.augment import SIZE, augment_pair, crop, pair
 from gcnet.data.lmdb_build.manifest import per_class
-from gcnet.data.lmdb_build.store import lmdb_problem, rm, write_json, write_lmdb
+from gcnet.data.lmdb_build.store import lmdb_problem, rm, write_lmdb
 from gcnet.data.records import Sample, iter_gray_frames, natural_key
+from gcnet.util import write_json
 
 
 def _sort_key(s: Sample):

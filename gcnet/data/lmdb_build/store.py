@@ -1,5 +1,4 @@
 """LMDB files of a build: atomic writing, the wholeness check, progress lines, leftovers of interrupted builds."""
-import json
 import os
 import shutil
 import time
@@ -7,8 +6,9 @@ from typing import Callable, Iterable, Optional, Tuple
 
 import numpy as np
 
+from gcnet.caffe_io import encode_datum
 from gcnet.data.lmdb_build.augment import SIZE
-from gcnet.data.lmdb_build.datum import encode_datum
+from gcnet.util import fmt_duration
 
 COMMIT_EVERY = 512
 
@@ -28,25 +28,11 @@ class Progress:
             self.last = now
             rate = self.n / max(now - self.t0, 1e-9)
             eta = (self.total - self.n) / max(rate, 1e-9)
-            self.out("  %s: %d/%d (%.0f/s, ETA %s)" % (self.what, self.n, self.total, rate, hms(eta)))
+            self.out("  %s: %d/%d (%.0f/s, ETA %s)" % (self.what, self.n, self.total, rate, fmt_duration(eta)))
 
     def done(self):
         dt = time.time() - self.t0
-        self.out("  %s: %d/%d done in %s" % (self.what, self.n, self.total, hms(dt)))
-
-
-def hms(s: float) -> str:
-    """Seconds -> "m:ss" or "h:mm:ss"."""
-    s = int(round(s))
-    return "%d:%02d:%02d" % (s // 3600, s // 60 % 60, s % 60) if s >= 3600 else "%d:%02d" % (s // 60, s % 60)
-
-
-def write_json(path: str, data) -> None:
-    """JSON written to `<path>.partial`, then renamed over `path`."""
-    tmp = path + ".partial"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+        self.out("  %s: %d/%d done in %s" % (self.what, self.n, self.total, fmt_duration(dt)))
 
 
 def rm(path: str) -> None:
