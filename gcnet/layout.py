@@ -3,7 +3,7 @@
     <out>/<dataset>/lmdb/fold_K/{train,test,pretrain,test_index.json}   lmdb/manifest.json  lmdb/pretrain_webface
     <out>/<dataset>/pretrain/{fold_K,webface}/{encdec,cnn_id}/          (fold_K -> webface when shared)
     <out>/<dataset>/<model>/fold_K/                                     one trained expression model
-    <out>/<dataset>/{summary.json,summary.md,run_settings.json,run_report.json,figures/}
+    <out>/<dataset>/{summary.json,summary.md,run_settings.json,run_report.json,figures/,slurm/}
 """
 import re
 from pathlib import Path
@@ -155,6 +155,11 @@ class ResultsLayout:
     @property
     def run_report(self) -> Path:
         return self.root / "run_report.json"
+
+    @property
+    def slurm_logs(self) -> Path:
+        """Logs of the Slurm jobs of tools/slurm/submit.sh."""
+        return self.root / "slurm"
 
     @property
     def figures_dir(self) -> Path:

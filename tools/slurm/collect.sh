@@ -13,4 +13,4 @@ fi
 # shellcheck disable=SC1091
 source "$REPO/tools/env.sh"
 # no cd: the job runs where it was submitted, so relative --data/--out paths keep their meaning
-exec python -m gcnet.runner "$@" --collect
+exec python -m gcnet.experiment "$@" --collect

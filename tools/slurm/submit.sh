@@ -53,17 +53,17 @@ export GCNET_ROOT="$REPO"
 # the runner's own parser validates the options (one-line error, exit 2) and sizes the arrays
 PLAN=$(python - "${RUN_ARGS[@]}" <<'EOF'
 import sys
-from gcnet import runner as R
-a = R.build_parser().parse_args(sys.argv[1:])
+from gcnet.experiment import cli
+from gcnet.util import UsageError
+a = cli.build_parser().parse_args(sys.argv[1:])
 try:
-    s = R.resolve_settings(a)
-except R.UsageError as e:
+    s = cli.resolve_settings(a)
+except UsageError as e:
     sys.exit("submit.sh: %s" % e)
-print(len(s.folds), len(s.folds) * len(s.models), "gpu" if s.gpus else "cpu", s.out)
+print(len(s.folds), len(s.folds) * len(s.models), "gpu" if s.gpus else "cpu", s.layout.slurm_logs)
 EOF
 ) || exit 2
-read -r N_FOLDS N_TASKS DEVICE OUT <<<"$PLAN"
-LOGS="$OUT/slurm"
+read -r N_FOLDS N_TASKS DEVICE LOGS <<<"$PLAN"
 mkdir -p "$LOGS" || die "cannot create the log folder $LOGS"
 
 COMMON=(--parsable --export=ALL --cpus-per-task="$CPUS" --mem="$MEM")

@@ -1,29 +1,26 @@
-"""End-to-end test of the experiment runner (tools/run_folds.sh -> gcnet.runner) on a tiny synthetic set.
+"""End-to-end test of gcnet.experiment (tools/run_folds.sh) on a tiny synthetic set.
 
 10 synthetic subjects, 2 folds, models cnn + gcnet_s1r1, a handful of iterations at batch 4: LMDBs, pretraining,
-surgery, caffe train, test, summary; then the cache (a second run trains nothing), Ctrl-C + resume, --collect and
-bad input.  Needs the built Caffe (`source tools/env.sh`); select with `-m e2e`, deselect with `-m "not e2e"`.
-Plain-Python parts (fold parsing, summary) are tested without Caffe at the end of the file.
+surgery, caffe train, test, summary; then the cache (a second run trains nothing, a moved results folder too), a
+failing stage, Ctrl-C + resume, --collect and bad input.  Needs the built Caffe (`source tools/env.sh`); select
+with `-m e2e`, deselect with `-m "not e2e"`.
 """
 import json
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from gcnet.caffe_io import read_caffemodel
+from gcnet.layout import ResultsLayout
+from gcnet.logparse import parse_log
 
-from gcnet import runner as R  # noqa: E402
-from conftest import needs_caffe  # noqa: E402
-
-
-
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("caffe")]
 
 RUN = [str(REPO / "tools" / "run_folds.sh")]
 TINY = ["--synthetic-subjects", "10", "--n-folds", "2", "--batch", "4", "--augment", "0",
@@ -52,8 +49,6 @@ def first_run(work):
 
 
 # ================================================================================================ e2e
-@pytest.mark.e2e
-@needs_caffe
 def test_pipeline_summary(first_run):
     p, ds = first_run["proc"], first_run["ds"]
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -102,10 +97,14 @@ def test_pipeline_summary(first_run):
     assert re.search(r"\[synthetic fold \d pretrain encdec\] iter 2/6 .*loss_rec", p.stdout)
 
 
-@pytest.mark.e2e
-@needs_caffe
 def test_fold_outputs(first_run):
     ds = first_run["ds"]
+    lay = ResultsLayout.at(ds)
+    assert lay.dataset == "synthetic"
+    assert lay.trained_models(need=("final.caffemodel", "test.json")) == {
+        m: {k: ds / m / ("fold_%d" % k) for k in (0, 1)} for m in ("cnn", "gcnet_s1r1")}
+    assert lay.pretrained(need=("final.caffemodel",)) == {
+        net: {k: ds / "pretrain" / ("fold_%d" % k) / net for k in (0, 1)} for net in ("encdec", "cnn_id")}
     for m in ("cnn", "gcnet_s1r1"):
         for k in (0, 1):
             d = ds / m / ("fold_%d" % k)
@@ -125,7 +124,6 @@ def test_fold_outputs(first_run):
             index = json.loads((ds / "lmdb" / ("fold_%d" % k) / "test_index.json").read_text())
             assert tj["frames"] == [e["frame"] for e in index]
             # the BatchNorm stage ran: final = trained with every BatchNorm layer's statistics replaced
-            from gcnet.caffe_io import read_caffemodel
             trained, final = read_caffemodel(str(d / "trained.caffemodel")), read_caffemodel(str(d / "final.caffemodel"))
             assert set(trained) == set(final)
             bn = [name for name in final if name.startswith(("en", "de")) and "_bn" in name]
@@ -137,10 +135,7 @@ def test_fold_outputs(first_run):
                 assert final[name][2].ravel()[0] == 1.0 and np.all(final[name][1] > 0), name
 
 
-@pytest.mark.e2e
-@needs_caffe
 def test_surgery_copied_pretrained_weights(first_run):
-    from gcnet.caffe_io import read_caffemodel
     ds = first_run["ds"]
     for k in (0, 1):
         enc = read_caffemodel(str(ds / "pretrain" / ("fold_%d" % k) / "encdec" / "final.caffemodel"))
@@ -169,8 +164,6 @@ def test_surgery_copied_pretrained_weights(first_run):
         assert {r["layer"] for r in rep["random"]} >= {"fc1", "fc2"}
 
 
-@pytest.mark.e2e
-@needs_caffe
 def test_second_run_is_cached(first_run):
     ds = first_run["ds"]
     logs = sorted(ds.glob("*/fold_*/train.log")) + sorted(ds.glob("pretrain/fold_*/*/train.log"))
@@ -191,8 +184,58 @@ def test_second_run_is_cached(first_run):
     assert secs < max(60.0, 0.5 * first_run["seconds"]), secs
 
 
-@pytest.mark.e2e
-@needs_caffe
+def test_moved_results_cached_and_a_failing_stage_summarised(first_run, tmp_path, monkeypatch):
+    """The production stages on a copy of the first run under another <out>: still cached (the keys hash the
+    prototxts with <out> replaced); then a stage that fails is recorded in stage.json and in the summary."""
+    import shutil
+    from gcnet.experiment import cli, stages
+    from gcnet.experiment.plan import Context, model_jobs
+    from gcnet.experiment.procs import JobError, Supervisor
+    from gcnet.experiment.summary import collect_summary, summary_markdown
+    out = tmp_path / "moved"
+    shutil.copytree(str(first_run["ds"]), str(out / "synthetic"), symlinks=True)
+    s = cli.resolve_settings(cli.build_parser().parse_args(MAIN + ["--data", str(first_run["data"]),
+                                                                   "--out", str(out)]))
+    lay = s.layout
+    ctx = Context(s, lay, Supervisor(), man=json.loads(lay.lmdb_manifest().read_text()))
+    jobs = {(j.model, j.fold): j for j in model_jobs(ctx)}
+    stages.run_model(ctx, jobs[("gcnet_s1r1", 0)])
+    assert jobs[("gcnet_s1r1", 0)].status == "cached"
+    # pretraining: a new --iters (other snapshot interval) keeps it; a result recorded under the key of
+    # gcnet/runner.py (which hashed display and snapshot) is accepted and re-recorded under the new key
+    from gcnet.experiment import cache
+    from gcnet.experiment.plan import data_fingerprint, pretrain_jobs, write_prototxts
+    args = MAIN + ["--data", str(first_run["data"]), "--out", str(out)]
+    args[args.index("--iters") + 1] = "12"
+    s2 = cli.resolve_settings(cli.build_parser().parse_args(args))
+    ctx2 = Context(s2, lay, Supervisor(), man=ctx.man)
+    pre = pretrain_jobs(ctx2)[(0, "encdec")]
+    write_prototxts(ctx2, pre)
+    assert "snapshot: 3" in pre.texts["solver"] and "max_iter: 6" in pre.texts["solver"]
+    legacy = cache.pretrain_keys(ctx2, pre, data_fingerprint(ctx.man, 0, "pretrain"))[1]
+    st = json.loads((pre.dir / "stage.json").read_text())
+    (pre.dir / "stage.json").write_text(json.dumps(dict(st, hash=legacy)))
+    stages.run_pretrain(ctx2, pre)
+    assert pre.status == "cached" and json.loads((pre.dir / "stage.json").read_text())["hash"] == st["hash"]
+
+    def boom(ctx, job):
+        raise JobError("boom")
+    (lay.model_dir("cnn", 1) / "test.json").unlink()
+    monkeypatch.setattr(stages, "MODEL_STAGES", (("surgery", stages.run_surgery), ("bnstats", boom)))
+    with pytest.raises(JobError, match="boom"):
+        stages.run_model(ctx, jobs[("cnn", 1)])
+    st = json.loads((lay.model_dir("cnn", 1) / "stage.json").read_text())
+    assert (st["status"], st["failed_stage"], st["error"]) == ("failed", "bnstats", "boom")
+    sm = collect_summary(lay, s.models, s.folds)
+    e, done = sm["models"]["cnn"], sm["models"]["cnn"]["folds"]["0"]
+    assert (e["missing_folds"], e["n_folds_done"], e["std"]) == ([1], 1, 0.0)
+    assert e["mean"] == done["accuracy"] and e["pooled"]["n"] == done["n_test"]
+    assert [(f["model"], f["fold"], f["stage"], f["error"]) for f in sm["failures"]] == [("cnn", 1, "bnstats", "boom")]
+    assert sm["models"]["gcnet_s1r1"]["n_folds_done"] == 2
+    md = summary_markdown(sm)
+    assert "* cnn fold 1 (bnstats, failed): boom" in md and "| cnn | 1/2 | %.2f%% ± 0.00 |" % (100 * e["mean"]) in md
+
+
 def test_collect_rebuilds_summary(first_run):
     ds = first_run["ds"]
     old = json.loads((ds / "summary.json").read_text())
@@ -204,8 +247,6 @@ def test_collect_rebuilds_summary(first_run):
     assert "accuracy (mean ± std)" in p.stdout
 
 
-@pytest.mark.e2e
-@needs_caffe
 def test_interrupt_then_resume(first_run, work):
     out = work / "out_resume"
     args = ["synthetic", "--data", str(first_run["data"]), "--out", str(out), "--models", "cnn", "--folds", "0",
@@ -240,7 +281,6 @@ def test_interrupt_then_resume(first_run, work):
     assert "resuming from snapshots/cnn_iter_%d.solverstate" % it_stop in p.stdout
     log = (d / "train.log").read_text()
     assert "Resuming from snapshots/cnn_iter_%d.solverstate" % it_stop in log
-    from gcnet.logparse import parse_log
     part2 = log[log.rindex("=== gcnet runner"):]
     its = [r["iter"] for r in parse_log(part2)["train"]]
     assert its and min(its) >= it_stop and max(its) == 40        # continued, not restarted
@@ -249,8 +289,6 @@ def test_interrupt_then_resume(first_run, work):
     assert sm["models"]["cnn"]["n_folds_done"] == 1
 
 
-@pytest.mark.e2e
-@needs_caffe
 def test_bad_input_exits_2(work):
     empty = work / "empty"
     empty.mkdir(exist_ok=True)
@@ -269,80 +307,3 @@ def test_bad_input_exits_2(work):
         err = p.stderr.strip().splitlines()
         assert err and err[-1].startswith("error: ") and needle in err[-1], (args, p.stderr)
         assert "Traceback" not in p.stderr
-
-
-# ================================================================================================ no caffe
-def test_parse_folds():
-    assert R.parse_folds("0-9", 10) == list(range(10))
-    assert R.parse_folds("0,2,5-7", 10) == [0, 2, 5, 6, 7]
-    assert R.parse_folds("3", 10) == [3]
-    for bad in ("5-12", "a", "4-2", ""):
-        with pytest.raises(R.UsageError):
-            R.parse_folds(bad, 10)
-
-
-def test_parse_models_and_gpus():
-    assert R.parse_models("cnn,gcnet_s1r1,cnn") == ["cnn", "gcnet_s1r1"]
-    with pytest.raises(R.UsageError):
-        R.parse_models("encdec")
-    assert R.parse_gpus("cpu") is None and R.parse_gpus("0,1") == [0, 1]
-    with pytest.raises(R.UsageError):
-        R.parse_gpus("x")
-
-
-def test_settings_profiles():
-    ap = R.build_parser()
-    s = R.resolve_settings(ap.parse_args(["synthetic"]))
-    assert s.profile == "synthetic-cpu" and s.iters == R.SYNTHETIC_PROFILE["iters"] and s.scaled_down
-    assert s.folds == R.parse_folds(R.SYNTHETIC_PROFILE["folds"], R.SYNTHETIC_PROFILE["n_folds"])
-    assert s.jobs == 2 and s.bn_samples == 512 and s.synthetic_subjects == 100 and s.lmdb_folds == s.folds
-    assert s.data_root.endswith("ck+_100subjects_seed0")
-    s = R.resolve_settings(ap.parse_args(["synthetic", "--profile", "ablation", "--folds", "0"]))
-    assert (s.profile, s.iters, s.pretrain_iters, s.folds) == ("ablation", 1000, 1000, [0])
-    with pytest.raises(R.UsageError, match="synthetic set"):
-        R.resolve_settings(ap.parse_args(["ck+", "--data", str(REPO), "--profile", "ablation"]))
-    s = R.resolve_settings(ap.parse_args(["ck+", "--data", str(REPO), "--gpu", "0,1"]))
-    assert (s.iters, s.batch, s.n_folds, s.folds, s.models) == (300000, 64, 10, list(range(10)),
-                                                               list(R.C.EXPRESSION_MODELS))
-    assert s.profile == "paper" and not s.scaled_down and s.jobs == 2 and s.gpus == [0, 1]
-    assert (s.display, s.snapshot, s.test_interval) == (100, 10000, 1000)
-
-
-def test_threads_per_job():
-    """--threads N sets the BLAS/OpenMP threads of every job (child env) and is recorded in the summary settings;
-    the default is cores // jobs (one per job when the jobs fill the cores)."""
-    ap = R.build_parser()
-    s = R.resolve_settings(ap.parse_args(["synthetic", "--jobs", "2", "--threads", "1"]))
-    assert s.threads == 1 and s.jobs == 2
-    env = R.child_env(s)
-    assert env["OPENBLAS_NUM_THREADS"] == env["OMP_NUM_THREADS"] == "1"
-    assert R.settings_record(s, None)["threads"] == 1
-    s = R.resolve_settings(ap.parse_args(["synthetic", "--jobs", "2"]))
-    assert s.threads == max(1, R.n_cores() // 2)
-    with pytest.raises(R.UsageError):
-        R.resolve_settings(ap.parse_args(["synthetic", "--threads", "0"]))
-
-
-def test_summary_from_disk(tmp_path):
-    ds = tmp_path / "ck+"
-    for k, acc in ((0, 0.5), (1, 1.0)):
-        d = ds / "cnn" / ("fold_%d" % k)
-        d.mkdir(parents=True)
-        (d / "test.json").write_text(json.dumps({"accuracy": acc, "n_train": 10, "n_test": 2,
-                                                 "confusion": [[1, 0], [0, 1]]}))
-        (d / "stage.json").write_text(json.dumps({"status": "done"}))
-    d = ds / "cnn" / "fold_2"
-    d.mkdir(parents=True)
-    (d / "stage.json").write_text(json.dumps({"status": "failed", "failed_stage": "train", "error": "boom",
-                                              "log_tail": ["F0101 Check failed"]}))
-    sm = R.collect_summary(ds, "ck+", ["cnn"], [0, 1, 2], settings={"synthetic": False, "scaled_down": True})
-    e = sm["models"]["cnn"]
-    assert e["mean"] == pytest.approx(0.75) and e["std"] == pytest.approx(0.25) and e["n_folds_done"] == 2
-    assert e["missing_folds"] == [2]
-    assert sm["failures"][0]["error"] == "boom" and sm["failures"][0]["fold"] == 2
-    assert sm["paper"]["models"]["cnn"] == pytest.approx(0.9694)
-    assert sm["paper"]["best_prior"]["method"] == "DTAGN-Joint"
-    assert e["pooled"]["n"] == 4 and e["pooled"]["accuracy"] == pytest.approx(0.75)
-    md = R.summary_markdown(sm)
-    assert "| cnn | 2/3 | 75.00% ± 25.00 | 75.00% (n 4, 30.1-95.4%) | 96.94% |" in md
-    assert "boom" in md and "Scaled-down" in md

@@ -1,0 +1,360 @@
+"""The command line of tools/run_folds.sh: argparse -> Settings (the schedules, validation), and main().
+
+Exit status: 0 all requested folds done, 1 some fold failed (the summary says which and why), 2 bad input,
+130 interrupted (snapshots kept: rerun the same command to resume).
+"""
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from gcnet import config as C
+from gcnet.experiment.procs import REPO, Interrupted, Supervisor, n_cores
+from gcnet.layout import ResultsLayout
+from gcnet.util import UsageError, parse_folds, say
+
+# The paper's schedule (section 4.1): 3e5 iterations, mini-batch 64, ten folds.  Pretraining iterations are not
+# given in the paper; they default to --iters.
+PAPER_SCHEDULE = dict(n_folds=10, folds="0-9", max_iter=300000, pretrain_max_iter=None, batch=64)
+
+# `synthetic` without --iters: a CPU-sized profile (about 30 min on 2 cores, measured: README "Results").  100
+# identities give about 39 labelled sequences (about 120 test images) per fold, so one sequence moves a fold's
+# accuracy by under 3 points; two folds give a mean and a spread.
+SYNTHETIC_PROFILE = dict(
+    subjects=100,         # synthetic identities written by gcnet.data.synthetic.make_synthetic
+    n_folds=10,           # the paper's protocol (subject-independent 10 folds) ...
+    folds="0-1",          # ... of which these are run (their LMDBs only are built)
+    max_iter=200,         # expression-model iterations
+    pretrain_max_iter=200,  # encdec / cnn_id iterations
+    batch=16,
+    augment=2,            # augmented copies per training sample in the LMDB
+    display=10,
+    jobs=2,               # two trainings side by side, one BLAS thread each
+    bn_samples=512,       # training samples of the BatchNorm re-estimation and of the training-set scores
+)
+
+# `--profile ablation`: the five models at equal budget on the synthetic set, five folds, 1000 iterations each (hours
+# on 2 CPU cores, minutes on a GPU); README "Results" reports what it measured.
+ABLATION_PROFILE = dict(SYNTHETIC_PROFILE, folds="0-4", max_iter=1000, pretrain_max_iter=1000, display=50, bn_samples=1024)
+PROFILES = {"synthetic-cpu": SYNTHETIC_PROFILE, "ablation": ABLATION_PROFILE}
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def parse_models(text: str) -> List[str]:
+    models = [m.strip() for m in str(text).split(",") if m.strip()]
+    if not models:
+        raise UsageError("--models selects no model")
+    bad = [m for m in models if m not in C.EXPRESSION_MODELS]
+    if bad:
+        raise UsageError("unknown model(s) %s; choose from %s" % (", ".join(bad), ",".join(C.EXPRESSION_MODELS)))
+    return list(dict.fromkeys(models))
+
+
+def parse_gpus(text: str) -> Optional[List[int]]:
+    if text is None or str(text).strip().lower() in ("", "cpu", "none"):
+        return None
+    try:
+        ids = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise UsageError("bad --gpu %r: use cpu, 0 or 0,1,2,3" % text)
+    if not ids or any(i < 0 for i in ids):
+        raise UsageError("bad --gpu %r: use cpu, 0 or 0,1,2,3" % text)
+    return ids
+
+
+@dataclass
+class Settings:
+    dataset: str
+    data_root: Optional[str]
+    out: str                           # <out>/<dataset>
+    models: List[str]
+    folds: List[int]
+    n_folds: int
+    max_iter: int                      # --iters: iterations of each expression model
+    pretrain_max_iter: int             # --pretrain-iters: iterations of encdec and cnn_id
+    batch: int
+    augment: Optional[int]
+    margin: float
+    contrastive_distance: str
+    finetune_output_scale: str
+    clip_gradients: float
+    pretrain_clip_gradients: float
+    recalibrate_bn: bool
+    bn_samples: int
+    surgery_bn_stats: str
+    gamma: float
+    power: float
+    base_lr: float
+    gpus: Optional[List[int]]
+    jobs: int
+    threads: int
+    display: int
+    snapshot: int
+    test_interval: int
+    seed: int
+    pretrain_data: Optional[str]
+    landmarks: Optional[str]
+    mmi_peaks: Optional[str]
+    figures: bool
+    summary: bool
+    synthetic: bool
+    synthetic_subjects: Optional[int]
+    profile: str                       # "paper" | "synthetic-cpu" | "custom"
+    stop_after: Optional[str]
+    keep_snapshots: int
+    models_explicit: bool = False
+    lmdb_folds: List[int] = field(default_factory=list)   # folds whose LMDBs are built: --folds (not narrowed by
+                                                          # --task-index, so that every array task agrees)
+
+    @property
+    def layout(self) -> ResultsLayout:
+        return ResultsLayout.at(self.out, self.dataset)
+
+    @property
+    def scaled_down(self) -> bool:
+        return (self.max_iter < PAPER_SCHEDULE["max_iter"] or self.batch != PAPER_SCHEDULE["batch"]
+                or self.n_folds != PAPER_SCHEDULE["n_folds"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="tools/run_folds.sh",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the GCNet experiments of the paper (Kim et al., section 4) on one dataset:\n"
+                    "  1 per-fold LMDBs  2 pretraining (encdec, cnn_id)  3 net surgery  4 caffe train of each model\n"
+                    "  on each fold  5 test on the held-out fold  6 summary (+ figures).\n"
+                    "Every stage is cached; rerunning the same command resumes where it stopped (Ctrl-C snapshots).",
+        epilog="Defaults are the paper's: all five models, ten folds, 3e5 iterations, batch 64.  `synthetic` "
+               "without --iters uses a CPU-sized profile (gcnet/experiment/cli.py SYNTHETIC_PROFILE: %s) on "
+               "data/synthetic/ck+_<N>subjects_seed<S>, generated on first use.\n\n"
+               "Examples:\n"
+               "  tools/run_folds.sh synthetic\n"
+               "  tools/run_folds.sh ck+ --data /data/CK+ --gpu 0,1,2,3\n"
+               "  tools/run_folds.sh mmi --data /data/MMI --mmi-peaks peaks.csv --models cnn,gcnet_s1r1 --folds 0-4\n"
+               "  tools/run_folds.sh ck+ --collect          # rebuild the summary from what is on disk\n\n"
+               "Exit status: 0 ok, 1 some fold failed (see the summary), 2 bad input, 130 interrupted "
+               "(rerun to resume)." % ", ".join("%s=%s" % kv for kv in SYNTHETIC_PROFILE.items()))
+    ap.add_argument("dataset", help="one of: %s" % ", ".join(C.DATASETS))
+    g = ap.add_argument_group("data")
+    g.add_argument("--data", metavar="ROOT", help="dataset root in its original layout (required except for "
+                   "synthetic, whose default is data/synthetic/ck+_<N>subjects_seed<S>, generated when missing)")
+    g.add_argument("--landmarks", metavar="DIR", help="landmark files mirroring the dataset tree (else the "
+                   "dataset's own / the face detector)")
+    g.add_argument("--mmi-peaks", metavar="CSV", help="MMI peak frames (session,peak_frame)")
+    g.add_argument("--augment", type=int, metavar="K", help="augmented copies per training sample in the LMDB "
+                   "(default: gcnet.data.lmdb_build's %s)" % _lmdb_default_augment())
+    g.add_argument("--pretrain-data", metavar="ROOT", help="CASIA-WebFace root for pretraining (paper); default: "
+                   "the training folds' faces with identity labels (fold_K/pretrain)")
+    g.add_argument("--synthetic-subjects", type=int, metavar="N",
+                   help="identities when the synthetic set is generated (default %d)" % SYNTHETIC_PROFILE["subjects"])
+    g = ap.add_argument_group("experiment")
+    g.add_argument("--profile", choices=tuple(PROFILES), help="schedule of the synthetic set: synthetic-cpu (the "
+                   "default without --iters: %s) or ablation (%s); explicit options override it" % (
+                       _profile_text(SYNTHETIC_PROFILE), _profile_text(ABLATION_PROFILE)))
+    g.add_argument("--models", default=",".join(C.EXPRESSION_MODELS),
+                   help="comma-separated subset of %s (default all)" % ",".join(C.EXPRESSION_MODELS))
+    g.add_argument("--folds", help="folds to run, e.g. 0-9, 3 or 0,2,5-7 (default all)")
+    g.add_argument("--n-folds", type=int, help="number of cross-validation folds (default 10)")
+    g.add_argument("--iters", dest="max_iter", type=int,
+                   help="training iterations of each expression model (default 3e5)")
+    g.add_argument("--pretrain-iters", dest="pretrain_max_iter", type=int,
+                   help="iterations of encdec and cnn_id (default: --iters)")
+    g.add_argument("--batch", type=int, help="mini-batch size (default 64)")
+    g.add_argument("--contrastive-distance", choices=C.CONTRASTIVE_DISTANCES, default=C.NetOptions.contrastive_distance,
+                   help="S of Eq. 4-5: l2 = ||En_2(X) - En_2(X_r hat)|| (paper), rms = l2 / sqrt(feature size) "
+                        "(default %(default)s; docs/choices.md)")
+    g.add_argument("--margin", type=float, help="contrastive margin m (Eq. 4; default %s)" % ", ".join(
+        "%g for %s" % (v, k) for k, v in C.DEFAULT_MARGIN.items()))
+    g.add_argument("--finetune-output-scale", choices=C.FINETUNE_OUTPUT_SCALE, default=C.NetOptions.finetune_output_scale,
+                   help="Scale of each decoder's 1-channel output block while fine-tuning: frozen at its pretrained "
+                        "values, or trained at the decoder rate (paper; default %(default)s; docs/choices.md)")
+    g.add_argument("--clip-gradients", type=float, default=C.SolverOptions.clip_gradients,
+                   help="solver clip_gradients of the expression models, 0 = off (default %(default)g)")
+    g.add_argument("--pretrain-clip-gradients", type=float, default=C.PRETRAIN_CLIP_GRADIENTS,
+                   help="solver clip_gradients of encdec / cnn_id, 0 = off (default %(default)g; docs/choices.md)")
+    g.add_argument("--no-recalibrate-bn", dest="recalibrate_bn", action="store_false",
+                   help="test with the BatchNorm running averages of training instead of statistics re-estimated "
+                        "for the final weights on the training set (docs/choices.md)")
+    g.add_argument("--bn-samples", type=int, help="training samples used to re-estimate the BatchNorm statistics "
+                   "and to score the training set (default 1024)")
+    g.add_argument("--surgery-bn-stats", choices=("zero", "copy"), default="zero",
+                   help="BatchNorm statistics of init.caffemodel: zeroed (default) or copied from pretraining")
+    g.add_argument("--gamma", type=float, default=C.SolverOptions.gamma, help="inv policy gamma")
+    g.add_argument("--power", type=float, default=C.SolverOptions.power, help="inv policy power")
+    g.add_argument("--base-lr", type=float, default=C.SolverOptions.base_lr, help="base learning rate")
+    g.add_argument("--display", type=int, help="log/progress interval in iterations (default min(100, iters/20))")
+    g.add_argument("--snapshot", type=int, help="snapshot interval (default min(10000, iters/4))")
+    g.add_argument("--test-interval", type=int, help="in-training test interval (default min(1000, iters/5))")
+    g.add_argument("--seed", type=int, default=0, help="seed of the LMDB shuffling/augmentation and of the "
+                   "synthetic set")
+    g = ap.add_argument_group("execution")
+    g.add_argument("--gpu", default="cpu", metavar="ID[,ID..]|cpu", help="GPUs; each job gets its own "
+                   "(default cpu)")
+    g.add_argument("--jobs", type=int, help="fold trainings run at once (default: number of GPUs, 1 on CPU)")
+    g.add_argument("--threads", type=int, help="BLAS/OpenMP threads per job (default: cores // jobs, so one "
+                   "per job when the jobs fill the cores)")
+    g.add_argument("--out", default=str(REPO / "results"), help="results root (default %(default)s); "
+                   "everything goes to <out>/<dataset>/")
+    g.add_argument("--no-figures", action="store_true", help="skip the figures step")
+    g.add_argument("--no-summary", action="store_true", help="skip summary and figures (Slurm array tasks)")
+    g.add_argument("--collect", action="store_true", help="only build summary (+figures) from what is on disk")
+    g.add_argument("--stop-after", choices=("lmdb", "pretrain"), help="stop after this stage (Slurm prep jobs)")
+    g.add_argument("--keep-snapshots", type=int, default=2, help="snapshots kept per training (default 2)")
+    g = ap.add_argument_group("Slurm arrays (tools/slurm/)")
+    g.add_argument("--task-index", type=int, metavar="I", help="run only task I of the selected models x folds "
+                   "(I = fold position * number of models + model position); with --stop-after pretrain, "
+                   "task I = the I-th selected fold")
+    g.add_argument("--count-tasks", action="store_true", help="print the number of tasks (models x folds, or "
+                   "folds with --stop-after pretrain) and exit")
+    return ap
+
+
+def _profile_text(p: dict) -> str:
+    return "%d subjects, folds %s, %d iterations, batch %d" % (p["subjects"], p["folds"], p["max_iter"], p["batch"])
+
+
+def _lmdb_default_augment():
+    try:
+        from gcnet.data.lmdb_build import DEFAULT_AUGMENT
+        return DEFAULT_AUGMENT
+    except Exception:
+        return "?"
+
+
+def default_synthetic_root(subjects: int, seed: int) -> Path:
+    """Where `synthetic` without --data writes (and finds) its set: named by what it holds, so that a set made with
+    other settings is never reused."""
+    return REPO / "data" / "synthetic" / ("ck+_%dsubjects_seed%d" % (subjects, seed))
+
+
+def resolve_settings(a) -> Settings:
+    C.dataset_spec(a.dataset)
+    synthetic = a.dataset == "synthetic"
+    if a.profile and not synthetic:
+        raise UsageError("--profile %s is a schedule for the synthetic set; %s runs the paper's schedule unless "
+                         "--iters/--batch/--folds say otherwise" % (a.profile, a.dataset))
+    profile_name = a.profile or ("synthetic-cpu" if synthetic and a.max_iter is None else None)
+    prof = PROFILES[profile_name] if profile_name else {}
+    n_folds = a.n_folds or prof.get("n_folds") or PAPER_SCHEDULE["n_folds"]
+    if n_folds < 2:
+        raise UsageError("--n-folds must be >= 2")
+    folds_text = a.folds or prof.get("folds") or "0-%d" % (n_folds - 1)
+    folds = parse_folds(folds_text, n_folds)
+    models = parse_models(a.models)
+    max_iter = a.max_iter if a.max_iter is not None else prof.get("max_iter", PAPER_SCHEDULE["max_iter"])
+    if max_iter < 1:
+        raise UsageError("--iters must be >= 1")
+    pretrain_max_iter = a.pretrain_max_iter if a.pretrain_max_iter is not None else \
+        prof.get("pretrain_max_iter") or max_iter
+    if pretrain_max_iter < 1:
+        raise UsageError("--pretrain-iters must be >= 1")
+    batch = a.batch or prof.get("batch") or PAPER_SCHEDULE["batch"]
+    if batch < 1:
+        raise UsageError("--batch must be >= 1")
+    augment = a.augment if a.augment is not None else prof.get("augment")
+    if augment is not None and augment < 0:
+        raise UsageError("--augment must be >= 0")
+    gpus = parse_gpus(a.gpu)
+    jobs = a.jobs or (len(gpus) if gpus else prof.get("jobs", 1))
+    if jobs < 1:
+        raise UsageError("--jobs must be >= 1")
+    threads = a.threads if a.threads is not None else max(1, n_cores() // jobs)
+    if threads < 1:
+        raise UsageError("--threads must be >= 1")
+    display = a.display or prof.get("display") or min(100, max(1, max_iter // 20))
+    snapshot = a.snapshot or min(10000, max(display, max_iter // 4))
+    test_interval = a.test_interval or min(1000, max(display, max_iter // 5))
+    margin = a.margin if a.margin is not None else C.DEFAULT_MARGIN[a.contrastive_distance]
+    if margin <= 0:
+        raise UsageError("--margin must be > 0")
+    bn_samples = a.bn_samples if a.bn_samples is not None else prof.get("bn_samples", 1024)
+    if bn_samples < 1:
+        raise UsageError("--bn-samples must be >= 1")
+
+    data_root = a.data
+    if getattr(a, "collect", False):
+        data_root = data_root and os.path.abspath(data_root)
+    elif synthetic:
+        data_root = os.path.abspath(data_root or str(default_synthetic_root(
+            a.synthetic_subjects or prof.get("subjects", SYNTHETIC_PROFILE["subjects"]), a.seed)))
+    elif not data_root:
+        raise UsageError("--data ROOT is required for %s (the dataset root in its original layout); only "
+                         "`synthetic` has a default" % a.dataset)
+    else:
+        data_root = os.path.abspath(data_root)
+        if not os.path.isdir(data_root):
+            raise UsageError("data root %s does not exist or is not a folder" % data_root)
+    for name, path in (("--pretrain-data", a.pretrain_data), ("--landmarks", a.landmarks)):
+        if path and not os.path.isdir(path):
+            raise UsageError("%s %s does not exist or is not a folder" % (name, path))
+    if a.mmi_peaks and not os.path.isfile(a.mmi_peaks):
+        raise UsageError("--mmi-peaks %s does not exist" % a.mmi_peaks)
+    if profile_name:
+        profile = profile_name
+    elif (max_iter, batch, n_folds) == tuple(PAPER_SCHEDULE[k] for k in ("max_iter", "batch", "n_folds")):
+        profile = "paper"
+    else:
+        profile = "custom"
+    return Settings(
+        dataset=a.dataset, data_root=data_root, out=os.path.abspath(os.path.join(a.out, a.dataset)),
+        models=models, folds=folds, n_folds=n_folds, max_iter=max_iter, pretrain_max_iter=pretrain_max_iter,
+        batch=batch,
+        augment=augment, margin=margin, contrastive_distance=a.contrastive_distance,
+        finetune_output_scale=a.finetune_output_scale, clip_gradients=a.clip_gradients,
+        pretrain_clip_gradients=a.pretrain_clip_gradients, recalibrate_bn=a.recalibrate_bn, bn_samples=bn_samples,
+        surgery_bn_stats=a.surgery_bn_stats, gamma=a.gamma, power=a.power, base_lr=a.base_lr, gpus=gpus, jobs=jobs,
+        threads=threads, display=display, snapshot=snapshot, test_interval=test_interval, seed=a.seed,
+        pretrain_data=a.pretrain_data and os.path.abspath(a.pretrain_data),
+        landmarks=a.landmarks and os.path.abspath(a.landmarks),
+        mmi_peaks=a.mmi_peaks and os.path.abspath(a.mmi_peaks),
+        figures=not (a.no_figures or a.no_summary), summary=not a.no_summary, synthetic=synthetic,
+        synthetic_subjects=a.synthetic_subjects or (prof.get("subjects", SYNTHETIC_PROFILE["subjects"])
+                                                    if synthetic else None),
+        profile=profile, stop_after=a.stop_after, keep_snapshots=max(1, a.keep_snapshots),
+        models_explicit=a.models != ",".join(C.EXPRESSION_MODELS), lmdb_folds=list(folds))
+
+
+def select_task(s: Settings, index: int) -> None:
+    """Narrow s to Slurm array task `index`: (fold, model), or the fold alone with --stop-after pretrain."""
+    tasks = array_tasks(s)
+    if not 0 <= index < len(tasks):
+        raise UsageError("--task-index %d out of range: %d task(s) (0-%d)" % (index, len(tasks), len(tasks) - 1))
+    k, m = tasks[index]
+    s.folds = [k]
+    if m is not None:
+        s.models = [m]
+
+
+def array_tasks(s: Settings) -> list:
+    return [(k, None) for k in s.folds] if s.stop_after == "pretrain" else [(k, m) for k in s.folds for m in s.models]
+
+
+def main(argv=None) -> int:
+    from gcnet.experiment.pipeline import collect, run
+    a = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    sup = Supervisor()
+    sup.install_signal_handlers()
+    try:
+        s = resolve_settings(a)
+        if a.count_tasks:
+            print(len(array_tasks(s)))
+            return EXIT_OK
+        if a.task_index is not None:
+            select_task(s, a.task_index)
+        return collect(s) if a.collect else run(s, sup)
+    except UsageError as e:                  # DataError (gcnet.data) too
+        print("error: %s" % e, file=sys.stderr)
+        return EXIT_USAGE
+    except FileExistsError as e:             # the synthetic generator refusing to overwrite a folder
+        print("error: %s" % e, file=sys.stderr)
+        return EXIT_USAGE
+    except (Interrupted, KeyboardInterrupt):
+        say("Interrupted; rerun the same command to resume.")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""run(): the stages of tools/run_folds.sh in order (paper section 4: 10-fold subject-independent CV);
+collect(): the summary (+ figures) of what is on disk.  Every stage skips what is cached (gcnet.experiment.cache);
+rerunning the same command resumes."""
+import shlex
+import sys
+import time
+from typing import Dict, List
+
+from gcnet import config as C
+from gcnet.experiment import stages
+from gcnet.experiment.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Settings
+from gcnet.experiment.plan import Context, Job, model_jobs, pretrain_jobs, pretrain_source
+from gcnet.experiment.procs import Supervisor, caffe_binary
+from gcnet.experiment.scheduler import run_jobs
+from gcnet.experiment.summary import collect_summary, settings_record, summary_table, write_summary
+from gcnet.layout import WEBFACE
+from gcnet.util import UsageError, fmt_duration, now, say, write_json
+
+
+def run(s: Settings, sup: Supervisor) -> int:
+    ctx = _context(s, sup)
+    caffe_binary()                      # fail early, before any work, when caffe is missing
+    t_start, tag = time.time(), "[%s]" % s.dataset
+    say("%s models %s, folds %s, %d iterations (pretraining %d), batch %d, %s, %d job(s); profile %s -> %s"
+        % (tag, ",".join(s.models), ",".join(map(str, s.folds)), s.max_iter, s.pretrain_max_iter, s.batch,
+           "GPU " + ",".join(map(str, s.gpus)) if s.gpus else "CPU", s.jobs, s.profile, ctx.layout.root))
+    if s.synthetic:
+        stages.ensure_synthetic(ctx)
+    report = {"started": now(), "stages": {}}
+
+    say("%s stage 1/7: LMDBs" % tag)
+    t0 = time.time()
+    stages.run_lmdb(ctx)
+    report["stages"]["lmdb"] = {"cached": bool(ctx.man.get("cached")), "seconds": round(time.time() - t0, 1)}
+    record = settings_record(s, ctx.man)
+    write_json(ctx.layout.run_settings, {"settings": record, "models": s.models, "folds": s.folds})
+    if s.stop_after == "lmdb":
+        return EXIT_OK
+
+    say("%s stage 2/7: pretraining (%s)" % (tag, pretrain_source(ctx.man)))
+    pre = pretrain_jobs(ctx)
+    _link_shared_pretraining(ctx)
+    _run_stage(ctx, tag, "pretraining", list(pre.values()), stages.run_pretrain)
+    report["stages"]["pretrain"] = {j.label: j.status for j in pre.values()}
+    if sup.stop.is_set():
+        return _interrupted(ctx, report)
+    if s.stop_after == "pretrain":
+        write_json(ctx.layout.run_report, report)
+        return EXIT_FAILED if any(j.status == "failed" for j in pre.values()) else EXIT_OK
+
+    say("%s stages 3-6/7: surgery, training, BatchNorm statistics, test" % tag)
+    jobs = model_jobs(ctx)
+    _run_stage(ctx, tag, "models", _runnable(ctx, jobs, pre), stages.run_model)
+    report["stages"]["models"] = {j.label: {"status": j.status, "action": j.action, "seconds": round(j.seconds, 1),
+                                            "error": j.error} for j in jobs}
+    report.update(finished=now(), seconds=round(time.time() - t_start, 1))
+    write_json(ctx.layout.run_report, report)
+    if sup.stop.is_set():
+        return _interrupted(ctx, report)
+
+    if s.summary:
+        say("%s stage 7/7: summary" % tag)
+        _summarise(ctx, collect_summary(ctx.layout, s.models, s.folds, settings=record))
+    return _finish(tag, jobs, t_start)
+
+
+def collect(s: Settings) -> int:
+    """--collect: the summary (+ figures) of what is on disk."""
+    ctx = _context(s, Supervisor())
+    sm = collect_summary(ctx.layout, s.models if s.models_explicit else None, s.folds)
+    if not sm["models"]:
+        raise UsageError("nothing to collect in %s (no <model>/fold_K folders)" % ctx.layout.root)
+    write_summary(ctx.layout, sm)
+    say(summary_table(sm))
+    say("summary: %s" % ctx.layout.summary_md)
+    if s.figures:
+        stages.run_figures(ctx)
+    return EXIT_FAILED if sm["failures"] else EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _context(s: Settings, sup: Supervisor) -> Context:
+    from gcnet.data.records import check_writable
+    check_writable(s.out)               # DataError (exit 2) naming the folder, before any work
+    return Context(s, s.layout, sup)
+
+
+def _run_stage(ctx: Context, tag: str, what: str, jobs: List[Job], fn) -> None:
+    t0 = time.time()
+    run_jobs(ctx, jobs, fn)
+    say("%s %s: %s (%s)" % (tag, what, _status_counts(jobs), fmt_duration(time.time() - t0)))
+
+
+def _link_shared_pretraining(ctx: Context) -> None:
+    """pretrain/fold_K -> webface for each fold when the pretraining is shared."""
+    if not ctx.shared_pretrain:
+        return
+    for k in ctx.s.folds:
+        link = ctx.layout.pretrain_fold_link(k)
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                link.symlink_to(WEBFACE)
+            except OSError:
+                pass
+
+
+def _runnable(ctx: Context, jobs: List[Job], pre: Dict[tuple, Job]) -> List[Job]:
+    """The model jobs whose pretraining nets are there; the others fail naming the pretraining's error."""
+    out = []
+    for job in jobs:
+        k = -1 if ctx.shared_pretrain else job.fold
+        bad = [pre[(k, n)] for n in C.PRETRAIN_MODELS if pre[(k, n)].status not in ("done", "cached")]
+        if bad:
+            job.status = "failed"
+            job.error = "pretraining failed: %s" % "; ".join("%s: %s" % (b.model, b.error or b.status) for b in bad)
+            job.log_tail = bad[0].log_tail
+        else:
+            out.append(job)
+    return out
+
+
+def _summarise(ctx: Context, sm: dict) -> None:
+    s = ctx.s
+    write_summary(ctx.layout, sm)
+    say("")
+    say(summary_table(sm))
+    if s.synthetic:
+        say("NOTE: synthetic data -- not comparable to the paper.")
+    if s.scaled_down:
+        say("NOTE: scaled-down schedule (%d iterations, batch %d) -- not the paper's 3e5 / 64." % (s.max_iter,
+                                                                                                   s.batch))
+    say("summary: %s" % ctx.layout.summary_md)
+    if s.figures:
+        say("[%s] figures" % s.dataset)
+        stages.run_figures(ctx)
+
+
+def _finish(tag: str, jobs: List[Job], t_start: float) -> int:
+    failed = [j for j in jobs if j.status == "failed"]
+    if failed:
+        say("%d fold run(s) FAILED:" % len(failed))
+        for j in failed:
+            say("  %s %s" % (j.label, j.error))
+        return EXIT_FAILED
+    say("%s done in %s" % (tag, fmt_duration(time.time() - t_start)))
+    return EXIT_OK
+
+
+def _status_counts(jobs) -> str:
+    c: Dict[str, int] = {}
+    for j in jobs:
+        c[j.status] = c.get(j.status, 0) + 1
+    return ", ".join("%d %s" % (v, k) for k, v in sorted(c.items())) or "nothing"
+
+
+def _interrupted(ctx: Context, report: dict) -> int:
+    report["interrupted"] = now()
+    try:
+        write_json(ctx.layout.run_report, report)
+    except OSError:
+        pass
+    say("Interrupted. Snapshots are kept; rerun the same command to resume:\n  %s"
+        % " ".join(shlex.quote(a) for a in ["tools/run_folds.sh"] + sys.argv[1:]))
+    return EXIT_INTERRUPTED

@@ -1,0 +1,160 @@
+"""What a run does: its context, its jobs (pretraining nets per fold, models per fold), and for each job the net
+and solver options and the generated train_val/deploy/solver prototxts."""
+import math
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from gcnet import config as C
+from gcnet.experiment.cli import Settings
+from gcnet.experiment.procs import Supervisor
+from gcnet.layout import DEPLOY, SOLVER, TRAIN_VAL, ResultsLayout
+from gcnet.util import UsageError, sha_text, write_text
+
+
+@dataclass
+class Context:
+    """One run: its settings, results layout, supervisor and (after the LMDB stage) the LMDB manifest."""
+    s: Settings
+    layout: ResultsLayout
+    sup: Supervisor
+    man: dict = field(default_factory=dict)
+
+    @property
+    def shared_pretrain(self) -> bool:
+        """Pretrained once on --pretrain-data (WebFace) and shared by the folds."""
+        return bool(self.man.get("pretrain"))
+
+
+@dataclass
+class Job:
+    kind: str                          # "pretrain" | "model"
+    model: str
+    fold: int                          # -1: shared (WebFace) pretraining
+    dir: Path
+    label: str
+    pretrained: Dict[str, Path] = field(default_factory=dict)   # model jobs: net -> its pretraining folder
+    gpu: Optional[int] = None          # set by the scheduler
+    state: dict = field(default_factory=dict)                   # stage.json while the job runs
+    texts: dict = field(default_factory=dict)                   # the generated prototxts and options
+    fingerprint: str = ""              # data_fingerprint of what the job trains on
+    status: str = "pending"            # done | cached | failed | interrupted | skipped
+    action: str = ""                   # what was done: "trained", "resumed", "cached", "tested", ...
+    error: str = ""
+    log_tail: List[str] = field(default_factory=list)
+    seconds: float = 0.0
+    diverged: Optional[str] = None
+
+
+def pretrain_jobs(ctx: Context) -> Dict[tuple, Job]:
+    """{(fold, net): Job}; fold -1 when the pretraining is shared."""
+    s, shared = ctx.s, ctx.shared_pretrain
+    jobs = {}
+    for k in ([-1] if shared else s.folds):
+        for net in C.PRETRAIN_MODELS:
+            lab = "[%s %s pretrain %s]" % (s.dataset, "webface" if shared else "fold %d" % k, net)
+            jobs[(k, net)] = Job("pretrain", net, k, ctx.layout.pretrain_dir(k, net), lab)
+    return jobs
+
+
+def model_jobs(ctx: Context) -> List[Job]:
+    s = ctx.s
+    return [Job("model", m, k, ctx.layout.model_dir(m, k), "[%s fold %d %s]" % (s.dataset, k, m),
+                pretrained={net: ctx.layout.pretrain_dir(-1 if ctx.shared_pretrain else k, net)
+                            for net in C.PRETRAIN_MODELS})
+            for k in s.folds for m in s.models]
+
+
+# ----------------------------------------------------------------------------------------------- data facts
+def fold_info(man: dict, k: int) -> dict:
+    info = (man.get("folds") or {}).get(str(k))
+    if info is None:
+        raise UsageError("fold %d is not in the LMDB manifest %s" % (k, "lmdb/manifest.json"))
+    return info
+
+
+def data_fingerprint(man: dict, k: int, what: str) -> str:
+    """Hash of the data a job trains on ("train": the fold's LMDBs, "pretrain": its pretraining LMDB)."""
+    info = fold_info(man, k)
+    keys = {"train": ("n_train", "n_train_unique", "augment_copies", "n_test", "train_per_class", "test_per_class",
+                      "test_subjects"),
+            "pretrain": ("n_pretrain", "n_identities", "pretrain_source")}[what]
+    src = man.get("inputs", {}).get("pretrain_hash") if (what == "pretrain" and man.get("pretrain")) else \
+        man.get("inputs", {}).get("hash")
+    return sha_text(src, k, {x: info.get(x) for x in keys})
+
+
+def pretrain_source(man: Optional[dict]) -> str:
+    if man and man.get("pretrain"):
+        return "webface:%s" % man.get("options", {}).get("pretrain_root")
+    return "training folds (fold_K/pretrain: faces of the training subjects, identity labels)"
+
+
+# ----------------------------------------------------------------------------------------------- nets, solver
+def net_options(ctx: Context, k: int, model: str) -> C.NetOptions:
+    s, lay, info = ctx.s, ctx.layout, fold_info(ctx.man, k)
+    spec = C.DATASETS[s.dataset]
+    opts = C.NetOptions(n_classes=len(spec.class_names), neutral_label=spec.neutral_label, batch_size=s.batch,
+                        margin=s.margin, contrastive_distance=s.contrastive_distance,
+                        finetune_output_scale=s.finetune_output_scale)
+    if model in C.PRETRAIN_MODELS:
+        # the shared WebFace LMDB by its own path, so that the shared pretraining does not depend on --folds
+        src = str(lay.webface_lmdb(ctx.man)) if ctx.shared_pretrain else str(lay.lmdb(k, "pretrain"))
+        return replace(opts, n_identities=int(info["n_identities"]), train_source=src, test_source=src,
+                       test_batch_size=min(s.batch, 64))
+    n_test = max(1, int(info["n_test"]))
+    return replace(opts, n_identities=int(info["n_identities"]), train_source=str(lay.lmdb(k, "train")),
+                   test_source=str(lay.lmdb(k, "test")), test_batch_size=min(64, n_test))
+
+
+def max_iter_of(s: Settings, model: str) -> int:
+    return s.pretrain_max_iter if model in C.PRETRAIN_MODELS else s.max_iter
+
+
+def solver_options(s: Settings, model: str) -> C.SolverOptions:
+    max_iter = max_iter_of(s, model)
+    return C.SolverOptions(base_lr=s.base_lr, gamma=s.gamma, power=s.power, max_iter=max_iter,
+                           display=min(s.display, max(1, max_iter)), snapshot=min(s.snapshot, max_iter),
+                           test_interval=min(s.test_interval, max_iter), solver_mode="GPU" if s.gpus else "CPU",
+                           clip_gradients=s.pretrain_clip_gradients if model in C.PRETRAIN_MODELS
+                           else s.clip_gradients)
+
+
+def portable(text: str, s: Settings) -> str:
+    """Text with the results folder replaced, so that moving <out> does not invalidate the caches."""
+    return text.replace(s.out, "$OUT")
+
+
+def write_prototxts(ctx: Context, job: Job) -> dict:
+    """train_val/deploy/solver prototxt of a job (rewritten only when changed); their texts and options."""
+    from gcnet.nets import build_net, net_text
+    from gcnet.solver import make_solver
+    s = ctx.s
+    opts = net_options(ctx, job.fold if job.fold >= 0 else s.folds[0], job.model)
+    so = solver_options(s, job.model)
+    if job.kind == "model":
+        so.test_iter = max(1, math.ceil(int(fold_info(ctx.man, job.fold)["n_test"]) / opts.test_batch_size))
+    # (the header is hashed into the stage keys: kept as gcnet/runner.py wrote it, so that old results stay valid)
+    header = "# Generated by gcnet/runner.py from gcnet/nets.py (%s, %s)\n" % (s.dataset, job.label.strip("[]"))
+    tv = header + net_text(build_net(job.model, opts, "train_val"))
+    dp = header + net_text(build_net(job.model, opts, "deploy"))
+    sv = make_solver(TRAIN_VAL, so, "snapshots/%s" % job.model, with_test=(job.kind == "model"))
+    job.dir.mkdir(parents=True, exist_ok=True)
+    for name, text in ((TRAIN_VAL, tv), (DEPLOY, dp), (SOLVER, sv)):
+        p = job.dir / name
+        if not p.exists() or p.read_text() != text:
+            write_text(p, text)
+    job.texts = {"train_val": tv, "deploy": dp, "solver": sv, "opts": asdict(opts), "solver_opts": asdict(so)}
+    return job.texts
+
+
+def clean_outputs(d: Path, keep=(TRAIN_VAL, DEPLOY, SOLVER, ".lock")) -> None:
+    """Remove everything of a job folder but its prototxts and lock (its inputs changed)."""
+    for p in d.iterdir():
+        if p.name in keep:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(str(p))
+        else:
+            p.unlink()

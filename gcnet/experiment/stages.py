@@ -1,0 +1,250 @@
+"""The stages of a run.  Each run_<stage>(ctx, job) does one thing for one job and records it in job.state
+(stage.json); the cache keys are in gcnet.experiment.cache.
+
+    lmdb       per-fold paired LMDBs (gcnet.data.lmdb_build; cached by its inputs)
+    pretrain   encdec and cnn_id per fold (or once on --pretrain-data) -> final.caffemodel
+    surgery    init.caffemodel from the pretrained nets (gcnet.surgery, in a subprocess)
+    train      caffe train -> trained.caffemodel, meta.json
+    recalibrate  BatchNorm statistics for the final weights (gcnet.bnstats, in a subprocess) -> final.caffemodel
+    test       gcnet.experiment.evaluate in a subprocess -> test.json
+"""
+import os
+import sys
+import time
+
+from gcnet import config as C
+from gcnet.experiment import cache
+from gcnet.experiment.evaluate import result_line
+from gcnet.experiment.plan import (Context, Job, clean_outputs, data_fingerprint, fold_info, pretrain_source,
+                                   write_prototxts)
+from gcnet.experiment.procs import FileLock, Interrupted, child_env
+from gcnet.experiment.train import finalize, train_with_caffe
+from gcnet.layout import BN_REPORT, FINAL, INIT, META, STAGE, SURGERY_REPORT, TEST, TRAIN_LOG, TRAIN_VAL, TRAINED
+from gcnet.logparse import last_lines
+from gcnet.util import fmt_duration, now, read_json, say, sha256_file, write_json
+
+
+# ----------------------------------------------------------------------------------------------- data
+def ensure_synthetic(ctx: Context) -> None:
+    """Generate the synthetic set at s.data_root unless it is there."""
+    s = ctx.s
+    root = s.data_root
+    if os.path.isdir(root) and os.listdir(root):
+        return
+    from gcnet.data.synthetic import make_synthetic
+    say("[%s] generating the synthetic set (%d subjects, seed %d) in %s" % (s.dataset, s.synthetic_subjects,
+                                                                         s.seed, root))
+    t0 = time.time()
+
+    def prog(done, total, frames, elapsed):
+        if done == total or done % max(1, total // 5) == 0:
+            say("  synthetic: %d/%d subjects, %d frames, %s" % (done, total, frames, fmt_duration(elapsed)))
+    with FileLock(os.path.dirname(root), ".synthetic.lock", stop=ctx.sup.stop):
+        if os.path.isdir(root) and os.listdir(root):
+            return
+        make_synthetic("ck+", root, subjects=s.synthetic_subjects, seed=s.seed, progress=prog)
+    say("  synthetic set written in %s" % fmt_duration(time.time() - t0))
+
+
+def run_lmdb(ctx: Context) -> dict:
+    """The LMDBs of the folds of --folds (each Slurm array task names the same set); sets ctx.man."""
+    from gcnet.data.lmdb_build import build_lmdbs
+    s = ctx.s
+    kw = dict(n_folds=s.n_folds, seed=s.seed, landmarks_root=s.landmarks, pretrain_root=s.pretrain_data,
+              mmi_peaks=s.mmi_peaks, progress=lambda m: say("  " + m), folds=s.lmdb_folds or s.folds)
+    if s.augment is not None:
+        kw["augment_copies"] = s.augment
+    with FileLock(ctx.layout.root, ".lmdb.lock", stop=ctx.sup.stop):
+        ctx.man = build_lmdbs(s.dataset, s.data_root, str(ctx.layout.lmdb_root), **kw)
+    return ctx.man
+
+
+# ----------------------------------------------------------------------------------------------- pretraining
+def run_pretrain(ctx: Context, job: Job) -> None:
+    s, d = ctx.s, job.dir
+    with FileLock(d, stop=ctx.sup.stop):
+        write_prototxts(ctx, job)
+        fp = data_fingerprint(ctx.man, job.fold if job.fold >= 0 else s.folds[0], "pretrain")
+        key, legacy = cache.pretrain_keys(ctx, job, fp)
+        st = cache.read_state(d)
+        if st.get("status") == "done" and any(cache.fresh(st, k, [d / FINAL]) for k in (key, legacy)):
+            if st["hash"] != key:
+                write_json(d / STAGE, dict(st, hash=key))
+            job.status, job.action = "cached", "cached"
+            return
+        if st.get("hash") not in (key, legacy):
+            clean_outputs(d)
+        job.state = {"hash": key, "status": "running", "kind": "pretrain", "model": job.model, "fold": job.fold,
+                     "iters": s.pretrain_max_iter, "started": now(), "host": os.uname().nodename}
+        write_json(d / STAGE, job.state)
+        t0 = time.time()
+        try:
+            job.action = train_with_caffe(ctx, job, s.pretrain_max_iter, None, FINAL)
+        except Interrupted:
+            write_json(d / STAGE, dict(job.state, status="interrupted"))
+            raise
+        except Exception as e:
+            write_json(d / STAGE, dict(job.state, status="failed", error=str(e),
+                                       log_tail=last_lines(str(d / TRAIN_LOG), 15)))
+            raise
+        job.state.update(status="done", finished=now(), seconds=round(time.time() - t0, 1),
+                         weights_sha256=sha256_file(d / FINAL), pretrain_source=pretrain_source(ctx.man),
+                         n_identities=job.texts["opts"]["n_identities"], diverged=job.diverged)
+        write_json(d / STAGE, job.state)
+        if job.diverged:
+            say("%s WARNING: pretraining diverged (%s)" % (job.label, job.diverged))
+        job.status = "done"
+
+
+# ----------------------------------------------------------------------------------------------- model stages
+def run_surgery(ctx: Context, job: Job) -> None:
+    d = job.dir
+    if (d / INIT).exists() and (d / SURGERY_REPORT).exists():
+        return
+    say("%s net surgery -> %s" % (job.label, INIT))
+    cmd = [sys.executable, "-m", "gcnet.surgery", job.model, TRAIN_VAL, INIT,
+           "--encdec", str(job.pretrained["encdec"] / FINAL), "--cnn-id", str(job.pretrained["cnn_id"] / FINAL),
+           "--report", SURGERY_REPORT, "--bn-stats", ctx.s.surgery_bn_stats]
+    ctx.sup.run_step(cmd, d, "surgery", "net surgery", child_env(ctx.s.threads, quiet_glog=True))
+    rep = read_json(d / SURGERY_REPORT, {})
+    job.state["init"] = {"copied": len(rep.get("copied", [])), "random": [r["layer"] for r in rep.get("random", [])],
+                         "bn_stats": rep.get("bn_stats")}
+    job.state["stages"]["surgery"] = now()
+    write_json(d / STAGE, job.state)
+
+
+def run_train(ctx: Context, job: Job) -> None:
+    d = job.dir
+    if not ("train" in job.state["stages"] and (d / TRAINED).exists()):
+        t0 = time.time()
+        job.action = train_with_caffe(ctx, job, ctx.s.max_iter, INIT, TRAINED)
+        job.state.update(status="trained", train_seconds=round(time.time() - t0, 1), diverged=job.diverged)
+        if job.diverged:
+            say("%s WARNING: training diverged (%s)" % (job.label, job.diverged))
+        job.state["stages"]["train"] = now()
+        write_json(d / STAGE, job.state)
+    write_json(d / META, make_meta(ctx, job))
+
+
+def run_recalibrate(ctx: Context, job: Job) -> None:
+    s, d = ctx.s, job.dir
+    key = cache.bnstats_key(ctx, job, job.fingerprint)
+    if cache.fresh(job.state.get("bnstats"), key, [d / FINAL]):
+        return
+    if s.recalibrate_bn:
+        say("%s re-estimating BatchNorm statistics on up to %d training samples" % (job.label, s.bn_samples))
+        cmd = [sys.executable, "-m", "gcnet.bnstats", str(d), "--weights", str(d / TRAINED), "--out", str(d / FINAL),
+               "--train-lmdb", str(ctx.layout.lmdb(job.fold, "train")), "--samples", str(s.bn_samples),
+               "--batch", str(s.batch), "--report", BN_REPORT] + (["--gpu", str(job.gpu)] if job.gpu is not None
+                                                                  else [])
+        ctx.sup.run_step(cmd, d, "bnstats", "BatchNorm re-estimation", child_env(s.threads, job.gpu, quiet_glog=True))
+        rep = read_json(d / BN_REPORT, {})
+    else:
+        finalize(d, d / TRAINED, d / FINAL, s.keep_snapshots)
+        rep = {"skipped": "--no-recalibrate-bn: the running averages of training are used"}
+    job.state["bnstats"] = dict(rep, hash=key, recalibrated=s.recalibrate_bn)
+    job.state["stages"]["bnstats"] = now()
+    write_json(d / STAGE, job.state)
+
+
+def run_test(ctx: Context, job: Job) -> None:
+    s, d, lay, k = ctx.s, job.dir, ctx.layout, job.fold
+    cmd = [sys.executable, "-m", "gcnet.experiment.evaluate", "--dir", str(d), "--lmdb", str(lay.lmdb(k, "test")),
+           "--index", str(lay.test_index(k)), "--n-classes", str(job.texts["opts"]["n_classes"]),
+           "--n-train", str(fold_info(ctx.man, k)["n_train"]),
+           "--hash", cache.test_key(ctx, job, job.fingerprint), "--train-lmdb", str(lay.lmdb(k, "train")),
+           "--bn-samples", str(s.bn_samples), "--batch", str(s.batch)]
+    if job.gpu is not None:
+        cmd += ["--gpu", str(job.gpu)]
+    ctx.sup.run_step(cmd, d, "test", "test", child_env(s.threads, job.gpu, quiet_glog=True))
+    tj = read_json(d / TEST, {})
+    job.state.update(status="done", finished=now(), accuracy=tj.get("accuracy"))
+    job.state["stages"]["test"] = now()
+    write_json(d / STAGE, job.state)
+    say("%s %s" % (job.label, result_line(tj)))
+
+
+MODEL_STAGES = (("surgery", run_surgery), ("train", run_train), ("bnstats", run_recalibrate), ("test", run_test))
+
+
+def run_model(ctx: Context, job: Job) -> None:
+    """MODEL_STAGES of one model and fold, under its folder lock; skipped when every key is unchanged."""
+    d = job.dir
+    with FileLock(d, stop=ctx.sup.stop):
+        write_prototxts(ctx, job)
+        init_sha = {net: (cache.read_state(p).get("weights_sha256") or sha256_file(p / FINAL))
+                    for net, p in job.pretrained.items()}
+        fp = data_fingerprint(ctx.man, job.fold, "train")
+        key = cache.train_key(ctx, job, fp, init_sha)
+        st = cache.read_state(d)
+        trained = cache.fresh(st, key, [d / TRAINED]) and "train" in (st.get("stages") or {})
+        if trained and (d / FINAL).exists() and cache.fresh(st.get("bnstats"), cache.bnstats_key(ctx, job, fp)) \
+                and st.get("status") == "done" \
+                and cache.fresh(read_json(d / TEST, {}), cache.test_key(ctx, job, fp), field="inputs_hash"):
+            job.status, job.action = "cached", "cached"
+            return
+        if st.get("hash") != key:
+            clean_outputs(d)
+            st = {}
+        job.state = {"hash": key, "status": "running", "kind": "model", "model": job.model, "fold": job.fold,
+                     "iters": ctx.s.max_iter, "started": st.get("started") or now(), "host": os.uname().nodename,
+                     "init": st.get("init"), "stages": st.get("stages", {}), "bnstats": st.get("bnstats"),
+                     "train_seconds": st.get("train_seconds"), "diverged": st.get("diverged")}
+        write_json(d / STAGE, job.state)
+        job.fingerprint = fp
+        stage = MODEL_STAGES[0][0]
+        try:
+            for stage, run_stage in MODEL_STAGES:
+                run_stage(ctx, job)
+        except Interrupted:
+            write_json(d / STAGE, dict(job.state, status="interrupted"))
+            raise
+        except Exception as e:
+            write_json(d / STAGE, dict(job.state, status="failed", failed_stage=stage, error=str(e),
+                                       log_tail=last_lines(str(d / (stage + ".log")), 15)))
+            raise
+        job.status = "done"
+        job.action = job.action or "tested"
+
+
+def make_meta(ctx: Context, job: Job) -> dict:
+    """meta.json of a trained model folder (read by inference, figures and tools/predict.py)."""
+    s, texts = ctx.s, job.texts
+    spec = C.DATASETS[s.dataset]
+    info = fold_info(ctx.man, job.fold)
+    so = texts["solver_opts"]
+    return {"dataset": s.dataset, "model": job.model, "fold": job.fold, "class_names": list(spec.class_names),
+            "neutral_label": spec.neutral_label, "n_classes": len(spec.class_names), "iters": s.max_iter,
+            "batch": s.batch, "base_lr": so["base_lr"], "lr_policy": so["lr_policy"], "gamma": so["gamma"],
+            "power": so["power"], "momentum": so["momentum"], "weight_decay": so["weight_decay"],
+            "margin": s.margin, "n_train": info["n_train"], "n_train_unique": info.get("n_train_unique"),
+            "n_test": info["n_test"], "n_identities": info.get("n_identities"),
+            "train_source": texts["opts"]["train_source"], "test_source": texts["opts"]["test_source"],
+            "test_lmdb": texts["opts"]["test_source"],
+            "pretrain_source": pretrain_source(ctx.man), "pretrain_iters": s.pretrain_max_iter,
+            "init": job.state.get("init"), "synthetic": s.synthetic,
+            "caffe_build": os.environ.get("CAFFE_BUILD", ""), "train_seconds": job.state.get("train_seconds"),
+            "finished": now()}
+
+
+# ----------------------------------------------------------------------------------------------- figures
+def run_figures(ctx: Context) -> None:
+    """The figures of the results folder (gcnet.figures), redrawn only when their inputs changed."""
+    lay = ctx.layout
+    try:
+        from gcnet.figures import make_all_figures
+    except Exception as e:
+        say("[figures] skipped: gcnet.figures cannot be imported (%s)" % e)
+        return
+    key = cache.figures_key(lay.root)
+    if cache.figures_fresh(lay.figures_stamp, key):
+        say("[figures] up to date (inputs unchanged): %d files in %s"
+            % (len(read_json(lay.figures_stamp)["files"]), lay.figures_dir))
+        return
+    try:
+        files = make_all_figures(str(lay.root), log=lambda m: say("  " + str(m)))
+        say("[figures] %d files in %s" % (len(files or []), lay.figures_dir))
+        if files:
+            write_json(lay.figures_stamp, {"hash": key, "files": [str(f) for f in files]})
+    except Exception as e:
+        say("[figures] FAILED (the results are not affected): %s: %s" % (type(e).__name__, e))

@@ -1,0 +1,239 @@
+"""The summary of a results folder, from what is on disk: per model the accuracy of each fold (n, 95% interval),
+mean and std over folds, all test images pooled, the paper's numbers, the diagnostics, failures
+-> summary.json, summary.md and the table printed at the end of a run."""
+import json
+import os
+import statistics
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from gcnet import config as C
+from gcnet import diagnostics as D
+from gcnet.experiment.cache import read_state
+from gcnet.experiment.cli import Settings
+from gcnet.experiment.plan import pretrain_source
+from gcnet.experiment.procs import caffe_version, git_commit
+from gcnet.layout import TEST, TRAIN_LOG, ResultsLayout
+from gcnet.logparse import last_lines, parse_log
+from gcnet.util import fmt_num, now, read_json, write_json, write_text
+
+
+def paper_numbers(dataset: str) -> dict:
+    spec = C.DATASETS[dataset]
+    res = C.PAPER_RESULTS.get(dataset)
+    if not res:
+        return {"table": None, "note": "the paper has no numbers for %s data" % dataset}
+    models = {m: res[m] / 100.0 for m in C.EXPRESSION_MODELS if m in res}
+    prior = {k: v / 100.0 for k, v in res.items() if k not in C.EXPRESSION_MODELS}
+    best = max(prior.items(), key=lambda kv: kv[1]) if prior else (None, None)
+    return {"table": spec.table, "models": models, "cnn_baseline": models.get("cnn"), "prior": prior,
+            "best_prior": {"method": best[0], "accuracy": best[1]}}
+
+
+def fold_entry(tj: dict, st: dict, d: Path) -> dict:
+    """The summary's record of one model and fold: test accuracy (n, 95% interval), the diagnostics of
+    gcnet.diagnostics and the BatchNorm re-estimation."""
+    n = tj.get("n_test")
+    fe = {"accuracy": tj["accuracy"], "n_test": n, "ci95": tj.get("ci95") or (
+        D.wilson_interval(int(round(tj["accuracy"] * n)), n) if n else None), "n_train": tj.get("n_train"),
+        "confusion": tj.get("confusion"), "train": tj.get("train"),
+        "final_losses": D.final_losses(parse_log(d / TRAIN_LOG)["train"]) if (d / TRAIN_LOG).exists() else {}}
+    if tj.get("generator"):
+        fe["generator"] = tj["generator"]
+    bn = st.get("bnstats") or {}
+    fe["bn_recalibrated"] = bool(bn.get("recalibrated"))
+    if bn.get("stale_mean_shift"):
+        fe["bn_stale_mean_shift_max"] = max(bn["stale_mean_shift"].values())
+    if st.get("diverged"):
+        fe["diverged"] = st["diverged"]
+    return fe
+
+
+def collect_summary(lay: ResultsLayout, models: Optional[Sequence[str]] = None,
+                    folds: Optional[Sequence[int]] = None, settings: Optional[dict] = None) -> dict:
+    """The summary dict of what is on disk under lay.root."""
+    found = lay.trained_models()
+    run = read_json(lay.run_settings, {}) or {}
+    settings = dict(settings or run.get("settings") or {})
+    models = list(models or [m for m in C.EXPRESSION_MODELS if m in found])
+    folds = list(folds if folds is not None else sorted({k for m in found.values() for k in m}))
+    dataset = lay.dataset
+    summary = {"dataset": dataset, "settings": settings, "models": {}, "paper": paper_numbers(dataset),
+               "failures": [], "folds_requested": folds, "generated": now()}
+    for m in models:
+        entry = {"folds": {}, "mean": None, "std": None, "n_folds_done": 0, "missing_folds": []}
+        accs, correct, n_all = [], 0, 0
+        for k in folds:
+            d = found.get(m, {}).get(k)
+            tj = read_json(d / TEST) if d else None
+            st = read_state(d) if d else {}
+            if tj and st.get("status") == "done":
+                fe = fold_entry(tj, st, d)
+                entry["folds"][str(k)] = fe
+                if st.get("diverged"):
+                    summary.setdefault("diverged", []).append({"model": m, "fold": k, "what": st["diverged"]})
+                if (fe.get("generator") or {}).get("dead"):
+                    summary.setdefault("dead_generators", []).append({"model": m, "fold": k, "what": D.DEAD_NOTE})
+                accs.append(tj["accuracy"])
+                n_all += fe["n_test"] or 0
+                correct += int(round(tj["accuracy"] * (fe["n_test"] or 0)))
+            else:
+                entry["missing_folds"].append(k)
+                if st.get("status") in ("failed", "interrupted", "running"):
+                    summary["failures"].append({
+                        "model": m, "fold": k, "status": st.get("status"), "stage": st.get("failed_stage", "train"),
+                        "error": st.get("error", "interrupted" if st.get("status") != "failed" else ""),
+                        "log_tail": st.get("log_tail") or last_lines(str(d / TRAIN_LOG), 10)})
+        entry["n_folds_done"] = len(accs)
+        if accs:
+            entry["mean"] = sum(accs) / len(accs)
+            entry["std"] = statistics.pstdev(accs) if len(accs) > 1 else 0.0
+            entry["pooled"] = D.accuracy_entry(correct, n_all)     # all test images of the done folds together
+            entry["not_a_gcnet_result"] = any((f.get("generator") or {}).get("dead") for f in entry["folds"].values())
+        summary["models"][m] = entry
+    # pretraining failures
+    for st_path in lay.pretrain_stage_files():
+        st = read_json(st_path, {}) or {}
+        if st.get("status") in ("failed", "interrupted"):
+            summary["failures"].append({"model": st.get("model"), "fold": st.get("fold"), "status": st.get("status"),
+                                        "stage": "pretrain", "error": st.get("error", ""),
+                                        "log_tail": st.get("log_tail", [])})
+    return summary
+
+
+def summary_markdown(sm: dict) -> str:
+    st = sm.get("settings", {})
+    paper = sm.get("paper", {})
+    lines = ["# GCNet results: %s" % sm["dataset"], ""]
+    if st.get("synthetic"):
+        lines += ["> **SYNTHETIC DATA: these numbers are not comparable to the paper.** They only show that the "
+                  "pipeline runs end to end.", ""]
+    if st.get("scaled_down"):
+        lines += ["> **Scaled-down schedule** (%s iterations, batch %s, %s folds of %s): not the paper's "
+                  "3e5 iterations, batch 64, 10 folds." % (st.get("iterations"), st.get("batch"),
+                                                           len(sm.get("folds_requested", [])), st.get("n_folds")),
+                  ""]
+    lines += ["| model | folds done | mean ± std over folds | all test images (n, 95% CI) | paper |",
+              "|---|---|---|---|---|"]
+    pm = paper.get("models", {}) if paper.get("table") else {}
+    for m, e in sm["models"].items():
+        ms = "%.2f%% ± %.2f" % (100 * e["mean"], 100 * e["std"]) if e["mean"] is not None else "-"
+        pp = "%.2f%%" % (100 * pm[m]) if m in pm else "-"
+        lines.append("| %s%s | %d/%d | %s | %s | %s |" % (
+            m, " (NOT a GCNet result: dead generator)" if e.get("not_a_gcnet_result") else "", e["n_folds_done"],
+            len(sm.get("folds_requested", [])), ms, _fmt_pooled(e.get("pooled")), pp))
+    lines.append("")
+    if paper.get("table"):
+        bp = paper.get("best_prior", {})
+        lines.append("Paper (%s): CNN baseline %.2f%%; best prior method %s %.2f%%." % (
+            paper["table"], 100 * (paper.get("cnn_baseline") or 0), bp.get("method"), 100 * (bp.get("accuracy") or 0)))
+    else:
+        lines.append("Paper: %s." % paper.get("note", "no numbers"))
+    lines.append("")
+    lines += ["## Per fold", "", "| model | " + " | ".join("fold %d" % k for k in sm.get("folds_requested", [])) + " |",
+              "|---|" + "---|" * len(sm.get("folds_requested", []))]
+    for m, e in sm["models"].items():
+        cells = []
+        for k in sm.get("folds_requested", []):
+            f = e["folds"].get(str(k))
+            cells.append("%.2f%% (n %s)" % (100 * f["accuracy"], f.get("n_test")) if f else "-")
+        lines.append("| %s | %s |" % (m, " | ".join(cells)))
+    lines.append("")
+    lines += diagnostics_markdown(sm)
+    if sm.get("diverged"):
+        lines += ["## Diverged trainings (non-finite loss at the end; their accuracy is not meaningful)", ""]
+        lines += ["* %s fold %s: %s" % (d["model"], d["fold"], d["what"]) for d in sm["diverged"]]
+        lines.append("")
+    if sm.get("failures"):
+        lines += ["## Failed / unfinished", ""]
+        for f in sm["failures"]:
+            lines.append("* %s fold %s (%s, %s): %s" % (f["model"], f["fold"], f["stage"], f["status"], f["error"]))
+            for l in (f.get("log_tail") or [])[-5:]:
+                lines.append("    " + l)
+        lines.append("")
+    lines += ["## Settings", "", "```", json.dumps(st, indent=1, default=str), "```", ""]
+    return "\n".join(lines)
+
+
+def summary_table(sm: dict) -> str:
+    pm = sm.get("paper", {}).get("models", {}) if sm.get("paper", {}).get("table") else {}
+    rows = [("model", "folds", "accuracy (mean ± std)", "all test images (n, 95% CI)", "paper")]
+    for m, e in sm["models"].items():
+        rows.append((m + (" (dead generator)" if e.get("not_a_gcnet_result") else ""),
+                     "%d/%d" % (e["n_folds_done"], len(sm.get("folds_requested", []))),
+                     "%.2f%% ± %.2f" % (100 * e["mean"], 100 * e["std"]) if e["mean"] is not None else "-",
+                     _fmt_pooled(e.get("pooled")), "%.2f%%" % (100 * pm[m]) if m in pm else "-"))
+    w = [max(len(r[i]) for r in rows) for i in range(5)]
+    out = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
+    out.insert(1, "  ".join("-" * x for x in w))
+    return "\n".join(out)
+
+
+def _fmt_pooled(p: Optional[dict]) -> str:
+    if not p or p.get("accuracy") is None:
+        return "-"
+    return "%.2f%% (n %d, %.1f-%.1f%%)" % (100 * p["accuracy"], p["n"], 100 * p["ci95"][0], 100 * p["ci95"][1])
+
+
+def diagnostics_markdown(sm: dict) -> List[str]:
+    """The summary's diagnostics section: per model and fold, the training set in the TEST phase and with batch
+    statistics, the generator against its baselines, and the final loss terms."""
+    lines = ["## Diagnostics", "",
+             "Training set (the samples of the BatchNorm re-estimation) scored in the TEST phase and with batch "
+             "statistics: a gap over 10 points means the stored statistics do not fit the weights. L_Gen,r: "
+             "per-image ||X_r - Generator(X)||^2 / 2 on the test set, beside the mean training reference and "
+             "copy X.", "",
+             "| model | fold | test (n, 95% CI) | train TEST phase | train batch stats | L_Gen,r | mean ref | copy X "
+             "| final losses |", "|---|---|---|---|---|---|---|---|---|"]
+    for m, e in sm["models"].items():
+        for k, f in sorted(e["folds"].items(), key=lambda kv: int(kv[0])):
+            tr, g = f.get("train") or {}, f.get("generator") or {}
+            ci = f.get("ci95") or [None, None]
+            gen = ["-", "-", "-"]
+            if g:
+                flag = " **dead**" if g.get("dead") else ("" if g.get("beats_mean_reference") else " (not better)")
+                gen = ["%.2f%s" % (g["l_gen_r"], flag), "%.2f" % g["baseline_mean_reference"],
+                       "%.2f" % g["baseline_copy_x"]]
+            lines.append("| %s | %s | %.1f%% (n %s, %s) | %s | %s | %s | %s |" % (
+                m, k, 100 * f["accuracy"], f.get("n_test"),
+                "-" if ci[0] is None else "%.1f-%.1f%%" % (100 * ci[0], 100 * ci[1]),
+                _fmt_frac(tr.get("accuracy_test_phase")), _fmt_frac(tr.get("accuracy_batch_stats")),
+                " | ".join(gen), ", ".join("%s %s" % (n, fmt_num(v)) for n, v in (f.get("final_losses") or {}).items())))
+    lines.append("")
+    if sm.get("dead_generators"):
+        lines += ["**Dead generators** (%s):" % D.DEAD_NOTE, ""]
+        lines += ["* %s fold %s" % (d["model"], d["fold"]) for d in sm["dead_generators"]]
+        lines.append("")
+    return lines
+
+
+def _fmt_frac(v) -> str:
+    return "-" if v is None else "%.1f%%" % (100 * v)
+
+
+def write_summary(lay: ResultsLayout, sm: dict) -> None:
+    write_json(lay.summary_json, sm)
+    write_text(lay.summary_md, summary_markdown(sm))
+
+
+def settings_record(s: Settings, man: Optional[dict]) -> dict:
+    return {
+        "iterations": s.max_iter, "pretrain_iterations": s.pretrain_max_iter,
+        "pretrain_source": pretrain_source(man) if man else (
+            "webface:%s" % s.pretrain_data if s.pretrain_data else "training folds"),
+        "batch": s.batch, "margin": s.margin, "contrastive_distance": s.contrastive_distance,
+        "finetune_output_scale": s.finetune_output_scale, "clip_gradients": s.clip_gradients,
+        "pretrain_clip_gradients": s.pretrain_clip_gradients, "recalibrate_bn": s.recalibrate_bn,
+        "bn_samples": s.bn_samples, "surgery_bn_stats": s.surgery_bn_stats,
+        "gamma": s.gamma, "power": s.power, "base_lr": s.base_lr,
+        "lr_policy": "inv", "solver": "Nesterov", "momentum": C.SolverOptions.momentum,
+        "weight_decay": C.SolverOptions.weight_decay, "n_folds": s.n_folds, "augment_copies":
+            (man.get("options", {}).get("augment_copies") if man else s.augment),
+        "data_root": s.data_root, "data_hash": (man or {}).get("inputs", {}).get("hash"),
+        "n_samples": (man or {}).get("n_samples"), "n_subjects": (man or {}).get("n_subjects"),
+        "caffe_build": os.environ.get("CAFFE_BUILD", "unknown"), "caffe_version": caffe_version(),
+        "git_commit": git_commit(), "synthetic": s.synthetic, "scaled_down": s.scaled_down, "profile": s.profile,
+        "device": "GPU %s" % ",".join(map(str, s.gpus)) if s.gpus else "CPU (%d threads per job)" % s.threads,
+        "jobs": s.jobs, "threads": s.threads, "display": s.display, "snapshot": s.snapshot, "test_interval": s.test_interval,
+        "seed": s.seed,
+    }

@@ -1,0 +1,146 @@
+"""`caffe train` of one job: resume from the latest snapshot, a progress line per display interval, snapshots
+pruned, the last weights copied to the job's output .caffemodel."""
+import glob
+import math
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from gcnet.experiment.plan import Context, Job
+from gcnet.experiment.procs import Interrupted, JobError, caffe_binary, child_env
+from gcnet.layout import SOLVER, TRAIN_LOG
+from gcnet.logparse import LogParser
+from gcnet.util import fmt_duration, fmt_num, say
+
+_SNAP_RE = re.compile(r"_iter_(\d+)\.solverstate$")
+
+
+def snapshots(d: Path) -> List[Tuple[int, Path, Path]]:
+    """[(iteration, solverstate, caffemodel)] of the complete snapshot pairs of a job folder, by iteration."""
+    out = []
+    for st in glob.glob(str(d / "snapshots" / "*_iter_*.solverstate")):
+        m = _SNAP_RE.search(st)
+        cm = st[: -len(".solverstate")] + ".caffemodel"
+        if m and os.path.exists(cm) and os.path.getsize(st) > 0:
+            out.append((int(m.group(1)), Path(st), Path(cm)))
+    return sorted(out)
+
+
+def prune_snapshots(d: Path, keep: int) -> None:
+    for _, st, cm in snapshots(d)[:-keep] if keep > 0 else []:
+        for p in (st, cm):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+
+
+def finalize(d: Path, weights: Path, final: Path, keep: int) -> None:
+    """Copy `weights` to `final` atomically and keep the last `keep` snapshots."""
+    tmp = str(final) + ".tmp"
+    shutil.copyfile(str(weights), tmp)
+    os.replace(tmp, str(final))
+    prune_snapshots(d, keep)
+
+
+class Progress:
+    """Live progress of one training: one line per display interval, with rate and ETA."""
+
+    def __init__(self, label: str, max_iter: int):
+        self.label = label
+        self.max_iter = max_iter
+        self.parser = LogParser()
+        self.t0 = None
+        self.it0 = None
+        self.last_acc = None
+        self.fatal: List[str] = []
+
+    def __call__(self, line: str):
+        for ev in self.parser.feed(line):
+            k = ev["kind"]
+            if k == "train" and ev.get("lr") is not None:
+                self._print(ev)
+            elif k == "test":
+                acc = ev["outputs"].get("accuracy")
+                if acc is not None:
+                    self.last_acc = (ev["iter"], acc)
+            elif k == "fatal":
+                self.fatal.append(ev["message"])
+
+    def _print(self, ev):
+        now = time.time()
+        it = ev["iter"]
+        if self.t0 is None:
+            self.t0, self.it0 = now, it
+        rate = (it - self.it0) / (now - self.t0) if now > self.t0 and it > self.it0 else None
+        # (Caffe's own iter/s of the first display of a run is meaningless: measured here instead)
+        eta = (self.max_iter - it) / rate if rate and rate > 0 else None
+        parts = ["%s iter %d/%d" % (self.label, it, self.max_iter), "loss %s" % fmt_num(ev.get("loss"))]
+        parts += ["%s %s" % (n, fmt_num(v)) for n, v in ev["outputs"].items()]
+        parts.append("lr %.3g" % ev["lr"])
+        if self.last_acc is not None:
+            parts.append("val_acc %.3f" % self.last_acc[1])
+        say(" ".join(parts) + ("  %.2f it/s  ETA %s" % (rate, fmt_duration(eta)) if eta is not None else "  ETA ?"))
+
+    def divergence(self) -> Optional[str]:
+        """"loss_gen_r = inf at iteration 8" when the last training record has a non-finite loss."""
+        for r in reversed(self.parser.train):
+            vals = dict(r["outputs"])
+            if r.get("loss") is not None:
+                vals = dict(vals, loss=r["loss"])
+            if not vals:
+                continue
+            bad = [(n, v) for n, v in vals.items() if v is not None and not math.isfinite(v)]
+            if bad:
+                return "%s = %s at iteration %d" % (bad[0][0], bad[0][1], r["iter"])
+            return None
+        return None
+
+
+def train_with_caffe(ctx: Context, job: Job, max_iter: int, weights: Optional[str], final_name: str) -> str:
+    """caffe train in job.dir (resuming from the latest snapshot), the last weights copied to `final_name`; returns
+    "trained" | "resumed" | "finalized"; JobError / Interrupted."""
+    s, d = ctx.s, job.dir
+    (d / "snapshots").mkdir(exist_ok=True)
+    final = d / final_name
+    snaps = snapshots(d)
+    action = "trained"
+    cmd = [caffe_binary(), "train", "--solver=" + SOLVER, "--sigint_effect=stop", "--sighup_effect=snapshot"]
+    if job.gpu is not None:
+        cmd.append("--gpu=%d" % job.gpu)
+    if snaps and snaps[-1][0] >= max_iter:
+        say("%s training already complete (snapshot at iteration %d)" % (job.label, snaps[-1][0]))
+        finalize(d, snaps[-1][2], final, s.keep_snapshots)
+        return "finalized"
+    if snaps:
+        it, st, _ = snaps[-1]
+        say("%s resuming from %s (iteration %d of %d)" % (job.label, st.relative_to(d), it, max_iter))
+        cmd.append("--snapshot=%s" % st.relative_to(d))
+        action = "resumed"
+    elif weights:
+        cmd.append("--weights=%s" % weights)
+    prog = Progress(job.label, max_iter)
+
+    def on_line(line):
+        prog(line)
+        if "Snapshotting solver state" in line:
+            prune_snapshots(d, s.keep_snapshots + 1)   # +1: the one being written is not complete yet
+
+    rc = ctx.sup.run_logged(cmd, d, d / TRAIN_LOG, child_env(s.threads, job.gpu), on_line)
+    res = prog.parser.result()
+    snaps = snapshots(d)
+    job.diverged = prog.divergence()
+    if rc != 0:
+        why = prog.fatal[0] if prog.fatal else (res["errors"][0] if res["errors"] else "")
+        if job.diverged:
+            why = (why + "; " if why else "") + "training diverged: " + job.diverged
+        raise JobError("caffe train exited with status %d%s" % (rc, (": " + why) if why else ""))
+    if not snaps or snaps[-1][0] < max_iter or res["stopped_early"]:
+        if ctx.sup.stop.is_set() or res["stopped_early"]:
+            raise Interrupted()
+        raise JobError("caffe train ended without a snapshot at iteration %d" % max_iter)
+    finalize(d, snaps[-1][2], final, s.keep_snapshots)
+    return action

@@ -1,0 +1,90 @@
+"""gcnet.experiment.cli: the schedules, validation and Slurm task selection of tools/run_folds.sh (no Caffe)."""
+from pathlib import Path
+
+import pytest
+
+from gcnet import config as C
+from gcnet.experiment import cli
+from gcnet.experiment.procs import child_env, n_cores
+from gcnet.experiment.summary import paper_numbers, settings_record
+from gcnet.util import UsageError, parse_folds
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def settings(*args):
+    return cli.resolve_settings(cli.build_parser().parse_args(list(args)))
+
+
+def test_parse_models_and_gpus():
+    assert cli.parse_models("cnn,gcnet_s1r1,cnn") == ["cnn", "gcnet_s1r1"]
+    with pytest.raises(UsageError):
+        cli.parse_models("encdec")
+    assert cli.parse_gpus("cpu") is None and cli.parse_gpus("0,1") == [0, 1]
+    with pytest.raises(UsageError):
+        cli.parse_gpus("x")
+
+
+def test_settings_profiles():
+    s = settings("synthetic")
+    assert s.profile == "synthetic-cpu" and s.max_iter == cli.SYNTHETIC_PROFILE["max_iter"] and s.scaled_down
+    assert s.folds == parse_folds(cli.SYNTHETIC_PROFILE["folds"], cli.SYNTHETIC_PROFILE["n_folds"])
+    assert s.jobs == 2 and s.bn_samples == 512 and s.synthetic_subjects == 100 and s.lmdb_folds == s.folds
+    assert s.data_root.endswith("ck+_100subjects_seed0")
+    s = settings("synthetic", "--profile", "ablation", "--folds", "0")
+    assert (s.profile, s.max_iter, s.pretrain_max_iter, s.folds) == ("ablation", 1000, 1000, [0])
+    with pytest.raises(UsageError, match="synthetic set"):
+        settings("ck+", "--data", str(REPO), "--profile", "ablation")
+    s = settings("ck+", "--data", str(REPO), "--gpu", "0,1")
+    assert (s.max_iter, s.batch, s.n_folds, s.folds, s.models) == (300000, 64, 10, list(range(10)),
+                                                                   list(C.EXPRESSION_MODELS))
+    assert s.profile == "paper" and not s.scaled_down and s.jobs == 2 and s.gpus == [0, 1]
+    assert (s.display, s.snapshot, s.test_interval) == (100, 10000, 1000)
+    s = settings("ck+", "--data", str(REPO), "--iters", "40", "--pretrain-iters", "8", "--out", "/tmp/r")
+    assert (s.max_iter, s.pretrain_max_iter, s.profile) == (40, 8, "custom")
+    assert s.layout.root == Path("/tmp/r/ck+") and s.layout.dataset == "ck+"
+    assert settings_record(s, None)["iterations"] == 40 and settings_record(s, None)["pretrain_iterations"] == 8
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["nosuch"], "unknown dataset 'nosuch'"),
+    (["ck+"], "--data ROOT is required"),
+    (["synthetic", "--folds", "3-12"], "out of range"),
+    (["synthetic", "--iters", "0"], "--iters must be >= 1"),
+    (["synthetic", "--margin", "-1"], "--margin must be > 0"),
+])
+def test_bad_settings(args, needle):
+    with pytest.raises(UsageError, match=needle):
+        settings(*args)
+
+
+def test_threads_per_job():
+    """--threads N sets the BLAS/OpenMP threads of every job (child env) and is recorded in the summary settings;
+    the default is cores // jobs (one per job when the jobs fill the cores)."""
+    s = settings("synthetic", "--jobs", "2", "--threads", "1")
+    assert s.threads == 1 and s.jobs == 2
+    env = child_env(s.threads)
+    assert env["OPENBLAS_NUM_THREADS"] == env["OMP_NUM_THREADS"] == "1"
+    assert settings_record(s, None)["threads"] == 1
+    assert settings("synthetic", "--jobs", "2").threads == max(1, n_cores() // 2)
+    with pytest.raises(UsageError):
+        settings("synthetic", "--threads", "0")
+
+
+def test_slurm_array_tasks():
+    s = settings("synthetic", "--models", "cnn,gcnet_s1r1", "--folds", "0-2")
+    assert cli.array_tasks(s) == [(0, "cnn"), (0, "gcnet_s1r1"), (1, "cnn"), (1, "gcnet_s1r1"), (2, "cnn"),
+                                  (2, "gcnet_s1r1")]
+    cli.select_task(s, 3)
+    assert (s.folds, s.models, s.lmdb_folds) == ([1], ["gcnet_s1r1"], [0, 1, 2])
+    s = settings("synthetic", "--folds", "0-2", "--stop-after", "pretrain")
+    assert cli.array_tasks(s) == [(0, None), (1, None), (2, None)]
+    with pytest.raises(UsageError, match="out of range: 3 task"):
+        cli.select_task(s, 3)
+
+
+def test_paper_numbers():
+    p = paper_numbers("ck+")
+    assert p["models"]["cnn"] == pytest.approx(0.9694) and p["cnn_baseline"] == pytest.approx(0.9694)
+    assert p["best_prior"] == {"method": "DTAGN-Joint", "accuracy": pytest.approx(0.9725)}
+    assert "gcnet_s1r1" not in p["prior"] and paper_numbers("synthetic")["table"] is None
