@@ -17,6 +17,7 @@ from test_data_readers import make_ck_tree, make_mmi_tree, write_image, write_po
 from gcnet.caffe_io import decode_datum, encode_datum, read_lmdb  # noqa: E402
 from gcnet.data import lmdb_build as L  # noqa: E402
 from gcnet.data.records import DataError  # noqa: E402
+from gcnet.layout import LmdbLayout, ResultsLayout  # noqa: E402
 
 
 def _caffe_pb2():
@@ -135,6 +136,23 @@ def test_lmdb_round_trip_lmdb_package(built):
         assert (d.channels, d.height, d.width, len(d.data)) == (2, 66, 66, 2 * 66 * 66)
 
 
+def test_files_are_where_the_layouts_say(built, tmp_path):
+    lay = LmdbLayout(built["out"])
+    assert lay.folds() == [0, 1, 2]
+    for p in (lay.manifest, lay.folds_json, lay.build_report, lay.align_cache):
+        assert p.is_file(), p
+    for k in range(3):
+        paths = json.load(open(lay.fold_manifest(k)))["paths"]
+        assert paths == {"train": "fold_%d/train" % k, "test": "fold_%d/test" % k, "pretrain": "fold_%d/pretrain" % k,
+                         "test_index": "fold_%d/test_index.json" % k}
+        assert all(lay.root / p == lay.test_index(k) or (lay.root / p / "data.mdb").is_file() for p in paths.values())
+    # a results folder's LMDB paths are the same ones
+    res = ResultsLayout(tmp_path, "ck+")
+    assert res.lmdb(2, "train") == res.lmdbs.split(2, "train") == res.lmdb_root / "fold_2" / "train"
+    assert (res.test_index(1), res.lmdb_manifest()) == (res.lmdbs.test_index(1), res.lmdb_root / "manifest.json")
+    assert res.webface_lmdb({}) == res.lmdb_root / "pretrain_webface"
+
+
 def test_same_augmentation_on_both_channels(monkeypatch):
     from gcnet.data.lmdb_build import augment
     rng = np.random.RandomState(0)
@@ -241,6 +259,10 @@ def test_mmi_video_and_webface_pretrain(tmp_path):
         assert m["folds"][str(k)]["n_identities"] == 2
         idx = json.load(open(os.path.join(out, "fold_%d" % k, "test_index.json")))
         assert all("#" in r["frame"] and r["reference"].endswith("#0") for r in idx if ".avi" in r["frame"])
+    lay = LmdbLayout(out)                 # the folds' pretrain/ is a relative link to the one WebFace LMDB
+    assert m["pretrain"]["path"] == "pretrain_webface" and json.load(open(lay.webface_meta))["n"] == 6
+    assert all(lay.split(k, "pretrain").resolve() == lay.webface.resolve() for k in range(3))
+    assert os.readlink(lay.split(0, "pretrain")) == os.path.join("..", "pretrain_webface")
     lines = []
     m2 = L.build_lmdbs("mmi", root, out, n_folds=3, augment_copies=0, pretrain_root=wf, progress=lines.append)
     assert any("pretraining LMDB" in ln and "up to date" in ln for ln in lines) and m2["pretrain"]["n"] == 6

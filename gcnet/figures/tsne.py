@@ -4,7 +4,7 @@ import numpy as np
 from gcnet.figures.plot import class_colors, message_axis, new_figure, save
 from gcnet.figures.results import BASELINE, Skip, label_name, load_json, load_test_set, pick_gcnet
 from gcnet.inference import DEFAULT_CROP, ModelError, load_model, preprocess
-from gcnet.layout import DEPLOY, FINAL, META, fold_of
+from gcnet.layout import DEPLOY, FINAL, META
 
 
 def _tsne(features, seed=0):
@@ -44,8 +44,7 @@ def fig_tsne(layout, models=None, folds=None, log=print):
         or pick_gcnet(found)
     fold_set = sorted(set(k for m in found.values() for k in m) or (folds or []))
     if not fold_set:
-        fold_set = sorted(k for k in (fold_of(p.name) for p in layout.lmdb_root.glob("fold_*"))
-                          if k is not None and (folds is None or k in folds))
+        fold_set = [k for k in layout.lmdbs.folds() if folds is None or k in folds]
     pix, labels = [], []
     feats = {BASELINE: [], gc: []}
     missing = {BASELINE: [], gc: []}

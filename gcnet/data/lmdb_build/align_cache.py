@@ -16,6 +16,7 @@ from gcnet.data import align as A
 from gcnet.data.lmdb_build.augment import CANVAS_MARGIN, SIZE, crop
 from gcnet.data.lmdb_build.store import Progress
 from gcnet.data.records import Sample, count_reasons, iter_gray_frames, natural_key, split_frame
+from gcnet.layout import LmdbLayout
 from gcnet.util import DataError
 
 
@@ -122,7 +123,7 @@ class AlignCache:
         return canvases, crops, failed
 
 
-def align_frames(res, pre, out_dir: str, say) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray],
+def align_frames(res, pre, lay: LmdbLayout, say) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray],
                                                         Dict[str, str], List[str]]:
     """Align the samples' frames and references (canvases) and, without a WebFace root, every frame of the
     sequences (crops, for the pretraining LMDB) -> (canvases, crops, failures, detector fallbacks)."""
@@ -136,7 +137,7 @@ def align_frames(res, pre, out_dir: str, say) -> Tuple[Dict[str, np.ndarray], Di
             need_crop.update(zip(q.frames, q.landmarks))
     say("[build_lmdb] %d samples in %d sequences; aligning %d frames"
         % (len(res.samples), len({s.sequence for s in res.samples}), len(set(need_canvas) | set(need_crop))))
-    cache = AlignCache(os.path.join(out_dir, "align_cache.npz"))
+    cache = AlignCache(str(lay.align_cache))
     fallbacks = [f for f, lm in list(need_canvas.items()) + list(need_crop.items()) if lm is None] \
         if res.has_landmarks else []
     if pre is not None and pre.has_landmarks:

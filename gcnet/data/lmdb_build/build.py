@@ -14,6 +14,7 @@ from gcnet.data.lmdb_build.fold_build import build_fold, build_webface
 from gcnet.data.lmdb_build.manifest import build_options, cached_manifest, input_hashes, write_reports
 from gcnet.data.lmdb_build.store import remove_partials
 from gcnet.data.records import check_writable, count_reasons
+from gcnet.layout import LmdbLayout
 from gcnet.util import DataError, fmt_duration
 
 
@@ -30,16 +31,16 @@ def _fold_list(dataset: str, n_folds: int, folds: Optional[Sequence[int]], augme
     return fold_list
 
 
-def _prepare_out_dir(out_dir: str, manifest_path: str, force: bool, say) -> Optional[DataError]:
-    """Check out_dir is writable and clear interrupted leftovers -> None, or the DataError of an unwritable folder
-    that holds a finished build (which may still be up to date)."""
+def _prepare_out_dir(lay: LmdbLayout, force: bool, say) -> Optional[DataError]:
+    """Check the folder is writable and clear interrupted leftovers -> None, or the DataError of an unwritable
+    folder that holds a finished build (which may still be up to date)."""
     try:
-        check_writable(out_dir)
+        check_writable(str(lay.root))
     except DataError as e:
-        if force or not os.path.isfile(manifest_path):
+        if force or not os.path.isfile(lay.manifest):
             raise
         return e
-    remove_partials(out_dir, say)
+    remove_partials(lay, say)
     return None
 
 
@@ -74,10 +75,9 @@ def build_lmdbs(dataset: str, data_root: str, out_dir: str, n_folds: int = 10, f
     say = progress or (lambda s: None)
     fold_list = _fold_list(dataset, n_folds, folds, augment_copies)
     spec = DATASETS[dataset]
-    out_dir = os.path.abspath(out_dir)
+    lay = LmdbLayout(os.path.abspath(out_dir))
     data_root = os.path.abspath(data_root)
-    manifest_path = os.path.join(out_dir, "manifest.json")
-    unwritable = _prepare_out_dir(out_dir, manifest_path, force, say)
+    unwritable = _prepare_out_dir(lay, force, say)
     res, pre, peaks_csv = _read_inputs(dataset, data_root, spec, landmarks_root, mmi_peaks, pretrain_root,
                                        pretrain_landmarks, say)
     options = build_options(dataset, data_root, n_folds, fold_list, augment_copies, seed, landmarks_root,
@@ -85,16 +85,16 @@ def build_lmdbs(dataset: str, data_root: str, out_dir: str, n_folds: int = 10, f
     hashes = data_hash, _, in_hash, pre_hash = input_hashes(res, pre, options, augment_copies, fold_list)
 
     repaired: List[str] = []
-    if not force and os.path.isfile(manifest_path):
-        old, repaired = cached_manifest(out_dir, manifest_path, in_hash, fold_list, say)
+    if not force and os.path.isfile(lay.manifest):
+        old, repaired = cached_manifest(lay, in_hash, fold_list, say)
         if old is not None:
             return old
     if unwritable is not None:
         raise DataError("%s; its LMDBs are out of date or damaged and cannot be rebuilt there" % unwritable)
-    if os.path.exists(manifest_path):
-        os.remove(manifest_path)         # an interrupted rebuild must not look complete
+    if os.path.exists(lay.manifest):
+        os.remove(lay.manifest)         # an interrupted rebuild must not look complete
 
-    canvases, crops, failed, fallbacks = align_frames(res, pre, out_dir, say)
+    canvases, crops, failed, fallbacks = align_frames(res, pre, lay, say)
     notes = list(res.notes) + ["rebuilt damaged LMDB " + r for r in repaired]
     if fallbacks:
         notes.append("%d frame(s) without a landmark file were located by the face detector (build_report.json: "
@@ -104,26 +104,26 @@ def build_lmdbs(dataset: str, data_root: str, out_dir: str, n_folds: int = 10, f
     usable = drop_unaligned(res, failed, data_root)
 
     foldmap = assign_folds([s.subject for s in usable], n_folds)
-    write_folds(os.path.join(out_dir, "folds.json"), foldmap, n_folds, dataset=dataset, data_root=data_root)
+    write_folds(str(lay.folds_json), foldmap, n_folds, dataset=dataset, data_root=data_root)
     pre_info = None
     if pre is not None:
-        pre_info = build_webface(pre, pre_hash, out_dir, seed, say)
+        pre_info = build_webface(lay, pre, pre_hash, seed, say)
         for f, why in pre_info.pop("skipped"):
             res.skip(f, why)
     fold_info = {}
     for k in fold_list:
-        info = build_fold(k, out_dir, dataset=dataset, spec=spec, res=res, usable=usable, foldmap=foldmap,
+        info = build_fold(lay, k, dataset=dataset, spec=spec, res=res, usable=usable, foldmap=foldmap,
                           canvases=canvases, crops=crops, pre_info=pre_info, augment_copies=augment_copies,
                           seed=seed, data_hash=data_hash, in_hash=in_hash, say=say)
         fold_info[str(k)] = {x: info[x] for x in info if x not in ("dataset", "class_names", "neutral_label",
                                                                    "n_classes", "inputs_hash", "data_hash")}
 
-    manifest = write_reports(out_dir, manifest_path, dataset=dataset, data_root=data_root, spec=spec, res=res,
+    manifest = write_reports(lay, dataset=dataset, data_root=data_root, spec=spec, res=res,
                              usable=usable, foldmap=foldmap, n_folds=n_folds, fold_list=fold_list, options=options,
                              hashes=hashes, fold_info=fold_info, pre_info=pre_info, fallbacks=fallbacks, notes=notes,
                              t_start=t_start)
     say("[build_lmdb] done in %s: %d samples, %d subjects, folds %s; skipped %s -> %s"
         % (fmt_duration(time.time() - t_start), len(usable), len(foldmap), ",".join(map(str, fold_list)),
-           json.dumps(manifest["skipped_by_reason"]) if manifest["skipped_by_reason"] else "nothing", out_dir))
+           json.dumps(manifest["skipped_by_reason"]) if manifest["skipped_by_reason"] else "nothing", lay.root))
     manifest["cached"] = False
     return manifest

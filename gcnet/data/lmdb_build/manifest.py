@@ -14,6 +14,7 @@ from gcnet.data.lmdb_build.align_cache import align_version, file_stat
 from gcnet.data.lmdb_build.augment import AUG_INTENSITY, AUG_ROTATION_DEG, AUG_SCALE, CANVAS_MARGIN
 from gcnet.data.lmdb_build.store import lmdb_problem
 from gcnet.data.records import count_reasons, natural_key, split_frame
+from gcnet.layout import LmdbLayout
 from gcnet.util import write_json
 
 BUILD_VERSION = 1
@@ -64,13 +65,12 @@ def input_hashes(res, pre, options: dict, augment_copies: int, fold_list: List[i
     return data_hash, n_files, in_hash, pre_hash
 
 
-def cached_manifest(out_dir: str, manifest_path: str, in_hash: str, fold_list: Sequence[int],
-                    say) -> Tuple[Optional[dict], List[str]]:
+def cached_manifest(lay: LmdbLayout, in_hash: str, fold_list: Sequence[int], say) -> Tuple[Optional[dict], List[str]]:
     """(the old manifest with "cached": True, []) when it records `in_hash` and its LMDBs are whole; else (None,
     the damaged LMDBs as "fold_K/split: why")."""
     repaired: List[str] = []
     try:
-        with open(manifest_path) as f:
+        with open(lay.manifest) as f:
             old = json.load(f)
     except (OSError, ValueError):
         old = None
@@ -78,11 +78,11 @@ def cached_manifest(out_dir: str, manifest_path: str, in_hash: str, fold_list: S
         for k in fold_list:
             fi = (old.get("folds") or {}).get(str(k)) or {}
             for n in ("train", "test", "pretrain"):
-                why = lmdb_problem(os.path.join(out_dir, "fold_%d" % k, n), fi.get("n_" + n))
+                why = lmdb_problem(str(lay.split(k, n)), fi.get("n_" + n))
                 if why:
-                    repaired.append("fold_%d/%s: %s" % (k, n, why))
+                    repaired.append("%s: %s" % (lay.relative(lay.split(k, n)), why))
         if not repaired:
-            say("[build_lmdb] %s is up to date (same inputs and options): nothing to do" % out_dir)
+            say("[build_lmdb] %s is up to date (same inputs and options): nothing to do" % lay.root)
             old["cached"] = True
             return old, []
         for r in repaired:
@@ -96,7 +96,7 @@ def per_class(samples, class_names: Sequence[str]) -> Dict[str, int]:
     return {class_names[i]: c.get(i, 0) for i in range(len(class_names))}
 
 
-def write_reports(out_dir: str, manifest_path: str, *, dataset: str, data_root: str, spec, res, usable, foldmap,
+def write_reports(lay: LmdbLayout, *, dataset: str, data_root: str, spec, res, usable, foldmap,
                   n_folds: int, fold_list: List[int], options: dict, hashes: Tuple[str, int, str, Optional[str]],
                   fold_info: dict, pre_info: Optional[dict], fallbacks: List[str], notes: List[str],
                   t_start: float) -> dict:
@@ -105,7 +105,7 @@ def write_reports(out_dir: str, manifest_path: str, *, dataset: str, data_root: 
     class_names = list(spec.class_names)
     skipped = res.skipped
     by_reason, lost_by_reason = count_reasons(skipped), count_reasons(skipped, res.lost)
-    write_json(os.path.join(out_dir, "build_report.json"),
+    write_json(lay.build_report,
                {"dataset": dataset, "data_root": data_root, "skipped_by_reason": by_reason,
                 "samples_lost_by_reason": lost_by_reason, "n_samples_lost": sum(lost_by_reason.values()),
                 "skipped": [[f, why, res.lost[f]] for f, why in skipped],
@@ -125,5 +125,5 @@ def write_reports(out_dir: str, manifest_path: str, *, dataset: str, data_root: 
         "build_seconds": round(time.time() - t_start, 1),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    write_json(manifest_path, manifest)
+    write_json(lay.manifest, manifest)
     return manifest

@@ -8,6 +8,7 @@ import numpy as np
 
 from gcnet.caffe_io import encode_datum
 from gcnet.data.lmdb_build.augment import SIZE
+from gcnet.layout import LmdbLayout
 from gcnet.util import fmt_duration
 
 COMMIT_EVERY = 512
@@ -66,9 +67,9 @@ def lmdb_problem(path: str, expected: Optional[int] = None) -> Optional[str]:
     return None
 
 
-def remove_partials(out_dir: str, say) -> None:
-    """Remove what an interrupted build left half-written (`*.partial*` in out_dir and its fold_K/)."""
-    dirs = [out_dir] + [os.path.join(out_dir, d) for d in sorted(os.listdir(out_dir)) if d.startswith("fold_")]
+def remove_partials(lay: LmdbLayout, say) -> None:
+    """Remove what an interrupted build left half-written (`*.partial*` in the root and its fold_K/)."""
+    dirs = [str(lay.root)] + [str(lay.fold(k)) for k in lay.folds()]
     for d in dirs:
         if not os.path.isdir(d) or os.path.islink(d):
             continue
