@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO, tool_env
 from gcnet import figures as F
-from gcnet.figures import confusion, curves, plot
+from gcnet.figures import confusion, curves, errors, plot
 from gcnet.figures.results import gcnets_by_preference, pick_gcnet
 from gcnet.layout import META, TEST, TRAIN_LOG, ResultsLayout
 from gcnet.util import read_json, write_json
@@ -121,6 +121,23 @@ def test_the_dataset_comes_from_the_layout(tiny_results, tmp_path, monkeypatch):
     assert confusion.fig_confusion(ResultsLayout.at(moved.root)) == ["confusion_cnn"]
     assert confusion.fig_confusion(ResultsLayout(tmp_path, "ck+8", root=moved.root)) == ["confusion_cnn"]
     assert titles[0].startswith("synthetic, cnn: ") and titles[1].startswith("ck+8, cnn: "), titles
+
+
+def test_errors_without_the_test_lmdb_show_the_source_frames(tiny_results, tmp_path):
+    lay = ResultsLayout(tmp_path, "synthetic")
+    for m in ("cnn", "gcnet_s1r1"):
+        shutil.copytree(str(tiny_results["layout"].model_dir(m, 0)), str(lay.model_dir(m, 0)))
+        meta = read_json(lay.model_dir(m, 0) / META)
+        for key in ("test_lmdb", "test_source"):
+            meta.pop(key)
+        write_json(lay.model_dir(m, 0) / META, meta)
+    logs = []
+    errs, n = errors._test_errors(lay, "cnn", {0: lay.model_dir("cnn", 0)}, logs.append)
+    test = read_json(lay.model_dir("cnn", 0) / TEST)
+    assert n == test["n_test"] and len(errs) == n - sum(np.diag(test["confusion"]))
+    assert errs and all(img is not None and img.shape == (66, 66) for *_, img in errs)
+    assert any("images shown from the source frames" in m for m in logs), logs
+    assert [Path(f).name for f in errors.fig_errors(lay, log=logs.append)] == ["fig4_errors.png", "fig4_errors.pdf"]
 
 
 def test_missing_inputs_are_skipped_with_a_reason(tiny_results, tmp_path):

@@ -1,6 +1,5 @@
 """errors: `fig4_errors` (Fig. 4), misclassified test images of the baseline CNN and of GCNet side by side."""
-import os
-
+from gcnet.data.records import iter_gray_frames
 from gcnet.figures.plot import message_axis, new_figure, save
 from gcnet.figures.results import BASELINE, Skip, label_name, load_json, load_test_set, pick_gcnet
 from gcnet.layout import META, TEST
@@ -35,15 +34,13 @@ def _test_errors(layout, model, fdirs, log):
     return errs, total
 
 
-def _read_frame(path):
-    if not path or not os.path.exists(path):
+def _read_frame(frame):
+    """A source frame (image file or `video#index`) as a grey 66x66 image; None when it cannot be read."""
+    if not frame:
         return None
-    try:
-        import cv2
-        g = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-        return None if g is None else cv2.resize(g, (66, 66), interpolation=cv2.INTER_AREA)
-    except ImportError:
-        return None
+    import cv2
+    _, gray, _ = next(iter_gray_frames([frame]))
+    return None if gray is None else cv2.resize(gray, (66, 66), interpolation=cv2.INTER_AREA)
 
 
 def fig_errors(layout, models=None, folds=None, log=print):
