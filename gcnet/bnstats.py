@@ -1,15 +1,9 @@
-"""Re-estimate every BatchNorm layer's statistics for a model's final weights ("precise BN"), between training and
-test.
+"""BatchNorm statistics re-estimated for a model's final weights ("precise BN"), between training and test
+(why: docs/choices.md).  The BatchNorm sums are zeroed, the first n training samples (TEST-phase transform) go
+through the deploy net with batch statistics in batches of the training size, and their plain average replaces the
+stored statistics; that pass also scores the training set with batch statistics (the diagnostics).
 
-Caffe's BatchNorm normalises with batch statistics in TRAIN and with its stored running averages in TEST.  After a
-short training those averages mix statistics of weights that changed fast (and, without zeroing at surgery, of the
-pretraining nets), so TEST-phase scores can be far below what the weights achieve (docs/choices.md).  Here the
-statistics are recomputed for the final weights: the BatchNorm sums are zeroed, the first `n` samples of the
-training LMDB (TEST-phase transforms: centre crop, no mirror) go through the deploy net in batches of the training
-batch size with batch statistics, and the plain average over the batches replaces the stored statistics.  The
-predictions of that pass are the batch-statistics scores of the training set, reported by the diagnostics.
-
-CLI (the runner calls it in a subprocess, so that a Caffe CHECK failure cannot kill the runner):
+CLI (run by the experiment in a subprocess, so that a Caffe CHECK failure cannot kill the runner):
     python -m gcnet.bnstats MODEL_DIR --weights trained.caffemodel --out final.caffemodel --train-lmdb LMDB
         [--samples 1024] [--batch 16] [--gpu ID] [--report bn_stats.json]
 """

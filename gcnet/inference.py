@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gcnet.layout import FINAL, ResultsLayout, fold_of
+from gcnet.layout import DEPLOY, FINAL, META, TRAIN_VAL, ResultsLayout, fold_of
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SCALE = 0.00390625       # transform_param.scale of the Data layers (docs/ARCHITECTURE.md, LMDB format)
@@ -40,7 +40,7 @@ def read_transform(model_dir):
     """(scale, crop_size, mean) of the Data layers' transform_param in the model's train_val.prototxt (what training
     and the runner's test stage saw); defaults when there is no train_val.prototxt."""
     scale, crop, mean = DEFAULT_SCALE, DEFAULT_CROP, 0.0
-    p = Path(model_dir) / "train_val.prototxt"
+    p = Path(model_dir) / TRAIN_VAL
     if p.exists():
         m = re.search(r"transform_param\s*\{([^}]*)\}", p.read_text())
         if m:
@@ -102,9 +102,9 @@ class DeployModel:
         self.dir = Path(model_dir)
         if not self.dir.is_dir():
             raise ModelError("model folder %s does not exist" % self.dir)
-        self.deploy = self.dir / "deploy.prototxt"
-        self.weights = Path(weights) if weights else self.dir / "final.caffemodel"
-        missing = [str(p.name) for p in (self.deploy, self.weights, self.dir / "meta.json") if not p.exists()]
+        self.deploy = self.dir / DEPLOY
+        self.weights = Path(weights) if weights else self.dir / FINAL
+        missing = [str(p.name) for p in (self.deploy, self.weights, self.dir / META) if not p.exists()]
         if missing:
             folds = sorted(p for p in self.dir.iterdir() if fold_of(p.name) is not None and (p / FINAL).exists())
             hint = ("; it holds trained folds: pass one of %s" % ", ".join(str(f) for f in folds[:3])
@@ -112,9 +112,9 @@ class DeployModel:
                     % ResultsLayout("results", "<dataset>").model_dir("<model>", 0).with_name("fold_K"))
             raise ModelError("model folder %s is incomplete: missing %s%s" % (self.dir, ", ".join(missing), hint))
         try:
-            self.meta = json.loads((self.dir / "meta.json").read_text())
+            self.meta = json.loads((self.dir / META).read_text())
         except ValueError as e:
-            raise ModelError("cannot read %s: %s" % (self.dir / "meta.json", e))
+            raise ModelError("cannot read %s: %s" % (self.dir / META, e))
         self.scale, self.crop, self.mean = read_transform(self.dir)
         self.crop = self.crop or DEFAULT_CROP
         caffe = import_caffe()
@@ -173,7 +173,7 @@ _MODEL_CACHE = {}
 def load_model(model_dir):
     """DeployModel of a folder, cached while its weights are unchanged."""
     d = Path(model_dir).resolve()
-    w = d / "final.caffemodel"
+    w = d / FINAL
     key = (str(d), os.path.getmtime(str(w)) if w.exists() else None)
     if key not in _MODEL_CACHE:
         _MODEL_CACHE[key] = DeployModel(d)

@@ -1,28 +1,10 @@
 """Parse a BVLC Caffe 1.0 training log (the output of ``caffe train``) into per-iteration records.
 
-The line formats are those of Caffe 1.0's ``src/caffe/solver.cpp``, ``src/caffe/solvers/sgd_solver.cpp`` and
-``tools/caffe.cpp`` (each line usually carries glog's ``I0412 13:45:12.123456 12345 solver.cpp:240] `` prefix,
-which is optional here):
-
-    Iteration 200 (4.1 iter/s, 4.87s/20 iters), loss = 1.23          (solver.cpp, every `display` iterations)
-        Train net output #0: loss_cls = 0.41 (* 1 = 0.41 loss)           (one per output blob element)
-    Iteration 200, lr = 0.000985                                      (sgd_solver.cpp, after the outputs)
-    Iteration 1000, Testing net (#0)
-    Test loss: 0.9                                                    (only with test_compute_loss)
-        Test net output #0: accuracy = 0.83
-        Test net output #1: loss_cls = 0.52 (* 1 = 0.52 loss)
-    Snapshotting to binary proto file snapshots/cnn_iter_1000.caffemodel
-    Snapshotting solver state to binary proto file snapshots/cnn_iter_1000.solverstate
-    Resuming from snapshots/cnn_iter_1000.solverstate  /  Restoring previous solver status from ...
-    Optimization stopped early.  /  Optimization Done.
-    Iteration 3000, loss = 0.2          (the extra forward pass after the last iteration: no speed, no outputs)
-
-Older Caffe builds print the first line without the "(... iter/s ...)" part; both are accepted.
-
-``parse_log(path_or_text)`` returns a dict (see ``CaffeLog.result``); ``LogParser`` is the incremental form used
-for live progress (``feed(line)`` returns the events a line completed).  The training-output values are the raw
-blob values (before the loss weight); the weighted ones are kept under ``weighted``.  Of an output blob with
-several elements (Caffe logs each) only the first is kept.
+The line formats (Caffe 1.0's solver.cpp, sgd_solver.cpp, tools/caffe.cpp, glog prefix optional) are listed in
+docs/ARCHITECTURE.md, "Caffe log lines".  ``parse_log(path_or_text)`` returns a dict (``LogParser.result``);
+``LogParser`` is the incremental form of the live progress (``feed(line)`` returns the events a line completed).
+Training outputs are the raw blob values (before the loss weight; the weighted ones under ``weighted``); of an
+output blob with several elements only the first is kept.
 """
 import math
 import os

@@ -1,15 +1,10 @@
 """Initial weights of the expression models from the pretrained nets (paper section 4.1), by net surgery in pycaffe.
 
-    GCNet (all four)   En_1  `en1_*`  (conv, BatchNorm, Scale)    <- encdec  `en1_*`
-                       De_1r `de1r_*` (deconv, BatchNorm, Scale)  <- encdec  `de1r_*`
-                       En_2  `en2_*`  (conv, BatchNorm, Scale)    <- cnn_id  `en2_*`
-                             `en2r_*` (shares En_2's params)      <- cnn_id  `en2_*`
-    GCNet R1 (s0r1, s1r1) De_2r `de2r_*`, De_2i `de2i_*`          <- encdec  `de1r_*` (renamed)
-    cnn (baseline)     En_2  `en2_*`                              <- cnn_id  `en2_*`
-
+    GCNets   En_1 en1_*, De_1r de1r_* <- encdec en1_*, de1r_*;   En_2 en2_*, en2r_* (shared) <- cnn_id en2_*
+    R1       De_2r de2r_*, De_2i de2i_* <- encdec de1r_* (renamed)        cnn   en2_* <- cnn_id en2_*
 Other layers (fc1, fc2) keep their filler's random values; BatchNorm statistics are zeroed unless bn_stats="copy"
 (docs/choices.md).  A missing source layer or a shape mismatch is a SurgeryError naming the layer.
-CLI (used by the runner's surgery stage in a subprocess, so that a Caffe CHECK failure cannot kill the runner):
+CLI (the experiment's surgery stage, in a subprocess so that a Caffe CHECK failure cannot kill the runner):
     python -m gcnet.surgery MODEL TRAIN_VAL.prototxt OUT.caffemodel --encdec E.caffemodel --cnn-id C.caffemodel
         [--report surgery.json] [--bn-stats zero|copy]
 """

@@ -18,15 +18,20 @@ import sys
 import numpy as np
 import pytest
 
-caffe = pytest.importorskip("caffe") if os.environ.get("GCNET_ALLOW_NO_CAFFE") == "1" else __import__("caffe")
-from caffe import layers as L, params as P  # noqa: E402
-from caffe.proto import caffe_pb2  # noqa: E402
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # the reference Python layers' module
 import caffe_reference_layers as R  # noqa: E402
 
-from gcnet import nets  # noqa: E402
 from gcnet.config import NetOptions  # noqa: E402
+
+try:                                     # without pycaffe the `caffe` fixture fails (or skips) every test
+    import caffe
+    from caffe import layers as L, params as P
+    from caffe.proto import caffe_pb2
+    from gcnet import nets
+except ImportError:
+    caffe = L = P = caffe_pb2 = nets = None
+
+pytestmark = pytest.mark.usefixtures("caffe")
 
 BATCH = 4
 

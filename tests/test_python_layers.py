@@ -6,7 +6,7 @@ Three levels:
     MAX Pooling layers, with float32 finite differences through net.forward();
   * shape / parameter validation (clear ValueErrors naming the layer).
 
-Caffe-dependent tests FAIL when caffe cannot be imported, unless GCNET_ALLOW_NO_CAFFE=1 is set (then they skip).
+Caffe-dependent tests ask for conftest's `caffe` fixture (the one Caffe gate).
 Run:  source tools/env.sh && python -m pytest -q tests/test_python_layers.py
 """
 import json
@@ -21,26 +21,13 @@ LAYER_DIR = os.path.join(REPO, "python_layers")
 if LAYER_DIR not in sys.path:  # tools/env.sh puts it on PYTHONPATH; this makes the numpy tests work without it
     sys.path.insert(0, LAYER_DIR)
 
-try:
+try:                       # the numpy tests run without pycaffe; those in Caffe nets ask for the `caffe` fixture
     import caffe
     from caffe import layers as L, params as P
-    _CAFFE_ERROR = None
-except ImportError as e:  # pragma: no cover - depends on the environment
+except ImportError:  # pragma: no cover - depends on the environment
     caffe = L = P = None
-    _CAFFE_ERROR = e
 
 import gcnet_layers as G  # noqa: E402  (after the sys.path fix-up)
-
-
-@pytest.fixture
-def need_caffe():
-    if caffe is None:
-        if os.environ.get("GCNET_ALLOW_NO_CAFFE") == "1":
-            pytest.skip("caffe not importable (%s) and GCNET_ALLOW_NO_CAFFE=1" % _CAFFE_ERROR)
-        pytest.fail("caffe cannot be imported (%s): run `source tools/env.sh` first "
-                    "(set GCNET_ALLOW_NO_CAFFE=1 to skip the Caffe tests instead)" % _CAFFE_ERROR)
-    caffe.set_mode_cpu()
-    return caffe
 
 
 # ============================================================================================ helpers
@@ -300,7 +287,7 @@ def test_mask_values_validated(bad, msg):
 
 
 # ============================================================================================ inside Caffe nets
-def test_elementwise_distance_in_caffe(need_caffe, tmp_path):
+def test_elementwise_distance_in_caffe(caffe, tmp_path):
     rng = np.random.default_rng(10)
     shape = (3, 4, 5, 5)
     n = caffe.NetSpec()
@@ -363,7 +350,7 @@ def _contrastive_nets(tmp_path, shape, margin, neutral, label_shape, loss_weight
 
 
 @pytest.mark.parametrize("margin,neutral,label_shape4", [(1.0, 0, False), (2.0, 0, True), (1.0, -1, False)])
-def test_contrastive_loss_matches_caffe_builtin(need_caffe, tmp_path, margin, neutral, label_shape4):
+def test_contrastive_loss_matches_caffe_builtin(caffe, tmp_path, margin, neutral, label_shape4):
     rng = np.random.default_rng(11)
     shape = (8, 12, 1, 1)  # Caffe's built-in layer needs (N, C, 1, 1)
     a, b, label = contrastive_pairs(rng, shape, margin, n_labels=5, neutral=max(neutral, 0), min_gap=0.2)
@@ -397,7 +384,7 @@ def test_contrastive_loss_matches_caffe_builtin(need_caffe, tmp_path, margin, ne
 
 
 @pytest.mark.parametrize("distance", ["l2", "rms"])
-def test_contrastive_loss_fd_in_caffe_with_distance_top(need_caffe, tmp_path, distance):
+def test_contrastive_loss_fd_in_caffe_with_distance_top(caffe, tmp_path, distance):
     rng = np.random.default_rng(12)
     shape = (5, 3, 4, 4)  # spatial features are flattened by the Python layer
     margin, neutral = 1.5, 0
@@ -428,7 +415,7 @@ def test_contrastive_loss_fd_in_caffe_with_distance_top(need_caffe, tmp_path, di
         np.testing.assert_allclose(num, ga, rtol=2e-2, atol=2e-4)
 
 
-def test_contrastive_loss_zero_distance_in_caffe(need_caffe, tmp_path):
+def test_contrastive_loss_zero_distance_in_caffe(caffe, tmp_path):
     shape = (4, 6, 1, 1)
     rng = np.random.default_rng(13)
     a = rng.normal(size=shape).astype(np.float32)
@@ -453,7 +440,7 @@ POOL_CASES = [(64, 5), (64, 3), (31, 3), (15, 3), (31, 5)]
 
 @pytest.mark.parametrize("size,k", POOL_CASES)
 @pytest.mark.parametrize("ties", [False, True])
-def test_max_unpool_after_caffe_pooling(need_caffe, tmp_path, size, k, ties):
+def test_max_unpool_after_caffe_pooling(caffe, tmp_path, size, k, ties):
     rng = np.random.default_rng(20 + size + k)
     shape = (2, 3, size, size)
     ph = int(np.ceil((size - k) / 2.0)) + 1
@@ -488,7 +475,7 @@ def test_max_unpool_after_caffe_pooling(need_caffe, tmp_path, size, k, ties):
     np.testing.assert_allclose(net.blobs["x"].diff, dy * counts, rtol=1e-6, atol=1e-6)
 
 
-def test_max_unpool_fd_in_caffe(need_caffe, tmp_path):
+def test_max_unpool_fd_in_caffe(caffe, tmp_path):
     rng = np.random.default_rng(30)
     size, k = 15, 3
     x = rng.normal(size=(2, 2, size, size))
@@ -516,7 +503,7 @@ def test_max_unpool_fd_in_caffe(need_caffe, tmp_path):
     np.testing.assert_allclose(fd_grad(f, net.blobs["p"].data, sel, 1e-2), ga, rtol=1e-2, atol=1e-3)
 
 
-def test_encoder_decoder_pool_chain_restores_sizes(need_caffe, tmp_path):
+def test_encoder_decoder_pool_chain_restores_sizes(caffe, tmp_path):
     """64 -> 31 -> 15 -> 7 with 5x5/3x3/3x3 windows (stride 2, ceil), and unpooling 7 -> 15 -> 31 -> 64."""
     n = caffe.NetSpec()
     n.x = L.Input(shape=dict(dim=[2, 2, 64, 64]))
@@ -552,7 +539,7 @@ def _small_nets(tmp_path):
     return write_net(n, tmp_path, "small")
 
 
-def test_layer_objects_are_reachable(need_caffe, tmp_path):
+def test_layer_objects_are_reachable(caffe, tmp_path):
     net = _small_nets(tmp_path)
     assert isinstance(layer_object(net, "delta"), G.ElementwiseDistance)
     assert isinstance(layer_object(net, "loss"), G.ContrastiveLoss)
@@ -579,7 +566,7 @@ def _fb(*shape):
     ("unpool", [(2, 3, 2), (2, 3, 2)], 1, r"MaxUnpool: x must be 4-D"),
     ("unpool", [(2, 3, 5, 2), (2, 3, 5, 2)], 1, r"MaxUnpool: pooled size .* exceeds the output size"),
 ])
-def test_reshape_validation(need_caffe, tmp_path, layer, bottoms, ntop, msg):
+def test_reshape_validation(caffe, tmp_path, layer, bottoms, ntop, msg):
     obj = layer_object(_small_nets(tmp_path), layer)
     with pytest.raises(ValueError, match=msg):
         obj.reshape([_fb(*s) for s in bottoms], [_fb(1) for _ in range(ntop)])
@@ -597,7 +584,7 @@ def test_reshape_validation(need_caffe, tmp_path, layer, bottoms, ntop, msg):
     ("unpool", '{"out_h": 4}', r"MaxUnpool: param_str needs a positive integer 'out_w'"),
     ("unpool", '{"out_h": 4, "out_w": 0}', r"MaxUnpool: param_str needs a positive integer 'out_w'"),
 ])
-def test_param_validation(need_caffe, tmp_path, layer, param_str, msg):
+def test_param_validation(caffe, tmp_path, layer, param_str, msg):
     obj = layer_object(_small_nets(tmp_path), layer)
     obj.param_str = param_str
     shapes = {"delta": [(2, 3), (2, 3)], "loss": [(2, 3), (2, 3), (2,)], "unpool": [(1, 1, 2, 2), (1, 1, 2, 2)]}
@@ -605,7 +592,7 @@ def test_param_validation(need_caffe, tmp_path, layer, param_str, msg):
         obj.setup([_fb(*s) for s in shapes[layer]], [_fb(1)])
 
 
-def test_direct_calls_respect_propagate_down(need_caffe, tmp_path):
+def test_direct_calls_respect_propagate_down(caffe, tmp_path):
     net = _small_nets(tmp_path)
     rng = np.random.default_rng(40)
     a, b = FakeBlob(data=rng.normal(size=(2, 3))), FakeBlob(data=rng.normal(size=(2, 3)))
@@ -627,7 +614,7 @@ def test_direct_calls_respect_propagate_down(need_caffe, tmp_path):
             assert np.all(label.diff == 0) and not np.all(a.diff == 42.0)
 
 
-def test_mismatched_shapes_raise_through_pycaffe(need_caffe, tmp_path):
+def test_mismatched_shapes_raise_through_pycaffe(caffe, tmp_path):
     """A shape error inside a Caffe net surfaces as the layer's ValueError in pycaffe."""
     n = caffe.NetSpec()
     n.a = L.Input(shape=dict(dim=[2, 3]))
@@ -644,7 +631,7 @@ def test_mismatched_shapes_raise_through_pycaffe(need_caffe, tmp_path):
         net.forward()
 
 
-def test_max_unpool_mask_checked_after_each_reshape_and_index_buffer_reused(need_caffe, tmp_path):
+def test_max_unpool_mask_checked_after_each_reshape_and_index_buffer_reused(caffe, tmp_path):
     """The mask is validated at the first forward after a (re)shape; later forwards with new masks reuse the index
     buffer and still give the reference result (collisions summed)."""
     n = caffe.NetSpec()
@@ -669,7 +656,7 @@ def test_max_unpool_mask_checked_after_each_reshape_and_index_buffer_reused(need
         net.forward()
 
 
-def test_bad_mask_raises_through_pycaffe(need_caffe, tmp_path):
+def test_bad_mask_raises_through_pycaffe(caffe, tmp_path):
     n = caffe.NetSpec()
     n.p = L.Input(shape=dict(dim=[1, 1, 2, 2]))
     n.mask = L.Input(shape=dict(dim=[1, 1, 2, 2]))

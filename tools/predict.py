@@ -27,7 +27,7 @@ os.environ.setdefault("GLOG_minloglevel", "2")           # keep Caffe's net-cons
 import numpy as np  # noqa: E402
 
 from gcnet.util import IMAGE_EXTS  # noqa: E402
-from gcnet.inference import DeployModel, ModelError, predict_arrays  # noqa: E402,F401  (re-exported)
+from gcnet.inference import DeployModel, ModelError, crop_scale, predict_arrays  # noqa: E402,F401  (re-exported)
 
 __all__ = ["predict_arrays", "read_image", "align_image", "load_aligned", "collect_images", "landmark_finder", "main"]
 
@@ -112,8 +112,7 @@ def save_reference(out_dir, image_path, aligned, model, gen_r):
     """PNG with the aligned input (centre crop, as the net sees it) and the generated reference side by side."""
     import cv2
     os.makedirs(out_dir, exist_ok=True)
-    c0 = (aligned.shape[0] - model.crop) // 2
-    x = aligned[c0:c0 + model.crop, c0:c0 + model.crop].astype(np.float32)
+    x = crop_scale(aligned[None, None], model.crop, 1.0)[0, 0]
     g = np.asarray(gen_r, np.float32).reshape(model.crop, model.crop) / model.scale + model.mean
     g = np.clip(np.rint(g), 0, 255)
     sep = np.full((model.crop, 2), 255, np.float32)

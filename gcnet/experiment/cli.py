@@ -333,8 +333,8 @@ def array_tasks(s: Settings) -> list:
 
 
 def main(argv=None) -> int:
-    from gcnet.experiment.pipeline import collect, run
     a = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from gcnet.experiment.pipeline import collect, run      # (after --help, which works before tools/setup.sh)
     sup = Supervisor()
     sup.install_signal_handlers()
     try:

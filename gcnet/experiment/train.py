@@ -11,7 +11,7 @@ from typing import List, Optional, Tuple
 
 from gcnet.experiment.plan import Context, Job
 from gcnet.experiment.procs import Interrupted, JobError, caffe_binary, child_env
-from gcnet.layout import SOLVER, TRAIN_LOG
+from gcnet.layout import SNAPSHOTS, SOLVER, TRAIN_LOG
 from gcnet.logparse import LogParser
 from gcnet.util import fmt_duration, fmt_num, say
 
@@ -21,7 +21,7 @@ _SNAP_RE = re.compile(r"_iter_(\d+)\.solverstate$")
 def snapshots(d: Path) -> List[Tuple[int, Path, Path]]:
     """[(iteration, solverstate, caffemodel)] of the complete snapshot pairs of a job folder, by iteration."""
     out = []
-    for st in glob.glob(str(d / "snapshots" / "*_iter_*.solverstate")):
+    for st in glob.glob(str(d / SNAPSHOTS / "*_iter_*.solverstate")):
         m = _SNAP_RE.search(st)
         cm = st[: -len(".solverstate")] + ".caffemodel"
         if m and os.path.exists(cm) and os.path.getsize(st) > 0:
@@ -104,7 +104,7 @@ def train_with_caffe(ctx: Context, job: Job, max_iter: int, weights: Optional[st
     """caffe train in job.dir (resuming from the latest snapshot), the last weights copied to `final_name`; returns
     "trained" | "resumed" | "finalized"; JobError / Interrupted."""
     s, d = ctx.s, job.dir
-    (d / "snapshots").mkdir(exist_ok=True)
+    (d / SNAPSHOTS).mkdir(exist_ok=True)
     final = d / final_name
     snaps = snapshots(d)
     action = "trained"

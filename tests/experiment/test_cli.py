@@ -88,3 +88,13 @@ def test_paper_numbers():
     assert p["models"]["cnn"] == pytest.approx(0.9694) and p["cnn_baseline"] == pytest.approx(0.9694)
     assert p["best_prior"] == {"method": "DTAGN-Joint", "accuracy": pytest.approx(0.9725)}
     assert "gcnet_s1r1" not in p["prior"] and paper_numbers("synthetic")["table"] is None
+
+
+def test_help_needs_no_numpy_nor_caffe():
+    """tools/run_folds.sh --help works before tools/setup.sh (system Python: no numpy, no pycaffe)."""
+    import subprocess
+    import sys
+    code = ("import runpy, sys; sys.modules['numpy'] = sys.modules['caffe'] = None; sys.argv = ['x', '--help']; "
+            "runpy.run_module('gcnet.experiment', run_name='__main__')")
+    p = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "usage: tools/run_folds.sh" in p.stdout and "--iters" in p.stdout, p.stderr

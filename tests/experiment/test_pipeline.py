@@ -307,3 +307,37 @@ def test_bad_input_exits_2(work):
         err = p.stderr.strip().splitlines()
         assert err and err[-1].startswith("error: ") and needle in err[-1], (args, p.stderr)
         assert "Traceback" not in p.stderr
+
+
+def test_figures_stage_redraws_only_when_inputs_change(first_run, tmp_path, monkeypatch, capsys):
+    """The runner's figures stage (gcnet.figures.make_all_figures stubbed): drawn once, then up to date until a
+    test result changes."""
+    import os
+    import shutil
+    import gcnet.figures
+    from gcnet.experiment import cli, stages
+    from gcnet.experiment.plan import Context
+    from gcnet.experiment.procs import Supervisor
+    out = tmp_path / "figs"
+    shutil.copytree(str(first_run["ds"]), str(out / "synthetic"), symlinks=True)
+    s = cli.resolve_settings(cli.build_parser().parse_args(MAIN + ["--data", str(first_run["data"]),
+                                                                   "--out", str(out)]))
+    ctx = Context(s, s.layout, Supervisor())
+    calls = []
+
+    def draw(root, log=print, **kw):
+        calls.append(root)
+        s.layout.figures_dir.mkdir(exist_ok=True)
+        (s.layout.figures_dir / "fig.png").write_bytes(b"png")
+        return [str(s.layout.figures_dir / "fig.png")]
+    monkeypatch.setattr(gcnet.figures, "make_all_figures", draw)
+    stages.run_figures(ctx)
+    stages.run_figures(ctx)
+    assert calls == [str(s.layout.root)] and "up to date (inputs unchanged): 1 files" in capsys.readouterr().out
+    tj = s.layout.model_dir("cnn", 0) / "test.json"
+    os.utime(str(tj), ns=(tj.stat().st_atime_ns, tj.stat().st_mtime_ns + 10 ** 9))
+    stages.run_figures(ctx)
+    assert len(calls) == 2
+    (s.layout.figures_dir / "fig.png").unlink()                 # a figure deleted: drawn again
+    stages.run_figures(ctx)
+    assert len(calls) == 3
