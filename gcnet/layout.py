@@ -32,6 +32,61 @@ def fold_name(k: int) -> str:
     return "fold_%d" % k
 
 
+class LmdbLayout:
+    """The files of one LMDB build (gcnet.data.lmdb_build) under `root`: <out>/<dataset>/lmdb, or any folder."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def folds_json(self) -> Path:
+        return self.root / "folds.json"
+
+    @property
+    def build_report(self) -> Path:
+        return self.root / "build_report.json"
+
+    @property
+    def align_cache(self) -> Path:
+        return self.root / "align_cache.npz"
+
+    @property
+    def webface(self) -> Path:
+        """The shared pretraining LMDB of a WebFace root (fold_K/pretrain links to it); its record is .json."""
+        return self.root / "pretrain_webface"
+
+    @property
+    def webface_meta(self) -> Path:
+        return self.root / "pretrain_webface.json"
+
+    def fold(self, k: int) -> Path:
+        return self.root / fold_name(k)
+
+    def folds(self) -> List[int]:
+        """K of every fold_K folder, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(k for k in (fold_of(p.name) for p in self.root.iterdir() if p.is_dir()) if k is not None)
+
+    def split(self, k: int, split: str) -> Path:
+        """split: train | test | pretrain."""
+        return self.fold(k) / split
+
+    def test_index(self, k: int) -> Path:
+        return self.fold(k) / "test_index.json"
+
+    def fold_manifest(self, k: int) -> Path:
+        return self.fold(k) / "manifest.json"
+
+    def relative(self, path) -> str:
+        """`path` relative to the root, as the manifests record it ("fold_0/train")."""
+        return Path(path).relative_to(self.root).as_posix()
+
+
 class ResultsLayout:
     """The results of one dataset: root = <out>/<dataset> (or any folder given as root, e.g. a moved one)."""
 
@@ -56,22 +111,27 @@ class ResultsLayout:
     def lmdb_root(self) -> Path:
         return self.root / "lmdb"
 
+    @property
+    def lmdbs(self) -> LmdbLayout:
+        return LmdbLayout(self.lmdb_root)
+
     def lmdb_fold(self, k: int) -> Path:
-        return self.lmdb_root / fold_name(k)
+        return self.lmdbs.fold(k)
 
     def lmdb(self, k: int, split: str) -> Path:
         """split: train | test | pretrain."""
-        return self.lmdb_fold(k) / split
+        return self.lmdbs.split(k, split)
 
     def test_index(self, k: int) -> Path:
-        return self.lmdb_fold(k) / "test_index.json"
+        return self.lmdbs.test_index(k)
 
     def webface_lmdb(self, manifest: dict) -> Path:
         """The shared pretraining LMDB built from --pretrain-data (its manifest names it)."""
-        return self.lmdb_root / ((manifest.get("pretrain") or {}).get("path") or "pretrain_webface")
+        path = (manifest.get("pretrain") or {}).get("path")
+        return self.lmdb_root / path if path else self.lmdbs.webface
 
     def lmdb_manifest(self) -> Path:
-        return self.lmdb_root / "manifest.json"
+        return self.lmdbs.manifest
 
     # ------------------------------------------------------------------------------------------- pretraining
     @property

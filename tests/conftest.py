@@ -41,3 +41,32 @@ def caffe():
 
 # the marker form of the gate, for tests that run Caffe in a subprocess
 needs_caffe = pytest.mark.usefixtures("caffe")
+
+
+def tool_env() -> dict:
+    """Environment of a tool run as a subprocess: the repository first on PYTHONPATH, Caffe's log on stderr."""
+    env = dict(os.environ)
+    env.update(GLOG_minloglevel="0", GLOG_logtostderr="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+               PYTHONUNBUFFERED="1")
+    pp = [str(REPO), str(REPO / "python_layers")]
+    env["PYTHONPATH"] = os.pathsep.join(pp + [x for x in env.get("PYTHONPATH", "").split(os.pathsep) if x])
+    return env
+
+
+@pytest.fixture(scope="session")
+def tiny_results(tmp_path_factory, caffe):
+    """A results folder made by the runner (tools/run_folds.sh, figures included): 4 synthetic CK+ subjects, 2
+    folds, pretraining and cnn + gcnet_s1r1 for 3 iterations each, one BLAS thread per job (as tool_env), so that
+    inference elsewhere can repeat the test stage's arithmetic.  -> {"layout", "data", "log"}."""
+    import subprocess
+    from gcnet.layout import ResultsLayout
+    base = tmp_path_factory.mktemp("tiny_results")
+    data, out = base / "data", base / "out"
+    p = subprocess.run([str(REPO / "tools" / "run_folds.sh"), "synthetic", "--models", "cnn,gcnet_s1r1",
+                        "--folds", "0-1", "--iters", "3", "--test-interval", "3", "--pretrain-iters", "3",
+                        "--synthetic-subjects", "4", "--n-folds", "2", "--batch", "4", "--augment", "0",
+                        "--display", "1", "--jobs", "2", "--threads", "1", "--data", str(data), "--out", str(out)],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=900,
+                       cwd=str(REPO))
+    assert p.returncode == 0, p.stdout[-4000:]
+    return {"layout": ResultsLayout(out, "synthetic"), "data": data, "log": p.stdout}

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,6 +16,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from test_data_readers import make_ck_tree, make_mmi_tree, make_oulu_tree, write_text  # noqa: E402
+from gcnet.caffe_io import read_lmdb  # noqa: E402
 from gcnet.data import ckplus, lmdb_build as L, mmi, oulu  # noqa: E402
 from gcnet.data.records import count_reasons  # noqa: E402
 
@@ -231,7 +233,7 @@ def test_damaged_lmdb_under_a_finished_build_is_rebuilt(tmp_path):
     m = L.build_lmdbs("ck+", root, out, n_folds=2, augment_copies=1, progress=None)
     n_test0, n_train1 = m["folds"]["0"]["n_test"], m["folds"]["1"]["n_train"]
     open(os.path.join(out, "fold_0", "test", "data.mdb"), "w").close()     # zero bytes
-    L.write_lmdb(os.path.join(out, "fold_1", "train"), [(L.np.zeros((2, 66, 66), L.np.uint8), 0)], 1, "x")
+    L.write_lmdb(os.path.join(out, "fold_1", "train"), [(np.zeros((2, 66, 66), np.uint8), 0)], 1, "x")
     assert L.lmdb_problem(os.path.join(out, "fold_0", "test"), n_test0).startswith("cannot be opened")
     lines = []
     m2 = L.build_lmdbs("ck+", root, out, n_folds=2, augment_copies=1, progress=lines.append)
@@ -241,8 +243,8 @@ def test_damaged_lmdb_under_a_finished_build_is_rebuilt(tmp_path):
     assert "[build_lmdb] damaged LMDB fold_1/train: holds 1 entries, its manifest records %d: rebuilding it" \
         % n_train1 in lines
     assert "  fold 0 train: unchanged, kept" in lines and "  fold 1 test: unchanged, kept" in lines
-    assert len(L.read_lmdb(os.path.join(out, "fold_0", "test"))) == n_test0
-    assert len(L.read_lmdb(os.path.join(out, "fold_1", "train"))) == n_train1
+    assert len(read_lmdb(os.path.join(out, "fold_0", "test"))) == n_test0
+    assert len(read_lmdb(os.path.join(out, "fold_1", "train"))) == n_train1
     assert any(n.startswith("rebuilt damaged LMDB fold_0/test") for n in m2["notes"])
     lines = []
     assert L.build_lmdbs("ck+", root, out, n_folds=2, augment_copies=1, progress=lines.append)["cached"] is True

@@ -14,8 +14,10 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from test_data_readers import make_ck_tree, make_mmi_tree, write_image, write_points, face_points  # noqa: E402
+from gcnet.caffe_io import decode_datum, encode_datum, read_lmdb  # noqa: E402
 from gcnet.data import lmdb_build as L  # noqa: E402
 from gcnet.data.records import DataError  # noqa: E402
+from gcnet.layout import LmdbLayout, ResultsLayout  # noqa: E402
 
 
 def _caffe_pb2():
@@ -58,8 +60,8 @@ def built(tmp_path_factory):
 
 def test_datum_encoding_matches_caffe_pb2():
     a = np.random.RandomState(0).randint(0, 256, size=(2, 66, 66)).astype(np.uint8)
-    buf = L.encode_datum(a, 300)
-    back, label = L.decode_datum(buf)
+    buf = encode_datum(a, 300)
+    back, label = decode_datum(buf)
     assert np.array_equal(back, a) and label == 300
     pb2 = _caffe_pb2()
     if pb2 is None:
@@ -103,7 +105,7 @@ def test_manifest_counts_folds_and_report(built):
 def test_lmdb_round_trip_lmdb_package(built):
     out = built["out"]
     for k in range(3):
-        test = L.read_lmdb(os.path.join(out, "fold_%d" % k, "test"))
+        test = read_lmdb(os.path.join(out, "fold_%d" % k, "test"))
         index = json.load(open(os.path.join(out, "fold_%d" % k, "test_index.json")))
         assert len(test) == len(index) > 0
         assert [key for key, _, _ in test] == ["%08d" % i for i in range(len(test))]
@@ -113,13 +115,13 @@ def test_lmdb_round_trip_lmdb_package(built):
             assert rec["frame"] != rec["reference"] and rec["reference"].endswith("00000001.png")
             subj.add(rec["subject"])
         assert subj == set(json.load(open(os.path.join(out, "folds.json")))["subjects_by_fold"][str(k)])
-        train = L.read_lmdb(os.path.join(out, "fold_%d" % k, "train"))
+        train = read_lmdb(os.path.join(out, "fold_%d" % k, "train"))
         assert len(train) == built["m"]["folds"][str(k)]["n_train"]
         assert all(a.shape == (2, 66, 66) for _, a, _ in train)
         # the unaugmented copies of the test samples are not in train (subject independence)
         test_x = {a[0].tobytes() for _, a, _ in test}
         assert not test_x & {a[0].tobytes() for _, a, _ in train}
-        pre = L.read_lmdb(os.path.join(out, "fold_%d" % k, "pretrain"))
+        pre = read_lmdb(os.path.join(out, "fold_%d" % k, "pretrain"))
         assert pre and all(np.array_equal(a[0], a[1]) for _, a, _ in pre)
         assert {lab for _, _, lab in pre} == set(range(4))
     # X and X_r of a test pair are the aligned frame and its sequence's first frame
@@ -134,19 +136,36 @@ def test_lmdb_round_trip_lmdb_package(built):
         assert (d.channels, d.height, d.width, len(d.data)) == (2, 66, 66, 2 * 66 * 66)
 
 
-def test_same_augmentation_on_both_channels():
+def test_files_are_where_the_layouts_say(built, tmp_path):
+    lay = LmdbLayout(built["out"])
+    assert lay.folds() == [0, 1, 2]
+    for p in (lay.manifest, lay.folds_json, lay.build_report, lay.align_cache):
+        assert p.is_file(), p
+    for k in range(3):
+        paths = json.load(open(lay.fold_manifest(k)))["paths"]
+        assert paths == {"train": "fold_%d/train" % k, "test": "fold_%d/test" % k, "pretrain": "fold_%d/pretrain" % k,
+                         "test_index": "fold_%d/test_index.json" % k}
+        assert all(lay.root / p == lay.test_index(k) or (lay.root / p / "data.mdb").is_file() for p in paths.values())
+    # a results folder's LMDB paths are the same ones
+    res = ResultsLayout(tmp_path, "ck+")
+    assert res.lmdb(2, "train") == res.lmdbs.split(2, "train") == res.lmdb_root / "fold_2" / "train"
+    assert (res.test_index(1), res.lmdb_manifest()) == (res.lmdbs.test_index(1), res.lmdb_root / "manifest.json")
+    assert res.webface_lmdb({}) == res.lmdb_root / "pretrain_webface"
+
+
+def test_same_augmentation_on_both_channels(monkeypatch):
+    from gcnet.data.lmdb_build import augment
     rng = np.random.RandomState(0)
     cx = rng.randint(0, 256, size=(96, 96)).astype(np.uint8)
     x, r = L.augment_pair(cx, cx.copy(), np.random.RandomState(5))
     assert np.array_equal(x, r) and x.shape == (66, 66)
+    assert not np.array_equal(x, L.crop(cx))
     # no-op parameters give the centre crop
-    old = L.AUG_SCALE, L.AUG_ROTATION_DEG, L.AUG_INTENSITY
-    try:
-        L.AUG_SCALE, L.AUG_ROTATION_DEG, L.AUG_INTENSITY = (1, 1), (0, 0), (1, 1)
-        x, _ = L.augment_pair(cx, cx, np.random.RandomState(5))
-        assert np.array_equal(x, L.crop(cx))
-    finally:
-        L.AUG_SCALE, L.AUG_ROTATION_DEG, L.AUG_INTENSITY = old
+    monkeypatch.setattr(augment, "AUG_SCALE", (1, 1))
+    monkeypatch.setattr(augment, "AUG_ROTATION_DEG", (0, 0))
+    monkeypatch.setattr(augment, "AUG_INTENSITY", (1, 1))
+    x, _ = L.augment_pair(cx, cx, np.random.RandomState(5))
+    assert np.array_equal(x, L.crop(cx))
 
 
 def test_caffe_data_layer_reads_the_lmdb(built, tmp_path):
@@ -155,7 +174,7 @@ def test_caffe_data_layer_reads_the_lmdb(built, tmp_path):
     must say mirror: false; with mirror: true each pair comes back as is or with BOTH channels flipped."""
     import caffe
     src = os.path.join(built["out"], "fold_1", "test")
-    stored = L.read_lmdb(src)
+    stored = read_lmdb(src)
     n = len(stored)
     exp = np.stack([a[:, 1:65, 1:65] for _, a, _ in stored]).astype(np.float32) * np.float32(0.00390625)
     caffe.set_mode_cpu()
@@ -195,7 +214,7 @@ def test_second_build_cached_and_option_change_rebuilds(built):
     assert any("fold 0 test: unchanged, kept" in ln for ln in lines)   # only train depends on --augment
     assert any("fold 0 pretrain: unchanged, kept" in ln for ln in lines)
     assert m3["inputs"]["data_hash"] == m2["inputs"]["data_hash"] and m3["inputs"]["hash"] != m2["inputs"]["hash"]
-    assert len(L.read_lmdb(os.path.join(out, "fold_0", "train"))) == m3["folds"]["0"]["n_train"]
+    assert len(read_lmdb(os.path.join(out, "fold_0", "train"))) == m3["folds"]["0"]["n_train"]
     # a touched input file also rebuilds
     f = os.path.join(root, "Emotion", "S005", "001", "S005_001_00000005_emotion.txt")
     os.utime(f, ns=(os.stat(f).st_atime_ns, os.stat(f).st_mtime_ns + 10 ** 9))
@@ -211,7 +230,7 @@ def test_subset_of_folds_and_ck8_neutral(tmp_path):
     m = L.build_lmdbs("ck+8", root, str(tmp_path / "o"), n_folds=3, folds=[1], augment_copies=0, progress=None)
     assert m["folds_built"] == [1] and sorted(os.listdir(str(tmp_path / "o"))) == [
         "align_cache.npz", "build_report.json", "fold_1", "folds.json", "manifest.json"]
-    test = L.read_lmdb(str(tmp_path / "o" / "fold_1" / "test"))
+    test = read_lmdb(str(tmp_path / "o" / "fold_1" / "test"))
     assert [lab for _, _, lab in test] == [0, 5, 5, 5]                 # neutral first frame + 3 happy peaks
     assert np.array_equal(test[0][1][0], test[0][1][1])               # the neutral sample is its own reference
     with pytest.raises(DataError, match="outside"):
@@ -235,11 +254,15 @@ def test_mmi_video_and_webface_pretrain(tmp_path):
     assert m["pretrain"]["n"] == 6 and m["pretrain"]["n_identities"] == 2
     for k in range(3):
         assert os.path.islink(os.path.join(out, "fold_%d" % k, "pretrain"))
-        pre = L.read_lmdb(os.path.join(out, "fold_%d" % k, "pretrain"))
+        pre = read_lmdb(os.path.join(out, "fold_%d" % k, "pretrain"))
         assert sorted(lab for _, _, lab in pre) == [0, 0, 0, 1, 1, 1]
         assert m["folds"][str(k)]["n_identities"] == 2
         idx = json.load(open(os.path.join(out, "fold_%d" % k, "test_index.json")))
         assert all("#" in r["frame"] and r["reference"].endswith("#0") for r in idx if ".avi" in r["frame"])
+    lay = LmdbLayout(out)                 # the folds' pretrain/ is a relative link to the one WebFace LMDB
+    assert m["pretrain"]["path"] == "pretrain_webface" and json.load(open(lay.webface_meta))["n"] == 6
+    assert all(lay.split(k, "pretrain").resolve() == lay.webface.resolve() for k in range(3))
+    assert os.readlink(lay.split(0, "pretrain")) == os.path.join("..", "pretrain_webface")
     lines = []
     m2 = L.build_lmdbs("mmi", root, out, n_folds=3, augment_copies=0, pretrain_root=wf, progress=lines.append)
     assert any("pretraining LMDB" in ln and "up to date" in ln for ln in lines) and m2["pretrain"]["n"] == 6
