@@ -25,6 +25,11 @@ WORKDIR /gcnet
 # ------------------------------------------------------------------------------------------------ cpu
 FROM base AS cpu
 ARG RUNTEST=1
+# Extra CA certificates (*.crt) in tools/docker-ca/: tools/docker_build.sh copies this machine's local CAs there
+# (/usr/local/share/ca-certificates), for networks whose egress re-signs TLS (pip to PyPI fails otherwise).
+COPY tools/docker-ca/ /usr/local/share/ca-certificates/
+RUN update-ca-certificates >/dev/null
+ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 COPY tools/setup.sh tools/caffe_runtest_report.sh tools/caffe_known_failures.txt tools/
 COPY tools/caffe_tests/ tools/caffe_tests/
 COPY patches/ patches/
@@ -33,7 +38,7 @@ COPY requirements.txt requirements-face.txt ./
 # the run, keeping its log, so `tools/setup.sh --runtest` in the container prints the cached result.
 RUN tools/setup.sh $([ "$RUNTEST" = 1 ] && echo --runtest) \
  && rm -rf /var/lib/apt/lists/* /root/.cache/pip "$CAFFE_PREFIX/src" "$CAFFE_PREFIX/apt" \
- && for d in "$CAFFE_PREFIX"/runtest-*; do [ -d "$d" ] && rm -rf "$d/caffe" "$d/build"; done; true
+ && for d in "$CAFFE_PREFIX"/runtest-*; do if [ -d "$d" ]; then rm -rf "$d/caffe" "$d/build"; fi; done
 COPY . .
 ENTRYPOINT ["bash", "-c", "source tools/env.sh && exec \"$@\"", "--"]
 CMD ["tools/run_folds.sh", "--help"]
@@ -52,6 +57,11 @@ FROM cuda-toolkit AS cuda
 ARG CUDA_ARCH=""
 ARG RUNTEST=0
 ENV CC=gcc-11 CXX=g++-11 CUDAHOSTCXX=g++-11 CUDA_HOME=/usr
+# Extra CA certificates (*.crt) in tools/docker-ca/: tools/docker_build.sh copies this machine's local CAs there
+# (/usr/local/share/ca-certificates), for networks whose egress re-signs TLS (pip to PyPI fails otherwise).
+COPY tools/docker-ca/ /usr/local/share/ca-certificates/
+RUN update-ca-certificates >/dev/null
+ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 COPY tools/setup.sh tools/caffe_runtest_report.sh tools/caffe_known_failures.txt tools/
 COPY tools/caffe_tests/ tools/caffe_tests/
 COPY patches/ patches/

@@ -19,6 +19,7 @@ TAG=""
 BUILDER="${GCNET_BUILDER:-}"
 CHECK=1
 BASE_ONLY=0
+HOST_CA=1
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 WORK="${GCNET_DOCKER_WORK:-${XDG_CACHE_HOME:-$HOME/.cache}/gcnet-docker}"
 BUILD_ARGS=()
@@ -26,7 +27,7 @@ BUILD_ARGS=()
 usage() {
   cat <<EOF
 usage: tools/docker_build.sh --variant cpu|cuda [--tag NAME] [--builder docker|buildah] [--no-check]
-                             [--base-only] [--build-arg K=V]... [--help]
+                             [--base-only] [--no-host-ca] [--build-arg K=V]... [--help]
 
 Builds the Dockerfile's target <variant> as image gcnet:<variant> and runs checks inside it; exits non-zero
 naming the step that failed.
@@ -36,6 +37,8 @@ naming the step that failed.
   --builder B          docker or buildah (default: docker if its daemon answers, else buildah)
   --no-check           build only
   --base-only          only pull or make the base image debian:bookworm
+  --no-host-ca         do not copy this machine's local CA certificates (/usr/local/share/ca-certificates/*.crt)
+                       into the image (they are copied by default: pip needs them where egress re-signs TLS)
   --build-arg K=V      passed to the build (e.g. CUDA_ARCH="86", RUNTEST=0)
 Environment: DEBIAN_MIRROR (for a debootstrapped base, now $MIRROR), GCNET_DOCKER_WORK (logs and scratch, now
 $WORK).
@@ -52,6 +55,7 @@ while [ $# -gt 0 ]; do
     --build-arg) [ $# -ge 2 ] || die "--build-arg needs K=V"; BUILD_ARGS+=(--build-arg "$2"); shift ;;
     --no-check) CHECK=0 ;;
     --base-only) BASE_ONLY=1 ;;
+    --no-host-ca) HOST_CA=0 ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
@@ -147,6 +151,12 @@ fi
 [ "$BASE_ONLY" = 0 ] || { stage "done (--base-only)"; exit 0; }
 
 # ---------------------------------------------------------------- build
+STEP="host CA certificates"
+rm -f "$REPO"/tools/docker-ca/*.crt
+if [ "$HOST_CA" = 1 ] && compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+  cp /usr/local/share/ca-certificates/*.crt "$REPO/tools/docker-ca/"
+  stage "copying this machine's local CA certificates into the image: $(cd "$REPO/tools/docker-ca" && echo *.crt) (--no-host-ca: none)"
+fi
 STEP="build"
 if [ "$BUILDER" = docker ]; then
   BUILD_CMD=(docker build --target "$VARIANT" -t "$TAG" "${BUILD_ARGS[@]}" "$REPO")
