@@ -74,6 +74,7 @@ TAG="${TAG:-gcnet:$VARIANT}"
 
 mkdir -p "$WORK"
 LOG="$WORK/build-$VARIANT.log"
+: >"$LOG"
 T0=$(date +%s)
 stage() { printf '[docker_build %5ds] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 STEP=""
