@@ -20,6 +20,7 @@ BUILDER="${GCNET_BUILDER:-}"
 CHECK=1
 BASE_ONLY=0
 HOST_CA=1
+NO_CACHE=()
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 WORK="${GCNET_DOCKER_WORK:-${XDG_CACHE_HOME:-$HOME/.cache}/gcnet-docker}"
 BUILD_ARGS=()
@@ -27,7 +28,7 @@ BUILD_ARGS=()
 usage() {
   cat <<EOF
 usage: tools/docker_build.sh --variant cpu|cuda [--tag NAME] [--builder docker|buildah] [--no-check]
-                             [--base-only] [--no-host-ca] [--build-arg K=V]... [--help]
+                             [--base-only] [--no-host-ca] [--no-cache] [--build-arg K=V]... [--help]
 
 Builds the Dockerfile's target <variant> as image gcnet:<variant> and runs checks inside it; exits non-zero
 naming the step that failed.
@@ -36,6 +37,7 @@ naming the step that failed.
   --tag NAME           image name (default gcnet:<variant>)
   --builder B          docker or buildah (default: docker if its daemon answers, else buildah)
   --no-check           build only
+  --no-cache           rebuild every layer (the base image is kept)
   --base-only          only pull or make the base image debian:bookworm
   --no-host-ca         do not copy this machine's local CA certificates (/usr/local/share/ca-certificates/*.crt)
                        into the image (they are copied by default: pip needs them where egress re-signs TLS)
@@ -56,6 +58,7 @@ while [ $# -gt 0 ]; do
     --no-check) CHECK=0 ;;
     --base-only) BASE_ONLY=1 ;;
     --no-host-ca) HOST_CA=0 ;;
+    --no-cache) NO_CACHE=(--no-cache) ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
@@ -160,9 +163,9 @@ if [ "$HOST_CA" = 1 ] && compgen -G "/usr/local/share/ca-certificates/*.crt" >/d
 fi
 STEP="build"
 if [ "$BUILDER" = docker ]; then
-  BUILD_CMD=(docker build --target "$VARIANT" -t "$TAG" "${BUILD_ARGS[@]}" "$REPO")
+  BUILD_CMD=(docker build "${NO_CACHE[@]}" --target "$VARIANT" -t "$TAG" "${BUILD_ARGS[@]}" "$REPO")
 else
-  BUILD_CMD=(buildah bud --isolation chroot --network host --layers --target "$VARIANT" -t "$TAG" "${BUILD_ARGS[@]}" "$REPO")
+  BUILD_CMD=(buildah bud --isolation chroot --network host --layers "${NO_CACHE[@]}" --target "$VARIANT" -t "$TAG" "${BUILD_ARGS[@]}" "$REPO")
 fi
 stage "building: ${BUILD_CMD[*]}"
 T_BUILD=$(date +%s)
