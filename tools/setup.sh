@@ -3,6 +3,7 @@
 #
 #   tools/setup.sh            CPU-only Caffe (the default, whatever compilers are present)
 #   tools/setup.sh --cuda     CUDA Caffe (nvcc must be on PATH; see README for GPU/CUDA versions)
+#   tools/setup.sh --runtest  also build Caffe's own gtest suite against this build and run it (once per build key)
 #   tools/setup.sh --help
 #
 # Caffe's source is Debian's source package `caffe` 1.0.0+git20180821.99bd997-8 (suite bullseye), fetched with
@@ -22,17 +23,23 @@ MODE=cpu
 CUDA_ARCH_BIN="${CUDA_ARCH_BIN:-}"
 SKIP_APT=0
 SKIP_FACE=0
+RUNTEST=0
 ENV_FILE="$REPO/tools/env.sh"
 
 usage() {
   cat <<EOF
-usage: tools/setup.sh [--cuda] [--cuda-arch "37 90"] [--no-apt] [--no-face] [--env-file PATH] [--help]
+usage: tools/setup.sh [--cuda] [--cuda-arch "37 90"] [--runtest] [--no-apt] [--no-face] [--env-file PATH] [--help]
 
 Builds BVLC Caffe 1.0 with pycaffe and Python layers, creates the project venv and writes tools/env.sh.
 Afterwards:  source tools/env.sh
 
   --cuda             build the CUDA variant (needs nvcc); default is CPU_ONLY even when nvcc is present
   --cuda-arch LIST   CUDA machine-code architectures (default: 90 if nvcc >= 11.8, plus 37 if nvcc <= 11.8)
+  --runtest          then build Caffe's own unit tests (src/caffe/test, ~2000 gtest cases) against this build and
+                     run them: CPU tests for a CPU build; for --cuda the binary is built, and run only where
+                     nvidia-smi sees a GPU. Run once per build key; the result is cached beside the build
+                     (runtest-<build>/), so a second call prints the cached result. Failures listed in
+                     tools/caffe_known_failures.txt are reported as known; any other failure exits 1.
   --no-apt           do not install apt build dependencies (they must already be present)
   --no-face          skip the optional face detector (mediapipe) used to align photos without landmarks
   --env-file PATH    where to write the environment file (default tools/env.sh)
@@ -45,6 +52,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --cuda) MODE=cuda ;;
     --cuda-arch) CUDA_ARCH_BIN="${2:?--cuda-arch needs a list such as \"90\"}"; shift ;;
+    --runtest) RUNTEST=1 ;;
     --no-apt) SKIP_APT=1 ;;
     --no-face) SKIP_FACE=1 ;;
     --env-file) ENV_FILE="${2:?--env-file needs a path}"; shift ;;
@@ -159,13 +167,12 @@ KEY="$( { echo "$CAFFE_DEB_VERSION"; cat "$REPO"/patches/*.patch; echo "${CMAKE_
 PREFIX="$CACHE_ROOT/caffe-$MODE_TAG-$KEY"
 
 # ---------------------------------------------------------------- 4. source + 5. build (skipped when cached)
-if [ -f "$PREFIX/.complete" ]; then
-  stage "Caffe build cached: $PREFIX"
-else
-  SRC_ROOT="$CACHE_ROOT/src"
-  APT_DIR="$CACHE_ROOT/apt"
+SRC_ROOT="$CACHE_ROOT/src"
+DSC="$SRC_ROOT/caffe_${CAFFE_DEB_VERSION}.dsc"
+# fetch_source: downloads Debian's source package once (kept under $SRC_ROOT) and checks it against the .dsc.
+fetch_source() {
+  local APT_DIR="$CACHE_ROOT/apt"
   mkdir -p "$SRC_ROOT" "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial"
-  DSC="$SRC_ROOT/caffe_${CAFFE_DEB_VERSION}.dsc"
   if [ ! -f "$DSC" ]; then
     stage "fetching Debian source package caffe=$CAFFE_DEB_VERSION ($CAFFE_DEB_SUITE) with a private apt configuration"
     command -v apt-get >/dev/null || fail "source" "apt-get is not available"
@@ -186,15 +193,39 @@ else
   [ -n "$sums" ] || fail "source" "no Checksums-Sha256 in $DSC"
   (cd "$SRC_ROOT" && echo "$sums" | awk '{print $1"  "$3}' | sha256sum --quiet -c -) \
     || { rm -f "$SRC_ROOT"/caffe_*; fail "source" "checksum mismatch; downloaded files removed, rerun to fetch again"; }
-
-  BUILD_ROOT="$CACHE_ROOT/build-$MODE_TAG-$KEY"
-  rm -rf "$BUILD_ROOT"; mkdir -p "$BUILD_ROOT"
+}
+# unpack_source DIR: Debian's source tree with Debian's patch series and then patches/*.patch applied.
+unpack_source() {
   stage "unpacking and applying Debian's patch series (dpkg-source -x)"
-  run_logged "source (dpkg-source -x)" dpkg-source dpkg-source -x "$DSC" "$BUILD_ROOT/caffe"
+  run_logged "source (dpkg-source -x)" dpkg-source dpkg-source -x "$DSC" "$1"
   for p in "$REPO"/patches/*.patch; do
     stage "applying project patch $(basename "$p")"
-    run_logged "patch $(basename "$p")" "patch-$(basename "$p" .patch)" patch -d "$BUILD_ROOT/caffe" -p1 -i "$p"
+    run_logged "patch $(basename "$p")" "patch-$(basename "$p" .patch)" patch -d "$1" -p1 -i "$p"
   done
+}
+# make_progress LOG DIR TARGET: make -jJOBS TARGET in DIR with a progress line every 30 s; on failure names the log.
+make_progress() {
+  local log="$1" dir="$2" target="$3"
+  (
+    make -C "$dir" -j"$JOBS" "$target" >"$log" 2>&1 &
+    pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+      for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+      kill -0 "$pid" 2>/dev/null || break
+      pct="$(grep -oE '^\[ *[0-9]+%\]' "$log" | tail -1 | tr -d '[] ')"
+      stage "  compiling $target... ${pct:-0%}"
+    done
+    wait "$pid"
+  ) || { tail -n 25 "$log" >&2; fail "compile $target" "Full log: $log"; }
+}
+
+if [ -f "$PREFIX/.complete" ]; then
+  stage "Caffe build cached: $PREFIX"
+else
+  fetch_source
+  BUILD_ROOT="$CACHE_ROOT/build-$MODE_TAG-$KEY"
+  rm -rf "$BUILD_ROOT"; mkdir -p "$BUILD_ROOT"
+  unpack_source "$BUILD_ROOT/caffe"
   mkdir -p "$BUILD_ROOT/build"
   stage "configuring ($MODE_TAG): cmake ${CMAKE_OPTS[*]}"
   run_logged "cmake configure" cmake-$MODE_TAG cmake -S "$BUILD_ROOT/caffe" -B "$BUILD_ROOT/build" "${CMAKE_OPTS[@]}" \
@@ -202,16 +233,7 @@ else
     "-DPython_NumPy_INCLUDE_DIR=$("$VENV/bin/python" -c 'import numpy; print(numpy.get_include())')" \
     "-DNUMPY_INCLUDE_DIR=$("$VENV/bin/python" -c 'import numpy; print(numpy.get_include())')"
   stage "compiling with $JOBS jobs (about 7 min on 2 cores for CPU, 10 for CUDA); log: $LOGDIR/make-$MODE_TAG.log"
-  (
-    make -C "$BUILD_ROOT/build" -j"$JOBS" all >"$LOGDIR/make-$MODE_TAG.log" 2>&1 &
-    pid=$!
-    while kill -0 "$pid" 2>/dev/null; do
-      sleep 30
-      pct="$(grep -oE '^\[ *[0-9]+%\]' "$LOGDIR/make-$MODE_TAG.log" | tail -1 | tr -d '[] ')"
-      stage "  compiling... ${pct:-0%}"
-    done
-    wait "$pid"
-  ) || { tail -n 25 "$LOGDIR/make-$MODE_TAG.log" >&2; fail "compile" "Full log: $LOGDIR/make-$MODE_TAG.log"; }
+  make_progress "$LOGDIR/make-$MODE_TAG.log" "$BUILD_ROOT/build" all
   rm -rf "$PREFIX.partial"
   run_logged "install" install-$MODE_TAG make -C "$BUILD_ROOT/build" install
   [ -z "${CUDA_EXTRA_LIB:-}" ] || echo "$CUDA_EXTRA_LIB" > "$PREFIX.partial/cuda_extra_libs"
@@ -246,4 +268,74 @@ stage "checking: caffe --version, import caffe, Python layer registered"
   caffe --version
   python -c "import caffe; assert 'Python' in caffe.layer_type_list(), 'Python layer missing'" ) \
   || fail "check" "Caffe was built but does not run; see the messages above"
+
+# ---------------------------------------------------------------- 7. Caffe's own unit tests (--runtest)
+# Built by tools/caffe_tests/CMakeLists.txt against the installed libcaffe (not a second copy of it), run from a
+# patched source tree (the tests read src/caffe/test/test_data/...). Everything lives beside the build, under its key.
+if [ "$RUNTEST" = 1 ]; then
+  RT="$CACHE_ROOT/runtest-$MODE_TAG-$KEY"
+  REPORT="$REPO/tools/caffe_runtest_report.sh"
+  KNOWN="$REPO/tools/caffe_known_failures.txt"
+  if [ -f "$RT/.complete" ]; then
+    stage "Caffe test suite already run on this build ($(cat "$RT/run_info")); cached result from $RT/gtest.log"
+  else
+    if [ ! -x "$RT/build/test.testbin" ]; then
+      fetch_source
+      rm -rf "$RT"; mkdir -p "$RT/build"
+      unpack_source "$RT/caffe"
+      rm -f "$RT"/caffe_*.orig.tar.*          # dpkg-source -x leaves a copy of the upstream tarball beside the tree
+      T_BUILD=$(date +%s)
+      TEST_CMAKE=(-DCMAKE_BUILD_TYPE=Release "-DCaffe_DIR=$PREFIX/share/Caffe" "-DCAFFE_SRC=$RT/caffe")
+      if [ "$MODE" = cuda ]; then
+        TEST_CMAKE+=("-DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH_BIN// /;}" "-DCMAKE_CUDA_COMPILER=$(command -v nvcc)")
+        [ -z "${CUDA_EXTRA_INC:-}" ] || TEST_CMAKE+=("-DCMAKE_CXX_FLAGS=-I${CUDA_EXTRA_INC//;/ -I}")
+      fi
+      stage "configuring Caffe's test suite against $PREFIX"
+      run_logged "runtest (cmake configure of tools/caffe_tests)" runtest-cmake-$MODE_TAG \
+        cmake -S "$REPO/tools/caffe_tests" -B "$RT/build" "${TEST_CMAKE[@]}"
+      stage "compiling Caffe's test suite with $JOBS jobs (5-9 min on 2 cores); log: $LOGDIR/runtest-make-$MODE_TAG.log"
+      make_progress "$LOGDIR/runtest-make-$MODE_TAG.log" "$RT/build" test.testbin
+      echo "$(( $(date +%s) - T_BUILD ))" > "$RT/build_seconds"
+      stage "test binary built in $(cat "$RT/build_seconds")s: $RT/build/test.testbin"
+    fi
+    if [ "$MODE" = cuda ] && ! { command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; }; then
+      stage "CUDA test binary built ($RT/build/test.testbin); no GPU visible to nvidia-smi here, so not run."
+      stage "Run it where a GPU is:  tools/setup.sh --cuda --runtest"
+      stage "done ($MODE_TAG). Now:  source tools/env.sh"
+      exit 0
+    fi
+    # A CPU build has only CPU tests (upstream filters *GPU* the same way); a CUDA build runs all of them.
+    GTEST_ARGS=(--gtest_shuffle --gtest_random_seed=1)
+    [ "$MODE" = cuda ] || GTEST_ARGS+=("--gtest_filter=-*GPU*")
+    T_RUN=$(date +%s)
+    stage "running Caffe's test suite: test.testbin ${GTEST_ARGS[*]} (1058 CPU tests, about 1 min on 2 cores); log: $RT/gtest.log.partial"
+    set +e
+    (
+      # shellcheck disable=SC1090
+      source "$ENV_FILE"
+      cd "$RT/caffe" && GLOG_minloglevel=2 exec "$RT/build/test.testbin" "${GTEST_ARGS[@]}"
+    ) >"$RT/gtest.log.partial" 2>&1 &
+    pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+      for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+      kill -0 "$pid" 2>/dev/null || break
+      ok="$(grep -c '^\[       OK \]' "$RT/gtest.log.partial")"
+      bad="$(grep -cE '^\[  FAILED  \] .*\([0-9]+ ms\)$' "$RT/gtest.log.partial")"
+      stage "  running... $ok passed, $bad failed so far; now: $(grep '^\[ RUN      \]' "$RT/gtest.log.partial" | tail -1 | cut -c14-)"
+    done
+    wait "$pid"; rc=$?
+    set -e
+    if ! grep -qE '^\[==========\] [0-9]+ tests? from .* ran' "$RT/gtest.log.partial"; then
+      tail -n 20 "$RT/gtest.log.partial" >&2
+      fail "runtest" "the suite did not finish (exit $rc; crash?); last test started: $(grep '^\[ RUN      \]' "$RT/gtest.log.partial" | tail -1 | cut -c14-). Log: $RT/gtest.log.partial. Not cached: the next call reruns it."
+    fi
+    mv "$RT/gtest.log.partial" "$RT/gtest.log"
+    echo "run $(date -u +%Y-%m-%dT%H:%MZ), $(( $(date +%s) - T_RUN ))s run, $(cat "$RT/build_seconds" 2>/dev/null || echo ?)s test build, $(nproc) cores, exit $rc" > "$RT/run_info"
+    # keep the binary, the source tree and the log; the object files are not needed again
+    rm -rf "$RT/build/CMakeFiles"
+    touch "$RT/.complete"
+    stage "suite finished: $(cat "$RT/run_info")"
+  fi
+  "$REPORT" "$RT/gtest.log" "$KNOWN" || fail "runtest" "Caffe's test suite has failures not listed in $KNOWN (log: $RT/gtest.log)"
+fi
 stage "done ($MODE_TAG). Now:  source tools/env.sh"
