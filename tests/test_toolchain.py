@@ -27,17 +27,7 @@ def test_pycaffe_from_the_venv_has_python_layers():
 def test_caffe_train_runs_a_python_layer_from_python_layers(tmp_path):
     """`caffe train` (the C++ binary, not pycaffe) must find python_layers/ through PYTHONPATH."""
     net = tmp_path / "net.prototxt"
-    net.write_text("""
-name: "tiny"
-layer { name: "in" type: "DummyData" top: "a" top: "b"
-  dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 3 }
-                     data_filler { type: "gaussian" std: 1 } data_filler { type: "gaussian" std: 1 } } }
-layer { name: "fc" type: "InnerProduct" bottom: "a" top: "fa" inner_product_param { num_output: 3
-  weight_filler { type: "xavier" } } }
-layer { name: "dist" type: "Python" bottom: "fa" bottom: "b" top: "delta"
-  python_param { module: "gcnet_layers" layer: "ElementwiseDistance" } }
-layer { name: "loss" type: "Reduction" bottom: "delta" top: "loss" loss_weight: 1 }
-""")
+    net.write_text(open(os.path.join(REPO, "tools", "tiny_python_layer_net.prototxt")).read())
     solver = tmp_path / "solver.prototxt"
     solver.write_text('net: "%s"\nbase_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 3\ndisplay: 1\n'
                       'solver_mode: CPU\nsnapshot_after_train: false\n' % net)

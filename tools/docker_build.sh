@@ -222,17 +222,7 @@ else
   in_image "sm_37 and sm_90 code in libcaffe (cuobjdump --list-elf)" \
     'elf="$(cuobjdump --list-elf "$CAFFE_ROOT"/lib/libcaffe.so)"; for a in sm_37 sm_90; do n=$(grep -c "$a" <<<"$elf"); echo "$a: $n cubins"; [ "$n" -gt 0 ] || exit 1; done'
   in_image "caffe train, 5 iterations in CPU mode (no GPU needed)" '
-d=$(mktemp -d) && cd "$d" && cat > net.prototxt <<EOF
-name: "tiny"
-layer { name: "in" type: "DummyData" top: "a" top: "b"
-  dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 3 }
-                     data_filler { type: "gaussian" std: 1 } data_filler { type: "gaussian" std: 1 } } }
-layer { name: "fc" type: "InnerProduct" bottom: "a" top: "fa" inner_product_param { num_output: 3
-  weight_filler { type: "xavier" } } }
-layer { name: "dist" type: "Python" bottom: "fa" bottom: "b" top: "delta"
-  python_param { module: "gcnet_layers" layer: "ElementwiseDistance" } }
-layer { name: "loss" type: "Reduction" bottom: "delta" top: "loss" loss_weight: 1 }
-EOF
+d=$(mktemp -d) && cp tools/tiny_python_layer_net.prototxt "$d/net.prototxt" && cd "$d"
 printf "net: \"net.prototxt\"\nbase_lr: 0.01\nlr_policy: \"fixed\"\nmax_iter: 5\ndisplay: 1\nsolver_mode: CPU\nsnapshot_after_train: false\n" > solver.prototxt
 GLOG_minloglevel=0 GLOG_logtostderr=1 caffe train --solver solver.prototxt > train.log 2>&1; rc=$?
 grep -E "Iteration [0-9]+, loss|Optimization Done" train.log; [ $rc = 0 ] && grep -q "Optimization Done" train.log'
