@@ -50,21 +50,28 @@ except ImportError:  # the numpy kernels stay importable (e.g. for tests of the 
     _LayerBase = object
 
 __all__ = ["ElementwiseDistance", "ContrastiveLoss", "MaxUnpool",
-           "elementwise_distance_forward", "elementwise_distance_backward",
+           "elementwise_distance_forward", "elementwise_distance_grad_a", "elementwise_distance_backward",
            "contrastive_loss_forward", "contrastive_loss_backward", "contrastive_alpha",
            "mask_to_flat_index", "max_unpool_forward", "max_unpool_backward"]
 
 
 # ============================================================================================ numpy kernels
-def elementwise_distance_forward(a, b):
-    """delta = |a - b| element-wise (paper Eq. 2 with d = element-wise absolute difference)."""
-    return np.abs(a - b)
+def elementwise_distance_forward(a, b, out=None):
+    """delta = |a - b| element-wise (paper Eq. 2 with d = element-wise absolute difference); into `out` if given."""
+    out = np.subtract(a, b, out=out)
+    return np.abs(out, out=out)
+
+
+def elementwise_distance_grad_a(a, b, dtop, out=None):
+    """d a = sign(a - b) * dtop (subgradient 0 where a == b); into `out` if given (no temporaries)."""
+    out = np.subtract(a, b, out=out)
+    np.sign(out, out=out)
+    return np.multiply(out, dtop, out=out)
 
 
 def elementwise_distance_backward(a, b, dtop):
-    """Gradients of |a - b|: d a = sign(a - b) * dtop, d b = -sign(a - b) * dtop; subgradient 0 where a == b."""
-    s = np.sign(a - b)
-    da = s * dtop
+    """Gradients of |a - b|: d a = sign(a - b) * dtop, d b = -d a."""
+    da = elementwise_distance_grad_a(a, b, dtop)
     return da, -da
 
 
@@ -213,19 +220,14 @@ class ElementwiseDistance(_LayerBase):
         top[0].reshape(*shape)
 
     def forward(self, bottom, top):
-        # elementwise_distance_forward, computed in the top's memory (no temporaries)
-        y = top[0].data
-        np.subtract(bottom[0].data, bottom[1].data, out=y)
-        np.abs(y, out=y)
+        elementwise_distance_forward(bottom[0].data, bottom[1].data, out=top[0].data)
 
     def backward(self, top, propagate_down, bottom):
-        # elementwise_distance_backward, computed in the first requested bottom diff (no temporaries)
+        # d a computed in the first requested bottom diff (no temporaries)
         if not (propagate_down[0] or propagate_down[1]):
             return
         g = bottom[0].diff if propagate_down[0] else bottom[1].diff
-        np.subtract(bottom[0].data, bottom[1].data, out=g)
-        np.sign(g, out=g)
-        np.multiply(g, top[0].diff, out=g)            # d a = sign(a - b) * dtop
+        elementwise_distance_grad_a(bottom[0].data, bottom[1].data, top[0].diff, out=g)
         if propagate_down[1]:
             np.negative(g, out=bottom[1].diff)        # d b = -d a (in place when only b is requested)
 

@@ -1,8 +1,8 @@
-"""Numpy references of Caffe's CPU MAX Pooling, ReLU and BatchNorm layers (the kernels that patches 0003, 0004 and
-0005 rewrite), as plain functions and as Caffe Python layers, for the equivalence tests of tests/test_cpu_kernels.py.
+"""References of Caffe's CPU MAX Pooling, ReLU, BatchNorm and Scale layers (the kernels that patches 0003-0006
+rewrite), as plain functions and as Caffe Python layers, for the equivalence tests of tests/test_cpu_kernels.py.
 
-They reproduce BVLC Caffe 1.0's CPU code (pooling_layer.cpp, relu_layer.cpp) element for element, in float32 and in
-the same order of operations, so a patched Caffe must match them bit for bit:
+They reproduce BVLC Caffe 1.0's CPU code element for element, in float32 and in the same order of operations, so a
+patched Caffe must match them bit for bit:
 
 * MAX pooling forward: pooled size with Caffe's ceil rounding (and the pad clipping rule); each output starts at
   -FLT_MAX with mask -1 and takes, in scan order (h, then w, increasing) over the window clipped to the image, every
@@ -13,11 +13,10 @@ the same order of operations, so a patched Caffe must match them bit for bit:
   std::min(a, b) = (b < a) ? b : a.
 * ReLU backward: top_diff * ((x > 0) + negative_slope * (x <= 0)), x the bottom data (the top data when in place).
 * BatchNorm and Scale (with its bias) forward and backward: the operations of batch_norm_layer.cpp and
-  scale_layer.cpp / bias_layer.cpp in their original order.  Its sums are BLAS
-  gemv calls whose summation order belongs to the BLAS kernel, so the reference calls the same cblas_sgemv (and
-  sscal/saxpy for caffe_cpu_axpby and caffe_cpu_scale) of the BLAS library that libcaffe loaded, through ctypes; its
-  broadcasts (rank-1 gemm, K = 1: one exact product by 1 added to an accumulator that starts at +0, then one add)
-  and elementwise steps are numpy float32.
+  scale_layer.cpp / bias_layer.cpp in their original order.  Their sums are BLAS gemv calls whose summation order
+  belongs to the BLAS kernel, so the reference calls the same cblas_sgemv (and sscal/saxpy for caffe_cpu_axpby and
+  caffe_cpu_scale) of the BLAS library that libcaffe loaded, through ctypes; its broadcasts (rank-1 gemm, K = 1: one
+  exact product by 1 added to an accumulator that starts at +0, then one add) and elementwise steps are numpy float32.
 
 This module is on sys.path only in the tests (the Python layers are named by module in a prototxt).
 """
@@ -150,10 +149,10 @@ def _pair(p, name):
     return [v, v]
 
 
-def to_reference(net_param, batch_norm=True, train=True):
-    """Copy of a NetParameter in which every MAX Pooling, ReLU and (with `batch_norm`) BatchNorm and Scale layer is
-    the Python reference layer above (same name, bottoms, tops and param specs, so in-place layers stay in place and shared
-    statistics stay shared).  Returns (copy, number of layers replaced).  `train`: the phase the net will be built in
+def to_reference(net_param, train=True):
+    """Copy of a NetParameter in which every MAX Pooling, ReLU, BatchNorm and Scale layer is the Python reference
+    layer above (same name, bottoms, tops and param specs, so in-place layers stay in place and shared statistics
+    stay shared).  Returns (copy, number of layers replaced).  `train`: the phase the net will be built in
     (BatchNorm's use_global_stats defaults to its opposite)."""
     from caffe.proto import caffe_pb2
     out = caffe_pb2.NetParameter()
@@ -168,13 +167,13 @@ def to_reference(net_param, batch_norm=True, train=True):
         elif layer.type == "ReLU":
             param = {"negative_slope": layer.relu_param.negative_slope}
             layer.ClearField("relu_param")
-        elif layer.type == "Scale" and batch_norm:
+        elif layer.type == "Scale":
             p = layer.scale_param
             assert p.axis == 1 and p.num_axes == 1 and len(layer.bottom) == 1
             grads = [spec.lr_mult != 0 for spec in layer.param] + [True] * (2 - len(layer.param))
             param = {"bias_term": p.bias_term, "param_grad": grads[:2]}
             layer.ClearField("scale_param")
-        elif layer.type == "BatchNorm" and batch_norm:
+        elif layer.type == "BatchNorm":
             p = layer.batch_norm_param
             param = {"use_global_stats": p.use_global_stats if p.HasField("use_global_stats") else not train,
                      "moving_average_fraction": p.moving_average_fraction, "eps": p.eps}

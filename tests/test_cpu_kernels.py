@@ -1,12 +1,12 @@
-"""Equivalence of the CPU kernels that patches/0003 (MAX pooling forward), patches/0004 (ReLU forward/backward) and
-patches/0005 (BatchNorm forward/backward) and patches/0006 (Scale forward/backward) rewrite: every result must be BIT-IDENTICAL to Caffe 1.0's original code,
-represented here by the references of tests/caffe_reference_layers.py (numpy, plus for BatchNorm's sums the same
-BLAS gemv calls as the original; none of them uses the patched code).
+"""Equivalence of the CPU kernels that patches/0003-0006 rewrite (MAX pooling forward; ReLU, BatchNorm and Scale
+forward/backward): every result must be BIT-IDENTICAL to Caffe 1.0's original code, represented here by the
+references of tests/caffe_reference_layers.py (numpy, plus for the BatchNorm and Scale sums the same BLAS calls as the
+original; none of them uses the patched code).
 
 * whole nets (cnn and gcnet_s1r1 from gcnet/nets.py, seeded inputs, small batch): the net as built, and the same net
-  with every MAX Pooling, ReLU, BatchNorm and Scale layer replaced by its reference (a Python layer), get the same weights and
-  inputs; after forward + backward every blob's data and diff and every parameter's data and diff must be equal
-  bit for bit (ReLU zeros make pooling windows with ties);
+  with every MAX Pooling, ReLU, BatchNorm and Scale layer replaced by its reference (a Python layer), get the same
+  weights and inputs; after forward + backward every blob's data and diff and every parameter's data and diff must be
+  equal bit for bit (ReLU zeros make pooling windows with ties);
 * single layers against the numpy references: pooling geometries (rectangular kernels, strides, padding, Caffe's
   ceil rounding with clipped last windows, mask top or internal mask) on inputs full of ties and with -FLT_MAX,
   -inf, NaN and signed zeros; ReLU in place and not, negative_slope 0, 0.1, -0.5, on the same special values;
