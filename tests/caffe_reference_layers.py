@@ -1,5 +1,6 @@
-"""References of Caffe's CPU MAX Pooling, ReLU, BatchNorm and Scale layers (the kernels that patches 0003-0006
-rewrite), as plain functions and as Caffe Python layers, for the equivalence tests of tests/test_cpu_kernels.py.
+"""References of Caffe's CPU Convolution, Deconvolution, MAX Pooling, ReLU, BatchNorm and Scale layers (the code
+that patches 0003-0007 rewrite), as plain functions and as Caffe Python layers, for the equivalence tests of
+tests/test_cpu_kernels.py.
 
 They reproduce BVLC Caffe 1.0's CPU code element for element, in float32 and in the same order of operations, so a
 patched Caffe must match them bit for bit:
@@ -17,6 +18,9 @@ patched Caffe must match them bit for bit:
   belongs to the BLAS kernel, so the reference calls the same cblas_sgemv (and sscal/saxpy for caffe_cpu_axpby and
   caffe_cpu_scale) of the BLAS library that libcaffe loaded, through ctypes; its broadcasts (rank-1 gemm, K = 1: one
   exact product by 1 added to an accumulator that starts at +0, then one add) and elementwise steps are numpy float32.
+* im2col: copies, +0 in the padding; col2im: the image starts at +0 and the column entries are added kernel row by
+  kernel row, kernel column by kernel column.  Convolution and Deconvolution: base_conv_layer.cpp's per-sample
+  im2col / col2im and sgemm (bias: rank-1 sgemm forward, sgemv backward) through the same cblas_sgemm / sgemv.
 
 This module is on sys.path only in the tests (the Python layers are named by module in a prototxt).
 """
@@ -149,10 +153,21 @@ def _pair(p, name):
     return [v, v]
 
 
+def _conv_pair(p, name):
+    """(h, w) of a ConvolutionParameter field: name_h/name_w if set (dilation has none), else the repeated field
+    (one value for both, none for Caffe's default: pad 0, stride 1, dilation 1)."""
+    if name != "dilation" and p.HasField(name + "_h"):
+        return [getattr(p, name + "_h"), getattr(p, name + "_w")]
+    values = list(getattr(p, "kernel_size" if name == "kernel" else name))
+    if not values:
+        values = [0 if name == "pad" else 1]
+    return values * 2 if len(values) == 1 else values
+
+
 def to_reference(net_param, train=True):
-    """Copy of a NetParameter in which every MAX Pooling, ReLU, BatchNorm and Scale layer is the Python reference
-    layer above (same name, bottoms, tops and param specs, so in-place layers stay in place and shared statistics
-    stay shared).  Returns (copy, number of layers replaced).  `train`: the phase the net will be built in
+    """Copy of a NetParameter in which every Convolution, Deconvolution, MAX Pooling, ReLU, BatchNorm and Scale
+    layer is the Python reference layer of this module (same name, bottoms, tops and param specs, so in-place layers
+    stay in place and shared weights and statistics stay shared).  Returns (copy, number of layers replaced).  `train`: the phase the net will be built in
     (BatchNorm's use_global_stats defaults to its opposite)."""
     from caffe.proto import caffe_pb2
     out = caffe_pb2.NetParameter()
@@ -173,6 +188,14 @@ def to_reference(net_param, train=True):
             grads = [spec.lr_mult != 0 for spec in layer.param] + [True] * (2 - len(layer.param))
             param = {"bias_term": p.bias_term, "param_grad": grads[:2]}
             layer.ClearField("scale_param")
+        elif layer.type in ("Convolution", "Deconvolution"):
+            p = layer.convolution_param
+            assert p.group == 1 and p.axis == 1 and not p.force_nd_im2col
+            grads = [spec.lr_mult != 0 for spec in layer.param] + [True] * (2 - len(layer.param))
+            param = {"deconv": layer.type == "Deconvolution", "num_output": p.num_output, "bias_term": p.bias_term,
+                     "param_grad": grads[:2]}
+            param.update({k: _conv_pair(p, k) for k in ("kernel", "pad", "stride", "dilation")})
+            layer.ClearField("convolution_param")
         elif layer.type == "BatchNorm":
             p = layer.batch_norm_param
             param = {"use_global_stats": p.use_global_stats if p.HasField("use_global_stats") else not train,
@@ -182,8 +205,9 @@ def to_reference(net_param, train=True):
             continue
         layer.type = "Python"
         layer.python_param.module = __name__
-        layer.python_param.layer = ("RefMaxPool" if "kernel" in param else "RefBatchNorm" if "eps" in param
-                                    else "RefScale" if "bias_term" in param else "RefReLU")
+        layer.python_param.layer = ("RefConvolution" if "deconv" in param else "RefMaxPool" if "kernel" in param
+                                    else "RefBatchNorm" if "eps" in param else "RefScale" if "bias_term" in param
+                                    else "RefReLU")
         layer.python_param.param_str = json.dumps(param)
         replaced += 1
     return out, replaced
@@ -208,6 +232,7 @@ def caffe_blas():
         lib.cblas_sgemv.argtypes = [i, i, i, i, f, p, i, p, i, f, p, i]
         lib.cblas_sscal.argtypes = [i, f, p, i]
         lib.cblas_saxpy.argtypes = [i, f, p, i, p, i]
+        lib.cblas_sgemm.argtypes = [i, i, i, i, i, i, f, p, i, p, i, f, p, i]
         _blas = lib
     return _blas
 
@@ -397,6 +422,160 @@ class RefScale(_LayerBase):
         if self.bias_term:
             self.blobs[1].diff[...] = bd
         if dx is not None:
+            bottom[0].diff[...] = dx
+
+
+# ============================================================================================ Convolution
+def conv_output_size(size, kernel, pad, stride, dilation):
+    """Caffe's convolution output size (im2col.cpp, conv_layer.cpp): no ceil rounding, no clipping."""
+    return (size + 2 * pad - (dilation * (kernel - 1) + 1)) // stride + 1
+
+
+def _window_slices(kernel, pad, stride, dilation, hw):
+    """For every kernel offset (i, j): the padded image's rows and columns that the output positions read."""
+    (oh, ow) = [conv_output_size(hw[a], kernel[a], pad[a], stride[a], dilation[a]) for a in (0, 1)]
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            r, c = i * dilation[0], j * dilation[1]
+            yield (i, j, slice(r, r + (oh - 1) * stride[0] + 1, stride[0]),
+                   slice(c, c + (ow - 1) * stride[1] + 1, stride[1]))
+
+
+def im2col(x, kernel, pad, stride, dilation):
+    """Caffe's im2col_cpu: x (C, H, W) -> (C * kh * kw, OH * OW), rows ordered (channel, kernel row, kernel col);
+    positions in the padding are +0, the rest copies."""
+    c, h, w = x.shape
+    padded = np.zeros((c, h + 2 * pad[0], w + 2 * pad[1]), np.float32)
+    padded[:, pad[0]:pad[0] + h, pad[1]:pad[1] + w] = x
+    cols = [[None] * kernel[1] for _ in range(kernel[0])]
+    for i, j, rows, columns in _window_slices(kernel, pad, stride, dilation, (h, w)):
+        cols[i][j] = padded[:, rows, columns]
+    col = np.stack([np.stack(row, axis=1) for row in cols], axis=1)       # (C, kh, kw, OH, OW)
+    return col.reshape(c * kernel[0] * kernel[1], -1)
+
+
+def col2im(col, shape, kernel, pad, stride, dilation):
+    """Caffe's col2im_cpu: the image (C, H, W) starts at +0 and every column entry that falls inside it is added,
+    kernel row by kernel row, kernel column by kernel column (Caffe's order: one addition per entry)."""
+    c, h, w = shape
+    padded = np.zeros((c, h + 2 * pad[0], w + 2 * pad[1]), np.float32)
+    col = np.asarray(col, np.float32).reshape(c, kernel[0], kernel[1], -1)
+    with np.errstate(invalid="ignore", over="ignore"):             # inf - inf and overflow as in C
+        for i, j, rows, columns in _window_slices(kernel, pad, stride, dilation, (h, w)):
+            target = padded[:, rows, columns]
+            target += col[:, i, j].reshape(target.shape)
+    return padded[:, pad[0]:pad[0] + h, pad[1]:pad[1] + w].copy()
+
+
+def _gemm(trans_a, trans_b, m, n, k, alpha, a, b, beta, c):
+    """caffe_cpu_gemm<float>: C (m, n) = alpha op(A) op(B) + beta C, row-major, in place on c."""
+    caffe_blas().cblas_sgemm(_ROW_MAJOR, _TRANS if trans_a else _NO_TRANS, _TRANS if trans_b else _NO_TRANS,
+                             m, n, k, float(np.float32(alpha)), _ptr(a), m if trans_a else k, _ptr(b),
+                             k if trans_b else n, float(np.float32(beta)), _ptr(c), n)
+
+
+class RefConvolution(_LayerBase):
+    """Python stand-in for a Convolution or Deconvolution layer (group 1, 2-D), doing what Caffe's
+    BaseConvolutionLayer does on the CPU per sample: im2col / col2im above and the same sgemm / sgemv calls, in the
+    same order (weight and bias diffs accumulate over the batch).  param_str: {"deconv": bool, "num_output": n,
+    "kernel": [h, w], "pad", "stride", "dilation": [h, w], "bias_term": bool, "param_grad": [weight, bias]}."""
+
+    def setup(self, bottom, top):
+        p = json.loads(self.param_str)
+        self.deconv, self.num_output, self.bias_term = p["deconv"], p["num_output"], p["bias_term"]
+        self.geometry = [p[k] for k in ("kernel", "pad", "stride", "dilation")]
+        self.param_grad = p["param_grad"]
+        channels = bottom[0].data.shape[1]
+        out_c, in_c = (channels, self.num_output) if self.deconv else (self.num_output, channels)
+        if len(self.blobs) == 0:
+            self.blobs.add_blob(out_c, in_c, *p["kernel"])
+            if self.bias_term:
+                self.blobs.add_blob(self.num_output)
+
+    def reshape(self, bottom, top):
+        n, c, h, w = bottom[0].data.shape
+        kernel, pad, stride, dilation = self.geometry
+        if self.deconv:
+            out = [stride[a] * (s - 1) + dilation[a] * (kernel[a] - 1) + 1 - 2 * pad[a] for a, s in enumerate((h, w))]
+        else:
+            out = [conv_output_size(s, kernel[a], pad[a], stride[a], dilation[a]) for a, s in enumerate((h, w))]
+        top[0].reshape(n, self.num_output, *out)
+        # Caffe's "conv" side: im2col runs on the input of a Convolution, on the output of a Deconvolution
+        self.im_shape = tuple(top[0].data.shape[1:] if self.deconv else bottom[0].data.shape[1:])
+        self.is_1x1 = all(k == 1 for k in kernel) and all(s == 1 for s in stride) and not any(pad)
+
+    def _cols(self, x):
+        if self.is_1x1:
+            return np.ascontiguousarray(x, np.float32).reshape(self.im_shape[0], -1)
+        return np.ascontiguousarray(im2col(x, *self.geometry))
+
+    def _uncols(self, col):
+        if self.is_1x1:
+            return col.reshape(self.im_shape)
+        return col2im(col, self.im_shape, *self.geometry)
+
+    def _forward_gemm(self, x, weight, out_channels):
+        """BaseConvolutionLayer::forward_cpu_gemm: (out_channels, spatial) = W (out, kernel_dim) x im2col(x)."""
+        col = self._cols(x)
+        out = np.zeros((out_channels, col.shape[1]), np.float32)
+        _gemm(False, False, out_channels, col.shape[1], col.shape[0], 1.0, weight, col, 0.0, out)
+        return out
+
+    def _backward_gemm(self, y, weight):
+        """BaseConvolutionLayer::backward_cpu_gemm: col = W^T y, then col2im."""
+        kernel_dim, y2 = weight.shape[1] * weight.shape[2] * weight.shape[3], np.ascontiguousarray(y).reshape(
+            weight.shape[0], -1)
+        col = np.zeros((kernel_dim, y2.shape[1]), np.float32)
+        _gemm(True, False, kernel_dim, y2.shape[1], weight.shape[0], 1.0, weight, y2, 0.0, col)
+        return self._uncols(col)
+
+    def _weight_gemm(self, x, y, weight_diff):
+        """BaseConvolutionLayer::weight_cpu_gemm: dW += y im2col(x)^T."""
+        col = self._cols(x)
+        y2 = np.ascontiguousarray(y).reshape(weight_diff.shape[0], -1)
+        _gemm(False, True, y2.shape[0], col.shape[0], col.shape[1], 1.0, y2, col, 1.0, weight_diff)
+
+    def _bias(self, out, bias):
+        """forward_cpu_bias: a rank-1 sgemm (bias x ones) added to the output (beta 1)."""
+        out2 = out.reshape(self.num_output, -1)
+        _gemm(False, False, self.num_output, out2.shape[1], 1, 1.0, bias, np.ones(out2.shape[1], np.float32),
+              1.0, out2)
+
+    def forward(self, bottom, top):
+        weight = np.ascontiguousarray(self.blobs[0].data, np.float32)
+        bias = np.ascontiguousarray(self.blobs[1].data, np.float32) if self.bias_term else None
+        out = np.empty(top[0].data.shape, np.float32)
+        for n, x in enumerate(np.asarray(bottom[0].data, np.float32)):
+            if self.deconv:
+                out[n] = self._backward_gemm(x, weight)
+            else:
+                out[n] = self._forward_gemm(x, weight, self.num_output).reshape(out.shape[1:])
+            if bias is not None:
+                self._bias(out[n], bias)
+        top[0].data[...] = out
+
+    def backward(self, top, propagate_down, bottom):
+        weight = np.ascontiguousarray(self.blobs[0].data, np.float32)
+        dtop = np.asarray(top[0].diff, np.float32)
+        x = np.asarray(bottom[0].data, np.float32)
+        if self.bias_term and self.param_grad[1]:
+            bias_diff = np.array(self.blobs[1].diff, np.float32)
+            ones = np.ones(dtop[0].size // self.num_output, np.float32)
+            for dy in dtop:
+                _gemv(False, self.num_output, ones.size, 1.0, dy.reshape(self.num_output, -1), ones, 1.0, bias_diff)
+            self.blobs[1].diff[...] = bias_diff
+        weight_diff = np.array(self.blobs[0].diff, np.float32)
+        dx = np.empty(x.shape, np.float32)
+        for n in range(x.shape[0]):
+            # Deconvolution: the roles of bottom and top swap (its "conv" input is the top)
+            conv_in, conv_out = (dtop[n], x[n]) if self.deconv else (x[n], dtop[n])
+            if self.param_grad[0]:
+                self._weight_gemm(conv_in, conv_out, weight_diff)
+            if propagate_down[0]:
+                dx[n] = (self._forward_gemm(dtop[n], weight, x.shape[1]).reshape(x.shape[1:]) if self.deconv
+                         else self._backward_gemm(dtop[n], weight))
+        self.blobs[0].diff[...] = weight_diff
+        if propagate_down[0]:
             bottom[0].diff[...] = dx
 
 

@@ -1,17 +1,19 @@
-"""Equivalence of the CPU kernels that patches/0003-0006 rewrite (MAX pooling forward; ReLU, BatchNorm and Scale
-forward/backward): every result must be BIT-IDENTICAL to Caffe 1.0's original code, represented here by the
-references of tests/caffe_reference_layers.py (numpy, plus for the BatchNorm and Scale sums the same BLAS calls as the
-original; none of them uses the patched code).
+"""Equivalence of the CPU kernels that patches/0003-0007 rewrite (MAX pooling forward; ReLU, BatchNorm and Scale
+forward/backward; im2col and col2im, which Convolution and Deconvolution call): every result must be BIT-IDENTICAL to
+Caffe 1.0's original code, represented here by the references of tests/caffe_reference_layers.py (numpy, plus for
+the BLAS sums the same BLAS calls as the original; none of them uses the patched code).
 
 * whole nets (cnn and gcnet_s1r1 from gcnet/nets.py, seeded inputs, small batch): the net as built, and the same net
-  with every MAX Pooling, ReLU, BatchNorm and Scale layer replaced by its reference (a Python layer), get the same
-  weights and inputs; after forward + backward every blob's data and diff and every parameter's data and diff must be
-  equal bit for bit (ReLU zeros make pooling windows with ties);
+  with every Convolution, Deconvolution, MAX Pooling, ReLU, BatchNorm and Scale layer replaced by its reference (a
+  Python layer), get the same weights and inputs; after forward + backward every blob's data and diff and every
+  parameter's data and diff must be equal bit for bit (ReLU zeros make pooling windows with ties);
 * single layers against the numpy references: pooling geometries (rectangular kernels, strides, padding, Caffe's
   ceil rounding with clipped last windows, mask top or internal mask) on inputs full of ties and with -FLT_MAX,
   -inf, NaN and signed zeros; ReLU in place and not, negative_slope 0, 0.1, -0.5, on the same special values;
   BatchNorm in both phases, in place and not, on odd plane sizes and a constant channel, moving averages included;
-  Scale with and without bias, in place and not, factors 0 and 1, -0 biases, NaN and infinities, frozen parameters.
+  Scale with and without bias, in place and not, factors 0 and 1, -0 biases, NaN and infinities, frozen parameters;
+  im2col / col2im through Caffe's Im2col layer (forward im2col, backward col2im) on the nets' geometries and on
+  rectangular, strided, dilated, over-padded, 1x1 and larger-than-image kernels, with NaN, infinities and -0.
 
 Run:  source tools/env.sh && python -m pytest -q tests/test_cpu_kernels.py
 """
@@ -84,7 +86,9 @@ def test_net_forward_backward_bit_identical_to_reference(model, tmp_path):
     n_pool = sum(l.type == "Pooling" for l in param.layer)
     n_relu = sum(l.type == "ReLU" for l in param.layer)
     n_bn = sum(l.type in ("BatchNorm", "Scale") for l in param.layer)
-    assert replaced == n_pool + n_relu + n_bn and n_pool >= 3 and n_relu >= 4 and n_bn >= 6
+    n_conv = sum(l.type in ("Convolution", "Deconvolution") for l in param.layer)
+    assert replaced == n_pool + n_relu + n_bn + n_conv and n_pool >= 3 and n_relu >= 4 and n_bn >= 6
+    assert n_conv >= 3 + 3 * (model != "cnn")
     caffe.set_random_seed(1)
     net = _net_from_param(param, tmp_path, "patched")
     ref = _net_from_param(ref_param, tmp_path, "reference")
@@ -189,6 +193,81 @@ def test_max_pooling_ties_keep_the_first_maximum_and_nan_never_wins(tmp_path):
     f = -R.FLT_MAX
     np.testing.assert_array_equal(net.blobs["y"].data, [[[[2, 2], [5, 5]]], [[[f, f], [f, f]]]])
     np.testing.assert_array_equal(net.blobs["mask"].data, [[[[1, 2], [9, 10]]], [[[-1, -1], [-1, -1]]]])
+
+
+IM2COL_CASES = [  # (C, H, W, kernel (h, w), pad (h, w), stride (h, w), dilation (h, w))
+    (1, 64, 64, (5, 5), (2, 2), (1, 1), (1, 1)),      # en*_conv1 / de*_deconv1 (the nets' geometries)
+    (32, 31, 31, (3, 3), (1, 1), (1, 1), (1, 1)),     # en*_conv2 / de*_deconv2
+    (64, 15, 15, (3, 3), (1, 1), (1, 1), (1, 1)),     # en*_conv3 / de*_deconv3
+    (3, 7, 9, (3, 2), (0, 1), (2, 3), (1, 1)),        # rectangular, strided, unequal pads
+    (2, 6, 5, (3, 3), (4, 5), (1, 2), (1, 1)),        # pad larger than the kernel: rows and columns all padding
+    (2, 9, 11, (3, 3), (2, 3), (2, 1), (2, 3)),       # dilation
+    (2, 1, 13, (1, 5), (0, 2), (1, 3), (1, 1)),       # one row
+    (1, 4, 4, (4, 4), (0, 0), (1, 1), (1, 1)),        # kernel = image
+    (2, 5, 5, (1, 1), (0, 0), (1, 1), (1, 1)),        # 1x1
+    (1, 3, 3, (5, 5), (3, 3), (3, 3), (1, 1)),        # kernel larger than the image
+]
+
+
+@pytest.mark.parametrize("c,h,w,kernel,pad,stride,dilation", IM2COL_CASES,
+                         ids=["%dx%dx%d_k%s_p%s_s%s_d%s" % (c[:3] + tuple("x".join(map(str, v)) for v in c[3:]))
+                              for c in IM2COL_CASES])
+def test_im2col_and_col2im_match_reference(tmp_path, c, h, w, kernel, pad, stride, dilation):
+    """Caffe's Im2col layer runs im2col_cpu forward and col2im_cpu backward (the functions patch 0007 rewrites and
+    Convolution / Deconvolution call): both must equal the numpy references bit for bit."""
+    n = caffe.NetSpec()
+    n.x = L.Input(shape=dict(dim=[2, c, h, w]))
+    n.col = L.Im2col(n.x, convolution_param=dict(kernel_h=kernel[0], kernel_w=kernel[1], pad_h=pad[0], pad_w=pad[1],
+                                                  stride_h=stride[0], stride_w=stride[1], dilation=list(dilation)))
+    param = n.to_proto()
+    param.force_backward = True
+    net = _net_from_param(param, tmp_path, "im2col")
+    rng = np.random.RandomState(h * w + kernel[0])
+    x = _special_values((2, c, h, w), rng, ties=False)
+    x.reshape(-1)[rng.choice(x.size, max(1, x.size // 50), replace=False)] = np.nan
+    dcol = _special_values(net.blobs["col"].data.shape, rng, ties=False)
+    net.blobs["x"].data[...] = x
+    net.forward()
+    net.blobs["col"].diff[...] = dcol
+    net.backward()
+    for i in range(2):
+        col = R.im2col(x[i], kernel, pad, stride, dilation)
+        got = net.blobs["col"].data[i].reshape(col.shape)
+        assert same_bits(got, col), first_difference(got, col)
+        dx = R.col2im(dcol[i], x.shape[1:], kernel, pad, stride, dilation)
+        assert same_bits(net.blobs["x"].diff[i], dx), first_difference(net.blobs["x"].diff[i], dx)
+
+
+def test_im2col_and_col2im_match_reference_on_random_geometries(tmp_path):
+    """300 seeded geometries (sizes 1-9, kernels 1-5, pads 0-6, strides 1-3, dilations 1-2, each per axis), one
+    Im2col net each: forward and backward equal the numpy references bit for bit."""
+    rng = np.random.RandomState(11)
+    done = 0
+    while done < 300:
+        h, w = rng.randint(1, 10, 2)
+        kernel, pad = tuple(rng.randint(1, 6, 2)), tuple(rng.randint(0, 7, 2))
+        stride, dilation = tuple(rng.randint(1, 4, 2)), tuple(rng.randint(1, 3, 2))
+        if any(s + 2 * p < d * (k - 1) + 1 for s, p, d, k in zip((h, w), pad, dilation, kernel)):
+            continue                                        # no output position: Caffe refuses the shape
+        n = caffe.NetSpec()
+        n.x = L.Input(shape=dict(dim=[1, 2, int(h), int(w)]))
+        n.col = L.Im2col(n.x, convolution_param=dict(
+            kernel_h=kernel[0], kernel_w=kernel[1], pad_h=pad[0], pad_w=pad[1], stride_h=stride[0],
+            stride_w=stride[1], dilation=[int(d) for d in dilation]))
+        param = n.to_proto()
+        param.force_backward = True
+        net = _net_from_param(param, tmp_path, "im2col")
+        x = rng.randn(2, int(h), int(w)).astype(np.float32)
+        dcol = rng.randn(*net.blobs["col"].data.shape).astype(np.float32)
+        net.blobs["x"].data[0] = x
+        net.forward()
+        net.blobs["col"].diff[...] = dcol
+        net.backward()
+        geometry = (kernel, pad, stride, dilation)
+        col = R.im2col(x, *geometry)
+        assert same_bits(net.blobs["col"].data[0].reshape(col.shape), col), geometry
+        assert same_bits(net.blobs["x"].diff[0], R.col2im(dcol[0], x.shape, *geometry)), geometry
+        done += 1
 
 
 @pytest.mark.parametrize("in_place", [True, False], ids=["in_place", "separate"])
