@@ -475,6 +475,47 @@ def test_max_unpool_after_caffe_pooling(caffe, tmp_path, size, k, ties):
     np.testing.assert_allclose(net.blobs["x"].diff, dy * counts, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("channels,size,k", [(32, 64, 5), (64, 31, 3), (96, 15, 3)])
+def test_max_unpool_layer_bit_identical_to_numpy_kernels(caffe, tmp_path, channels, size, k):
+    """The layer runs python_layers/max_unpool.c: on the decoders' shapes, with masks of Caffe's MAX pooling (ties,
+    so overlapping windows share argmaxes up to four or nine times), its top and bottom diff equal the numpy kernels
+    in float32 bit for bit (the same sums in the same order); after the first forward a -1 mask cell (a window
+    without a maximum) places nothing and gets no gradient."""
+    shape = (4, channels, size, size)
+    n = caffe.NetSpec()
+    n.x = L.Input(shape=dict(dim=list(shape)))
+    n.pool, n.mask = L.Pooling(n.x, pool=P.Pooling.MAX, kernel_size=k, stride=2, ntop=2)
+    n.unpool = pylayer(n.pool, n.mask, layer="MaxUnpool", params={"out_h": size, "out_w": size})
+    net = write_net(n, tmp_path)
+    rng = np.random.default_rng(size)
+    x = rng.integers(-2, 3, size=shape).astype(np.float32) * rng.choice([1, 1e-3], size=shape).astype(np.float32)
+    x[0, 0] = -0.0
+    net.blobs["x"].data[...] = x
+    net.forward()
+    pooled, mask = net.blobs["pool"].data.copy(), net.blobs["mask"].data.copy()
+    idx = G.mask_to_flat_index(mask, size, size)
+    assert np.bincount(idx).max() >= 3                          # sums of three or more values: their order matters
+    ref = G.max_unpool_forward(pooled, idx, shape)
+    assert ref.dtype == np.float32 and net.blobs["unpool"].data.tobytes() == ref.tobytes()
+    dy = rng.standard_normal(shape).astype(np.float32)
+    net.blobs["unpool"].diff[...] = dy
+    net.backward()
+    assert net.blobs["pool"].diff.tobytes() == G.max_unpool_backward(dy, idx, pooled.shape).tobytes()
+    # a later forward: the mask is not validated again; a -1 cell is skipped by the kernels
+    layer = layer_object(net, "unpool")
+    net.blobs["mask"].data[0, 0, 0, 0] = -1
+    net.blobs["pool"].data[0, 0, 0, 0] = 5.0
+    layer.forward([net.blobs["pool"], net.blobs["mask"]], [net.blobs["unpool"]])
+    keep = np.ones(idx.size, bool)
+    keep[0] = False
+    ref = np.zeros(shape, np.float32)
+    np.add.at(ref.reshape(-1), idx[keep], net.blobs["pool"].data.reshape(-1)[keep])
+    assert net.blobs["unpool"].data.tobytes() == ref.tobytes()
+    layer.backward([net.blobs["unpool"]], [True, False], [net.blobs["pool"], net.blobs["mask"]])
+    assert net.blobs["pool"].diff[0, 0, 0, 0] == 0
+    assert net.blobs["pool"].diff.reshape(-1)[1:].tobytes() == dy.reshape(-1)[idx[1:]].tobytes()
+
+
 def test_max_unpool_fd_in_caffe(caffe, tmp_path):
     rng = np.random.default_rng(30)
     size, k = 15, 3
