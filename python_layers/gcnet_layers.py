@@ -86,7 +86,7 @@ def contrastive_loss_forward(a, b, alpha, margin):
     """Eq. 4-5 averaged over the batch.  Returns (loss, dist, diff) with diff = a - b flattened to (N, p) and
     dist_n = ||diff_n||_2.  loss = 1/(2N) sum_n [alpha_n max(0, m - d_n)^2 + (1 - alpha_n) d_n^2]."""
     n = a.shape[0]
-    diff = (np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).reshape(n, -1)
+    diff = np.subtract(a, b, dtype=np.float64).reshape(n, -1)       # exact float64 difference, one pass
     dist_sq = np.einsum("ij,ij->i", diff, diff)
     dist = np.sqrt(dist_sq)
     alpha = np.asarray(alpha, dtype=np.float64).reshape(n)
@@ -290,8 +290,8 @@ class ContrastiveLoss(_LayerBase):
     def forward(self, bottom, top):
         self._alpha = contrastive_alpha(bottom[2].data, self.neutral_label)
         c = self._input_scale(bottom)
-        loss, self._dist, self._diff = contrastive_loss_forward(bottom[0].data * c, bottom[1].data * c,
-                                                                self._alpha, self.margin)
+        a, b = (bottom[0].data, bottom[1].data) if c == 1.0 else (bottom[0].data * c, bottom[1].data * c)
+        loss, self._dist, self._diff = contrastive_loss_forward(a, b, self._alpha, self.margin)
         top[0].data[...] = loss
         if len(top) > 1:
             top[1].data[...] = self._dist
