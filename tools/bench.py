@@ -3,7 +3,7 @@
 Run through tools/bench.sh, which sources tools/env.sh first.
 
     tools/bench.sh [--batch 64] [--iterations 10] [--models cnn,gcnet_s1r1] [--gpu ID]
-                   [--builds PREFIX[,PREFIX...]] [--repeats R] [--profile]
+                   [--builds PREFIX[,PREFIX...]] [--layers DIR[,DIR...]] [--repeats R] [--profile]
 
 The nets are generated from gcnet/nets.py with the given batch and read a random LMDB of 2x66x66 Datums (the format
 of the real pipeline), written to a temporary folder.  Each `caffe time` run gives Caffe's own average over
@@ -13,6 +13,8 @@ the table gives the MEDIAN of the R averages, so builds are compared under the s
 --builds    installed Caffe builds to compare (folders caffe-cpu-<key> of the cache, default $CAFFE_ROOT, the one
             of tools/env.sh); each run gets that build's caffe, libcaffe and pycaffe.  With two or more builds each
             line gives the ratio of its median to the first build's (same model).
+--layers    the python_layers/ folder each build runs (one per build, same order; default: this tree's for all),
+            e.g. a `git worktree` of an older commit's python_layers, to compare Python layer versions as well.
 --profile   per layer type, the share of the forward-backward time (Caffe's per-layer timings: Convolution,
             Deconvolution, Pooling, ReLU, BatchNorm, Scale, Python, and the rest), and the GFLOP/s of the whole
             iteration (multiply-adds of Convolution, Deconvolution and InnerProduct, forward and backward, x2)
@@ -36,6 +38,7 @@ sys.path.insert(0, REPO)
 TYPES = ["Convolution", "Deconvolution", "Pooling", "ReLU", "BatchNorm", "Scale", "Python"]
 ALL = "encdec,cnn_id,cnn,gcnet_s0r0,gcnet_s1r0,gcnet_s0r1,gcnet_s1r1"
 SGEMM_N = 1024
+LAYERS = os.path.join(REPO, "python_layers")
 
 
 def parse_args(argv=None):
@@ -47,6 +50,7 @@ def parse_args(argv=None):
     ap.add_argument("--gpu", default="")
     ap.add_argument("--builds", default=os.environ.get("CAFFE_ROOT", ""),
                     help="comma list of installed Caffe prefixes (default $CAFFE_ROOT)")
+    ap.add_argument("--layers", default="", help="comma list of python_layers folders, one per build")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--profile", action="store_true")
     a = ap.parse_args(argv)
@@ -58,13 +62,22 @@ def parse_args(argv=None):
     for b in a.builds:
         if not os.path.isfile(os.path.join(b, "bin", "caffe")):
             ap.error("no bin/caffe under build %s" % b)
+    a.layers = [d for d in a.layers.split(",") if d] or [LAYERS] * len(a.builds)
+    if len(a.layers) != len(a.builds):
+        ap.error("--layers needs one folder per build (%d), got %d" % (len(a.builds), len(a.layers)))
+    for d in a.layers:
+        if not os.path.isfile(os.path.join(d, "gcnet_layers.py")):
+            ap.error("no gcnet_layers.py in --layers folder %s" % d)
     a.models = [m for m in a.models.split(",") if m]
     return a
 
 
-def build_env(prefix):
-    """The environment of tools/env.sh with its Caffe build (CAFFE_ROOT) replaced by `prefix`."""
+def build_env(prefix, layers=None):
+    """The environment of tools/env.sh with its Caffe build (CAFFE_ROOT) replaced by `prefix` (and this tree's
+    python_layers/ by `layers`, when given)."""
     env = dict(os.environ)
+    if layers:
+        env["PYTHONPATH"] = env.get("PYTHONPATH", "").replace(LAYERS, os.path.abspath(layers))
     cur = os.environ.get("CAFFE_ROOT", "")
     for k in ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH"):
         v = env.get(k, "")
@@ -206,8 +219,9 @@ def main(argv=None):
     subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_prototxt.py"), "--out", os.path.join(tmp, "nets"),
                     "--models", ",".join(a.models), "--batch", str(a.batch), "--data-root",
                     os.path.join(tmp, "lmdb")], check=True, stdout=subprocess.DEVNULL)
-    envs = [build_env(b) for b in a.builds]
-    names = [os.path.basename(b.rstrip("/")) for b in a.builds]
+    envs = [build_env(b, d) for b, d in zip(a.builds, a.layers)]
+    names = [os.path.basename(b.rstrip("/")) + ("" if os.path.abspath(d) == LAYERS else "+" + os.path.basename(
+        os.path.dirname(os.path.abspath(d)))) for b, d in zip(a.builds, a.layers)]
     print("caffe time, batch %d, %d iterations x %d repeats (median), OPENBLAS_NUM_THREADS=%s, builds: %s"
           % (a.batch, a.iterations, a.repeats, os.environ.get("OPENBLAS_NUM_THREADS", "default"), ", ".join(names)))
     sgemm_path = os.path.join(tmp, "sgemm.prototxt")
@@ -224,14 +238,14 @@ def main(argv=None):
                 runs.setdefault((m, i), []).append(
                     caffe_time(os.path.join(tmp, "nets", m, "train_val.prototxt"), a.iterations, env, a.gpu, log))
     multi = len(envs) > 1
-    print("%-12s %-28s %12s %12s %12s%s" % ("model", "build", "fwd+bwd ms", "forward ms", "backward ms",
+    print("%-12s %-34s %12s %12s %12s%s" % ("model", "build", "fwd+bwd ms", "forward ms", "backward ms",
                                             "  ratio" if multi else ""))
     for m in a.models:
         base = med([r["fb"] for r in runs[(m, 0)]])
         for i in range(len(envs)):
             rs = runs[(m, i)]
             fb = med([r["fb"] for r in rs])
-            print("%-12s %-28s %12.1f %12.1f %12.1f%s" % (
+            print("%-12s %-34s %12.1f %12.1f %12.1f%s" % (
                 m, names[i], fb, med([r["f"] for r in rs]), med([r["b"] for r in rs]),
                 "  %.3f" % (fb / base) if multi else ""))
     if not a.profile:
@@ -240,7 +254,7 @@ def main(argv=None):
           % (SGEMM_N, SGEMM_N, SGEMM_N, med(sgemm), len(sgemm)))
     short = {"Convolution": "Conv", "Deconvolution": "Deconv", "Pooling": "Pool", "BatchNorm": "BNorm"}
     print("share of the forward-backward time, % (Caffe's per-layer timings; other = remaining layers + overhead)")
-    print("%-12s %-28s %8s %8s  %s" % ("model", "build", "GFLOP", "GFLOP/s",
+    print("%-12s %-34s %8s %8s  %s" % ("model", "build", "GFLOP", "GFLOP/s",
                                         "  ".join("%6s" % short.get(t, t) for t in TYPES) + "   other"))
     for m in a.models:
         proto = os.path.join(tmp, "nets", m, "train_val.prototxt")
@@ -255,7 +269,7 @@ def main(argv=None):
                                if types.get(n) == t) for r in rs]
                 shares.append(100.0 * med(per_run) / fb)
             other = 100.0 - sum(shares)
-            print("%-12s %-28s %8.1f %8.1f  %s  %5.1f   (GFLOP: %.1f fwd + %.1f bwd; sgemm share %.2f)" % (
+            print("%-12s %-34s %8.1f %8.1f  %s  %5.1f   (GFLOP: %.1f fwd + %.1f bwd; sgemm share %.2f)" % (
                 m, names[i], (fwd + bwd) / 1e9, (fwd + bwd) / 1e9 / (fb * 1e-3),
                 "  ".join("%6.1f" % s for s in shares), other, fwd / 1e9, bwd / 1e9,
                 (fwd + bwd) / 1e9 / (fb * 1e-3) / med(sgemm)))
