@@ -379,9 +379,9 @@ class MaxUnpool(_LayerBase):
 
 
 def _unpool_kernels():
-    """The C kernels of MaxUnpool (python_layers/max_unpool.c through python_layers/native.py)."""
+    """The C kernels of MaxUnpool (python_layers/max_unpool.c through python_layers/gcnet_native.py)."""
     import ctypes
-    import native
+    import gcnet_native
     ptr, size = ctypes.c_void_p, ctypes.c_int64
     args = [ptr, ptr, size, size, size, ptr]
-    return native.load("max_unpool", {"max_unpool_forward": args, "max_unpool_backward": args})
+    return gcnet_native.load("max_unpool", {"max_unpool_forward": args, "max_unpool_backward": args})

@@ -1,9 +1,9 @@
 /* C kernels of the MaxUnpool Python layer (python_layers/gcnet_layers.py), loaded through ctypes by
- * python_layers/native.py.  numpy needs three passes over memory for the forward (zero the top, float mask -> int64
- * flat index, np.add.at); here each (n, c) plane is zeroed and filled while it is in cache, reading the float mask
- * directly.  Same results as the numpy version (tests/test_python_layers.py): values that share an argmax are summed
- * in the order of the pooled cells, starting from +0.  A mask entry outside [0, plane) (Caffe's MAX pooling writes
- * -1 only for a window without any value above -FLT_MAX) places nothing and receives a zero gradient. */
+ * python_layers/gcnet_native.py.  numpy needs three passes over memory for the forward (zero the top, float mask ->
+ * int64 flat index, np.add.at); here each (n, c) plane is zeroed and filled while it is in cache, reading the float
+ * mask directly.  Same results as the numpy kernels (tests/test_python_layers.py): values that share an argmax are
+ * summed in the order of the pooled cells, starting from +0.  A mask entry outside [0, plane) (Caffe's MAX pooling
+ * writes -1 only for a window without any value above -FLT_MAX) places nothing and receives a zero gradient. */
 #include <stdint.h>
 #include <string.h>
 

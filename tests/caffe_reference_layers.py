@@ -167,8 +167,8 @@ def _conv_pair(p, name):
 def to_reference(net_param, train=True):
     """Copy of a NetParameter in which every Convolution, Deconvolution, MAX Pooling, ReLU, BatchNorm and Scale
     layer is the Python reference layer of this module (same name, bottoms, tops and param specs, so in-place layers
-    stay in place and shared weights and statistics stay shared).  Returns (copy, number of layers replaced).  `train`: the phase the net will be built in
-    (BatchNorm's use_global_stats defaults to its opposite)."""
+    stay in place and shared weights and statistics stay shared).  Returns (copy, number of layers replaced).
+    `train`: the phase the net will be built in (BatchNorm's use_global_stats defaults to its opposite)."""
     from caffe.proto import caffe_pb2
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net_param)

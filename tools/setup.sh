@@ -261,8 +261,8 @@ export LD_LIBRARY_PATH="${EXTRA_LD}$PREFIX/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_
 # caffe's python dir + python_layers/ + the project's python package + the venv: \`caffe train\` finds the Python layers.
 export PYTHONPATH="$CAFFE_PY:$REPO/python_layers:$REPO:$SITE\${PYTHONPATH:+:\$PYTHONPATH}"
 export GLOG_minloglevel="\${GLOG_minloglevel:-1}"
-# where python_layers/native.py keeps the Python layers' compiled C kernels (one file per source version)
-export GCNET_KERNELS_DIR="$CACHE_ROOT/kernels"
+# where python_layers/gcnet_native.py keeps the Python layers' compiled C kernels (one file per source version)
+export GCNET_KERNELS_DIR="\${GCNET_KERNELS_DIR:-$CACHE_ROOT/kernels}"
 EOF
 stage "checking: caffe --version, import caffe, Python layer registered"
 # shellcheck disable=SC1090
@@ -270,11 +270,11 @@ stage "checking: caffe --version, import caffe, Python layer registered"
   caffe --version
   python -c "import caffe; assert 'Python' in caffe.layer_type_list(), 'Python layer missing'" ) \
   || fail "check" "Caffe was built but does not run; see the messages above"
-if [ -f "$REPO/python_layers/native.py" ]; then
+if [ -f "$REPO/python_layers/gcnet_native.py" ]; then
   stage "compiling the Python layers' C kernels (python_layers/*.c, cached per source)"
   # shellcheck disable=SC1090
   ( source "$ENV_FILE"
-    python -c "import native; print('\n'.join('  ' + p for p in native.build_all()))" ) \
+    python -c "import gcnet_native; print('\n'.join('  ' + p for p in gcnet_native.build_all()))" ) \
     || fail "check" "the Python layers' C kernels do not compile; see the messages above"
 else   # the images run setup.sh before copying the project: the layers compile them at their first use
   stage "python_layers/ not here yet: its C kernels will compile at their first use (into $CACHE_ROOT/kernels)"

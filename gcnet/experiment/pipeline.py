@@ -10,7 +10,7 @@ from gcnet import config as C
 from gcnet.experiment import stages
 from gcnet.experiment.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Settings
 from gcnet.experiment.plan import Context, Job, model_jobs, pretrain_jobs, pretrain_source
-from gcnet.experiment.procs import Supervisor, caffe_binary
+from gcnet.experiment.procs import Supervisor, caffe_binary, python_layer_kernels
 from gcnet.experiment.scheduler import run_jobs
 from gcnet.experiment.summary import collect_summary, settings_record, summary_table, write_summary
 from gcnet.layout import WEBFACE
@@ -20,6 +20,7 @@ from gcnet.util import UsageError, fmt_duration, now, say, write_json
 def run(s: Settings, sup: Supervisor) -> int:
     ctx = _context(s, sup)
     caffe_binary()                      # fail early, before any work, when caffe is missing
+    python_layer_kernels()              # ... or the Python layers' C kernels do not compile
     t_start, tag = time.time(), "[%s]" % s.dataset
     say("%s models %s, folds %s, %d iterations (pretraining %d), batch %d, %s, %d job(s); profile %s -> %s"
         % (tag, ",".join(s.models), ",".join(map(str, s.folds)), s.max_iter, s.pretrain_max_iter, s.batch,

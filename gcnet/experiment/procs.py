@@ -188,6 +188,19 @@ def caffe_binary() -> str:
     return exe
 
 
+def python_layer_kernels() -> None:
+    """Compile the Python layers' C kernels now (a no-op when cached): no compiler is one clear error before any
+    work, not a failure inside every training (python_layers/gcnet_native.py)."""
+    try:
+        import gcnet_native
+    except ImportError:
+        raise UsageError("python_layers/ is not on PYTHONPATH: run `source tools/env.sh`")
+    try:
+        gcnet_native.build_all()
+    except RuntimeError as e:
+        raise UsageError(str(e))
+
+
 def caffe_version() -> str:
     if "v" not in _caffe_cache:
         try:

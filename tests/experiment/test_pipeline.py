@@ -6,6 +6,7 @@ failing stage, Ctrl-C + resume, --collect and bad input.  Needs the built Caffe 
 with `-m e2e`, deselect with `-m "not e2e"`.
 """
 import json
+import os
 import re
 import signal
 import subprocess
@@ -307,6 +308,11 @@ def test_bad_input_exits_2(work):
         err = p.stderr.strip().splitlines()
         assert err and err[-1].startswith("error: ") and needle in err[-1], (args, p.stderr)
         assert "Traceback" not in p.stderr
+    # no C compiler for the Python layers' kernels: one clear error before any work
+    p = run(["synthetic", "--out", str(work / "out_cc")], timeout=300, env=dict(os.environ, CC="/nonexistent/cc"))
+    assert p.returncode == 2 and "cannot compile the Python layers' C kernels" in p.stderr, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+    assert not [f for f in (work / "out_cc").rglob("*") if f.is_file()]           # nothing written but the folder
 
 
 def test_figures_stage_redraws_only_when_inputs_change(first_run, tmp_path, monkeypatch, capsys):

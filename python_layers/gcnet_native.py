@@ -15,7 +15,7 @@ _loaded = {}
 
 
 def kernels_dir():
-    """Where the compiled kernels live: $GCNET_KERNELS_DIR (tools/env.sh puts it in setup's cache), else a user cache."""
+    """Where the compiled kernels live: $GCNET_KERNELS_DIR (tools/env.sh: in setup's cache), else a user cache."""
     default = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gcnet-kernels")
     return os.environ.get("GCNET_KERNELS_DIR") or default
 
@@ -33,8 +33,12 @@ def build(name):
     path, cc = library_path(name)
     if os.path.exists(path):
         return path
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
+    except OSError as e:
+        raise RuntimeError("cannot write the Python layers' C kernels to %s (%s); set GCNET_KERNELS_DIR to a writable "
+                           "folder" % (os.path.dirname(path), e))
     os.close(fd)
     cmd = cc + CFLAGS + ["-o", tmp, os.path.join(HERE, name + ".c")]
     try:

@@ -1,7 +1,7 @@
-"""python_layers/native.py: the Python layers' C kernels are compiled once per source into the kernels folder,
-reused, rebuilt when the source changes, and a failing compiler is a clear error.
+"""python_layers/gcnet_native.py: the Python layers' C kernels are compiled once per source into the kernels
+folder, reused, rebuilt when the source changes; a failing compiler or an unwritable folder is a clear error.
 
-Run:  source tools/env.sh && python -m pytest -q tests/test_native.py
+Run:  source tools/env.sh && python -m pytest -q tests/test_gcnet_native.py
 """
 import os
 import sys
@@ -9,7 +9,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python_layers"))
-import native  # noqa: E402
+import gcnet_native as native  # noqa: E402
 
 
 @pytest.fixture
@@ -44,3 +44,11 @@ def test_compile_error_and_missing_compiler_are_clear_errors(kernels, tmp_path, 
     with pytest.raises(RuntimeError, match="cannot compile the Python layers' C kernels .*set CC"):
         native.build("max_unpool")
     assert os.listdir(str(tmp_path / "kernels")) == []            # no half-written library left behind
+
+
+def test_unwritable_kernels_folder_is_a_clear_error(kernels, tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("GCNET_KERNELS_DIR", str(blocker / "kernels"))      # below a file: cannot be created
+    with pytest.raises(RuntimeError, match="cannot write the Python layers' C kernels to .*set GCNET_KERNELS_DIR"):
+        native.build("max_unpool")
