@@ -19,7 +19,8 @@ the table gives the MEDIAN of the R averages, so builds are compared under the s
             Deconvolution, Pooling, ReLU, BatchNorm, Scale, Python, and the rest), and the GFLOP/s of the whole
             iteration (multiply-adds of Convolution, Deconvolution and InnerProduct, forward and backward, x2)
             beside the sgemm rate of the same BLAS measured in the same run (a 1024x1024x1024 InnerProduct forward
-            under `caffe time`, once per repeat with the first build; median).
+            under `caffe time`, once per repeat with the first build; median); then each Python layer's median
+            forward / backward ms.
 Threads: whatever OPENBLAS_NUM_THREADS says (printed in the header).
 """
 import argparse
@@ -273,7 +274,23 @@ def main(argv=None):
                 m, names[i], (fwd + bwd) / 1e9, (fwd + bwd) / 1e9 / (fb * 1e-3),
                 "  ".join("%6.1f" % s for s in shares), other, fwd / 1e9, bwd / 1e9,
                 (fwd + bwd) / 1e9 / (fb * 1e-3) / med(sgemm)))
+    print_python_layers(a.models, names, runs, tmp)
     return 0
+
+
+def print_python_layers(models, names, runs, tmp):
+    """--profile: each Python layer's median forward / backward ms (they are one type in the share table)."""
+    for m in models:
+        types = layer_types(os.path.join(tmp, "nets", m, "train_val.prototxt"))
+        layers = [n for n, t in types.items() if t == "Python"]
+        if not layers:
+            continue
+        print("\nPython layers of %s, ms forward / backward (median):" % m)
+        for i, name in enumerate(names):
+            rs = runs[(m, i)]
+            cells = ["%s %.2f / %.2f" % (n, med([r["layers"].get(n, {}).get("forward") for r in rs]),
+                                         med([r["layers"].get(n, {}).get("backward") for r in rs])) for n in layers]
+            print("  %-34s %s" % (name, ", ".join(cells)))
 
 
 if __name__ == "__main__":
