@@ -55,9 +55,11 @@ def build(name):
 
 
 def build_all():
-    """Compile every python_layers/*.c (tools/setup.sh calls this); returns the libraries' paths."""
+    """Compile every python_layers/*.c that is not compiled yet (tools/setup.sh, run_folds.sh call this); returns
+    [(library path, True if compiled now)]."""
     names = sorted(f[:-2] for f in os.listdir(HERE) if f.endswith(".c"))
-    return [build(name) for name in names]
+    cached = [os.path.exists(library_path(name)[0]) for name in names]
+    return [(build(name), not was) for name, was in zip(names, cached)]
 
 
 def load(name, functions):

@@ -271,10 +271,11 @@ stage "checking: caffe --version, import caffe, Python layer registered"
   python -c "import caffe; assert 'Python' in caffe.layer_type_list(), 'Python layer missing'" ) \
   || fail "check" "Caffe was built but does not run; see the messages above"
 if [ -f "$REPO/python_layers/gcnet_native.py" ]; then
-  stage "compiling the Python layers' C kernels (python_layers/*.c, cached per source)"
+  stage "the Python layers' C kernels (python_layers/*.c, one library per source version):"
   # shellcheck disable=SC1090
   ( source "$ENV_FILE"
-    python -c "import gcnet_native; print('\n'.join('  ' + p for p in gcnet_native.build_all()))" ) \
+    python -c "import gcnet_native
+for path, new in gcnet_native.build_all(): print('  %s (%s)' % (path, 'built now' if new else 'cached'))" ) \
     || fail "check" "the Python layers' C kernels do not compile; see the messages above"
 else   # the images run setup.sh before copying the project: the layers compile them at their first use
   stage "python_layers/ not here yet: its C kernels will compile at their first use (into $CACHE_ROOT/kernels)"
