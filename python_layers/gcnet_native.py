@@ -29,10 +29,10 @@ def library_path(name):
 
 
 def build(name):
-    """Compile python_layers/<name>.c unless its library exists; returns the library's path."""
+    """Compile python_layers/<name>.c unless its library exists; returns (the library's path, True if compiled now)."""
     path, cc = library_path(name)
     if os.path.exists(path):
-        return path
+        return path, False
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
@@ -50,23 +50,22 @@ def build(name):
     if proc.returncode != 0:
         os.unlink(tmp)
         raise RuntimeError("compiling %s.c failed (%s):\n%s" % (name, " ".join(cmd), proc.stdout))
+    os.chmod(tmp, 0o755)                    # mkstemp's 0600 would hide it from other users of a shared cache
     os.replace(tmp, path)
-    return path
+    return path, True
 
 
 def build_all():
     """Compile every python_layers/*.c that is not compiled yet (tools/setup.sh, run_folds.sh call this); returns
     [(library path, True if compiled now)]."""
-    names = sorted(f[:-2] for f in os.listdir(HERE) if f.endswith(".c"))
-    cached = [os.path.exists(library_path(name)[0]) for name in names]
-    return [(build(name), not was) for name, was in zip(names, cached)]
+    return [build(name) for name in sorted(f[:-2] for f in os.listdir(HERE) if f.endswith(".c"))]
 
 
 def load(name, functions):
     """The ctypes library of python_layers/<name>.c (built if needed), with `functions` {name: argtypes} declared
     (return type void)."""
     if name not in _loaded:
-        lib = ctypes.CDLL(build(name))
+        lib = ctypes.CDLL(build(name)[0])
         for fn, argtypes in functions.items():
             getattr(lib, fn).argtypes = argtypes
             getattr(lib, fn).restype = None

@@ -29,11 +29,12 @@ def test_built_once_then_reused_and_rebuilt_for_a_changed_source(kernels, tmp_pa
     assert built and native.build_all() == [(first, False)]
     assert os.path.dirname(first) == str(tmp_path / "kernels") and os.path.basename(first).startswith("max_unpool-")
     stamp = os.stat(first).st_mtime_ns
-    assert native.build("max_unpool") == first and os.stat(first).st_mtime_ns == stamp
+    assert native.build("max_unpool") == (first, False) and os.stat(first).st_mtime_ns == stamp
+    assert os.stat(first).st_mode & 0o777 == 0o755
     with open(str(kernels / "max_unpool.c"), "a") as f:
         f.write("\n/* changed */\n")
-    second = native.build("max_unpool")
-    assert second != first and os.path.exists(second)
+    second, built = native.build("max_unpool")
+    assert built and second != first and os.path.exists(second)
     assert sorted(os.listdir(str(tmp_path / "kernels"))) == sorted(os.path.basename(p) for p in (first, second))
 
 
