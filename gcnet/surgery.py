@@ -2,11 +2,12 @@
 
     GCNets   En_1 en1_*, De_1r de1r_* <- encdec en1_*, de1r_*;   En_2 en2_*, en2r_* (shared) <- cnn_id en2_*
     R1       De_2r de2r_*, De_2i de2i_* <- encdec de1r_* (renamed)        cnn   en2_* <- cnn_id en2_*
-Other layers (fc1, fc2) keep their filler's random values; BatchNorm statistics are zeroed unless bn_stats="copy"
-(docs/choices.md).  A missing source layer or a shape mismatch is a SurgeryError naming the layer.
+Other layers (fc1, fc2) keep their filler's random values, drawn from Caffe's generator seeded with `seed` (default:
+the solver's random_seed), so the same inputs give the same init.caffemodel; BatchNorm statistics are zeroed unless
+bn_stats="copy" (docs/choices.md).  A missing source layer or a shape mismatch is a SurgeryError naming the layer.
 CLI (the experiment's surgery stage, in a subprocess so that a Caffe CHECK failure cannot kill the runner):
     python -m gcnet.surgery MODEL TRAIN_VAL.prototxt OUT.caffemodel --encdec E.caffemodel --cnn-id C.caffemodel
-        [--report surgery.json] [--bn-stats zero|copy]
+        [--report surgery.json] [--bn-stats zero|copy] [--seed N]
 """
 import argparse
 import os
@@ -16,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from gcnet.caffe_io import WeightsError, read_caffemodel
-from gcnet.config import EXPRESSION_MODELS, has_generator, has_reconstruction
+from gcnet.config import EXPRESSION_MODELS, SolverOptions, has_generator, has_reconstruction
 from gcnet.util import write_json
 
 __all__ = ["SurgeryError", "rules_for", "plan", "init_weights", "main"]
@@ -90,7 +91,7 @@ def _fmt_shapes(shapes) -> str:
 
 def init_weights(model: str, train_val: str, out_path: str, encdec: Optional[str] = None,
                  cnn_id: Optional[str] = None, report_path: Optional[str] = None, log=print,
-                 bn_stats: str = "zero") -> dict:
+                 bn_stats: str = "zero", seed: int = SolverOptions.random_seed) -> dict:
     """Build `model`'s train_val net (TRAIN phase) in pycaffe, copy the pretrained layers into it, save it as
     `out_path` (all layers, the uncopied ones with their filler's random values) and return the report.
     `bn_stats` "zero" zeroes every BatchNorm layer's running statistics, "copy" keeps the pretrained ones."""
@@ -103,6 +104,7 @@ def init_weights(model: str, train_val: str, out_path: str, encdec: Optional[str
         sources["cnn_id"] = _read_source(cnn_id)
     import caffe
     caffe.set_mode_cpu()
+    caffe.set_random_seed(seed)             # the fillers of the layers that are not copied
     net = caffe.Net(train_val, caffe.TRAIN)
     target_shapes = {name: [tuple(b.data.shape) for b in blobs] for name, blobs in net.params.items()}
     report = plan(model, target_shapes, sources)
@@ -117,6 +119,7 @@ def init_weights(model: str, train_val: str, out_path: str, encdec: Optional[str
     if zeroed:
         log("  zeroed BatchNorm statistics of %d layers" % len(zeroed))
     report["bn_stats"] = bn_stats
+    report["seed"] = seed
     report["bn_zeroed"] = zeroed
     for r in report["random"]:
         log("  random  %-16s (filler)                  %s" % (r["layer"], _fmt_shapes(r["shapes"])))
@@ -143,9 +146,12 @@ def main(argv=None) -> int:
     ap.add_argument("--cnn-id")
     ap.add_argument("--report")
     ap.add_argument("--bn-stats", choices=("zero", "copy"), default="zero")
+    ap.add_argument("--seed", type=int, default=SolverOptions.random_seed,
+                    help="seed of the random fillers (default: the solver's random_seed, %(default)s)")
     a = ap.parse_args(argv)
     try:
-        rep = init_weights(a.model, a.train_val, a.out, a.encdec, a.cnn_id, a.report, bn_stats=a.bn_stats)
+        rep = init_weights(a.model, a.train_val, a.out, a.encdec, a.cnn_id, a.report, bn_stats=a.bn_stats,
+                           seed=a.seed)
     except SurgeryError as e:
         print("error: %s" % e, file=sys.stderr)
         return 2

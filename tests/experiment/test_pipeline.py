@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -163,6 +164,27 @@ def test_surgery_copied_pretrained_weights(first_run):
         copied = {c["layer"]: c["from_layer"] for c in rep["copied"]}
         assert copied["de2r_deconv1"] == "de1r_deconv1" and copied["en2r_conv2"] == "en2_conv2"
         assert {r["layer"] for r in rep["random"]} >= {"fc1", "fc2"}
+
+
+def test_surgery_is_reproducible(first_run, tmp_path):
+    """The random fillers (fc1, fc2) are seeded: the same surgery gives the same init.caffemodel byte for byte;
+    another --seed other classifier weights and the same copied ones."""
+    ds = first_run["ds"]
+    d, pre = ds / "gcnet_s1r1" / "fold_0", ds / "pretrain" / "fold_0"
+    outs = {}
+    for seed in (None, 2):
+        out = tmp_path / ("init_%s.caffemodel" % seed)
+        cmd = [sys.executable, "-m", "gcnet.surgery", "gcnet_s1r1", str(d / "train_val.prototxt"), str(out),
+               "--encdec", str(pre / "encdec" / "final.caffemodel"),
+               "--cnn-id", str(pre / "cnn_id" / "final.caffemodel")]
+        p = subprocess.run(cmd + ([] if seed is None else ["--seed", str(seed)]), cwd=str(REPO),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        outs[seed] = out
+    assert outs[None].read_bytes() == (d / "init.caffemodel").read_bytes()
+    a, b = read_caffemodel(str(outs[None])), read_caffemodel(str(outs[2]))
+    assert not np.array_equal(a["fc1"][0], b["fc1"][0])
+    assert all(np.array_equal(x, y) for x, y in zip(a["en2_conv1"], b["en2_conv1"]))
 
 
 def test_second_run_is_cached(first_run):
