@@ -197,6 +197,22 @@ def test_elementwise_distance_ties_use_zero_subgradient():
     assert np.all(s[~tie] != 0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_elementwise_distance_gradient_equals_np_sign_bit_for_bit(dtype):
+    """The kernel computes sign(a - b) by comparisons (np.sign is a slow scalar loop in numpy 1.x): the same bits as
+    np.sign(a - b) * dtop, signed zeros, infinities and NaN included."""
+    special = np.array([0.0, -0.0, 1.0, -1.0, 2.5, np.inf, -np.inf, np.nan, 1e-30], dtype)
+    a, b = np.meshgrid(special, special)
+    dtop = np.resize(np.array([1.5, -2.0, 0.0, -0.0, np.inf], dtype), a.shape)
+    with np.errstate(invalid="ignore"):                  # inf - inf, inf * 0
+        ref = np.sign(a - b) * dtop
+        got = G.elementwise_distance_grad_a(a, b, dtop)
+    assert got.dtype == ref.dtype and got.tobytes() == ref.tobytes()
+    rng = np.random.default_rng(7)
+    a, b, dtop = (rng.integers(-2, 3, size=(64, 96, 7, 7)).astype(dtype) for _ in range(3))   # many ties
+    assert G.elementwise_distance_grad_a(a, b, dtop).tobytes() == (np.sign(a - b) * dtop).tobytes()
+
+
 @pytest.mark.parametrize("shape,margin,neutral", [((6, 5), 1.0, 0), ((5, 3, 2, 2), 2.0, -1), ((4, 2, 3, 1), 0.5, 2)])
 def test_contrastive_loss_fd(shape, margin, neutral):
     rng = np.random.default_rng(3)
