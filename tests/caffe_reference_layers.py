@@ -447,10 +447,10 @@ def im2col(x, kernel, pad, stride, dilation):
     c, h, w = x.shape
     padded = np.zeros((c, h + 2 * pad[0], w + 2 * pad[1]), np.float32)
     padded[:, pad[0]:pad[0] + h, pad[1]:pad[1] + w] = x
-    cols = [[None] * kernel[1] for _ in range(kernel[0])]
+    oh, ow = (conv_output_size(size, kernel[a], pad[a], stride[a], dilation[a]) for a, size in enumerate((h, w)))
+    col = np.empty((c, kernel[0], kernel[1], oh, ow), np.float32)
     for i, j, rows, columns in _window_slices(kernel, pad, stride, dilation, (h, w)):
-        cols[i][j] = padded[:, rows, columns]
-    col = np.stack([np.stack(row, axis=1) for row in cols], axis=1)       # (C, kh, kw, OH, OW)
+        col[:, i, j] = padded[:, rows, columns]
     return col.reshape(c * kernel[0] * kernel[1], -1)
 
 
@@ -523,8 +523,8 @@ class RefConvolution(_LayerBase):
 
     def _backward_gemm(self, y, weight):
         """BaseConvolutionLayer::backward_cpu_gemm: col = W^T y, then col2im."""
-        kernel_dim, y2 = weight.shape[1] * weight.shape[2] * weight.shape[3], np.ascontiguousarray(y).reshape(
-            weight.shape[0], -1)
+        kernel_dim = weight.shape[1] * weight.shape[2] * weight.shape[3]
+        y2 = np.ascontiguousarray(y).reshape(weight.shape[0], -1)
         col = np.zeros((kernel_dim, y2.shape[1]), np.float32)
         _gemm(True, False, kernel_dim, y2.shape[1], weight.shape[0], 1.0, weight, y2, 0.0, col)
         return self._uncols(col)
