@@ -77,8 +77,9 @@ def build_env(prefix, layers=None):
     """The environment of tools/env.sh with its Caffe build (CAFFE_ROOT) replaced by `prefix` (and this tree's
     python_layers/ by `layers`, when given)."""
     env = dict(os.environ)
-    if layers:
-        env["PYTHONPATH"] = env.get("PYTHONPATH", "").replace(LAYERS, os.path.abspath(layers))
+    if layers:      # in place of this tree's folder (tools/env.sh), else first on the path
+        path, layers = env.get("PYTHONPATH", ""), os.path.abspath(layers)
+        env["PYTHONPATH"] = path.replace(LAYERS, layers) if LAYERS in path else layers + os.pathsep + path
     cur = os.environ.get("CAFFE_ROOT", "")
     for k in ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH"):
         v = env.get(k, "")
