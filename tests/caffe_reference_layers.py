@@ -164,6 +164,11 @@ def _conv_pair(p, name):
     return values * 2 if len(values) == 1 else values
 
 
+def _param_grads(layer):
+    """[weight, bias]: False where the layer's param spec has lr_mult 0 (Caffe then leaves that diff alone)."""
+    return ([spec.lr_mult != 0 for spec in layer.param] + [True, True])[:2]
+
+
 def to_reference(net_param, train=True):
     """Copy of a NetParameter in which every Convolution, Deconvolution, MAX Pooling, ReLU, BatchNorm and Scale
     layer is the Python reference layer of this module (same name, bottoms, tops and param specs, so in-place layers
@@ -177,27 +182,27 @@ def to_reference(net_param, train=True):
         if layer.type == "Pooling" and layer.pooling_param.pool == caffe_pb2.PoolingParameter.MAX:
             p = layer.pooling_param
             assert not p.global_pooling
+            cls = "RefMaxPool"
             param = {"kernel": _pair(p, "kernel"), "stride": _pair(p, "stride"), "pad": _pair(p, "pad")}
             layer.ClearField("pooling_param")
         elif layer.type == "ReLU":
-            param = {"negative_slope": layer.relu_param.negative_slope}
+            cls, param = "RefReLU", {"negative_slope": layer.relu_param.negative_slope}
             layer.ClearField("relu_param")
         elif layer.type == "Scale":
             p = layer.scale_param
             assert p.axis == 1 and p.num_axes == 1 and len(layer.bottom) == 1
-            grads = [spec.lr_mult != 0 for spec in layer.param] + [True] * (2 - len(layer.param))
-            param = {"bias_term": p.bias_term, "param_grad": grads[:2]}
+            cls, param = "RefScale", {"bias_term": p.bias_term, "param_grad": _param_grads(layer)}
             layer.ClearField("scale_param")
         elif layer.type in ("Convolution", "Deconvolution"):
             p = layer.convolution_param
             assert p.group == 1 and p.axis == 1 and not p.force_nd_im2col
-            grads = [spec.lr_mult != 0 for spec in layer.param] + [True] * (2 - len(layer.param))
-            param = {"deconv": layer.type == "Deconvolution", "num_output": p.num_output, "bias_term": p.bias_term,
-                     "param_grad": grads[:2]}
+            cls, param = "RefConvolution", {"deconv": layer.type == "Deconvolution", "num_output": p.num_output,
+                                            "bias_term": p.bias_term, "param_grad": _param_grads(layer)}
             param.update({k: _conv_pair(p, k) for k in ("kernel", "pad", "stride", "dilation")})
             layer.ClearField("convolution_param")
         elif layer.type == "BatchNorm":
             p = layer.batch_norm_param
+            cls = "RefBatchNorm"
             param = {"use_global_stats": p.use_global_stats if p.HasField("use_global_stats") else not train,
                      "moving_average_fraction": p.moving_average_fraction, "eps": p.eps}
             layer.ClearField("batch_norm_param")
@@ -205,9 +210,7 @@ def to_reference(net_param, train=True):
             continue
         layer.type = "Python"
         layer.python_param.module = __name__
-        layer.python_param.layer = ("RefConvolution" if "deconv" in param else "RefMaxPool" if "kernel" in param
-                                    else "RefBatchNorm" if "eps" in param else "RefScale" if "bias_term" in param
-                                    else "RefReLU")
+        layer.python_param.layer = cls
         layer.python_param.param_str = json.dumps(param)
         replaced += 1
     return out, replaced
