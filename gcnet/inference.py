@@ -17,6 +17,7 @@ from gcnet.layout import DEPLOY, FINAL, META, TRAIN_VAL, ResultsLayout, fold_of
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SCALE = 0.00390625       # transform_param.scale of the Data layers (docs/ARCHITECTURE.md, LMDB format)
 DEFAULT_CROP = 64
+REFERENCE_INPUT = "xr"           # the deploy input of a net that is given the person's reference face (gcnet/nets.py)
 
 
 class ModelError(Exception):
@@ -146,17 +147,42 @@ class DeployModel:
         """Names of the net's BatchNorm layers."""
         return [name for name in self.net.params if self.net.layer_dict[name].type == "BatchNorm"]
 
-    def forward(self, aligned, blobs=("prob",), batch=64):
-        """Run the deploy net on aligned 66x66 faces; {blob: array (N, ...)} for the requested blobs."""
-        x = preprocess(aligned, self.scale, self.crop, self.mean)
+    @property
+    def needs_reference(self) -> bool:
+        """The net takes the person's reference face X_r as a second input (cnn_pair, Fig. 2b)."""
+        return REFERENCE_INPUT in self.net.inputs
+
+    def set_batchnorm_stats(self, stats) -> None:
+        """Replace the BatchNorm statistics ({layer: [mean, var, factor]}, gcnet.bnstats.estimate_stats)."""
+        for name, values in stats.items():
+            for blob, v in zip(self.net.params[name], values):
+                blob.data[...] = v
+
+    def forward(self, aligned, blobs=("prob",), batch=64, reference=None, preprocessed=False):
+        """Run the deploy net on aligned 66x66 faces; {blob: array (N, ...)} for the requested blobs.  A net with
+        a reference input takes `reference` (aligned like `aligned`), else channel 1 of `aligned` (pairs [X, X_r]).
+        `preprocessed`: `aligned` is already net input (N, 1, crop, crop) float, e.g. a generated reference."""
+        x = np.asarray(aligned, np.float32) if preprocessed else preprocess(aligned, self.scale, self.crop, self.mean)
+        inputs = {self.input: x}
+        if self.needs_reference:
+            if reference is None:
+                a = np.asarray(aligned)
+                if a.ndim != 4 or a.shape[1] < 2:
+                    raise ModelError("%s compares the face with the person's reference face: give one" % self.dir)
+                reference = a[:, 1:2]
+            inputs[REFERENCE_INPUT] = preprocess(reference, self.scale, self.crop, self.mean)
+            if len(inputs[REFERENCE_INPUT]) != len(x):
+                raise ModelError("%d faces but %d reference faces" % (len(x), len(inputs[REFERENCE_INPUT])))
         blobs = [b for b in blobs if b in self.net.blobs]
         out = {b: [] for b in blobs}
         for i in range(0, len(x), batch):
-            xb = x[i:i + batch]
-            if self.net.blobs[self.input].data.shape != xb.shape:
-                self.net.blobs[self.input].reshape(*xb.shape)
+            shapes = {name: arr[i:i + batch].shape for name, arr in inputs.items()}
+            if any(self.net.blobs[name].data.shape != shape for name, shape in shapes.items()):
+                for name, shape in shapes.items():
+                    self.net.blobs[name].reshape(*shape)
                 self.net.reshape()
-            self.net.blobs[self.input].data[...] = xb
+            for name, arr in inputs.items():
+                self.net.blobs[name].data[...] = arr[i:i + batch]
             self.net.forward()
             for b in blobs:
                 out[b].append(self.net.blobs[b].data.copy())

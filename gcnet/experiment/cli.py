@@ -19,28 +19,33 @@ from gcnet.util import UsageError, parse_folds, say
 # given in the paper; they default to --iters.
 PAPER_SCHEDULE = dict(n_folds=10, folds="0-9", max_iter=300000, pretrain_max_iter=None, batch=64)
 
-# `synthetic` without --iters: a CPU-sized profile (about 30 min on 2 cores, measured: README "Results").  100
-# identities give about 39 labelled sequences (about 120 test images) per fold, so one sequence moves a fold's
-# accuracy by under 3 points; two folds give a mean and a spread.
+# `synthetic` without --iters: a CPU-sized profile that shows the paper's mechanism (README "Results"): 100
+# identities give about 39 labelled sequences (about 120 test images) per fold; the encoder-decoder and En_2 are
+# pretrained once on a synthetic WebFace set of 300 other identities (the paper's CASIA-WebFace step, cached for
+# every later run), the generator is trained per fold on X -> X_r (the paper's first step), then the models.
 SYNTHETIC_PROFILE = dict(
     subjects=100,         # synthetic identities written by gcnet.data.synthetic.make_synthetic
     n_folds=10,           # the paper's protocol (subject-independent 10 folds) ...
     folds="0-1",          # ... of which these are run (their LMDBs only are built)
+    webface_identities=300,   # the synthetic WebFace set of the pretraining (other identities)
+    pretrain_max_iter=3000,   # encdec / cnn_id iterations on it (once; cached)
+    generator_max_iter=1000,  # the per-fold generator stage (X -> X_r)
     max_iter=200,         # expression-model iterations
-    pretrain_max_iter=200,  # encdec / cnn_id iterations
     batch=16,
     augment=2,            # augmented copies per training sample in the LMDB
-    display=10,
+    display=20,
     jobs=2,               # two trainings side by side, one BLAS thread each
     bn_samples=512,       # training samples of the BatchNorm re-estimation and of the training-set scores
 )
 
-# `--profile ablation`: the five models at equal budget on the synthetic set, five folds, 1000 iterations each (hours
-# on 2 CPU cores, minutes on a GPU); README "Results" reports what it measured.
-ABLATION_PROFILE = dict(SYNTHETIC_PROFILE, folds="0-4", max_iter=1000, pretrain_max_iter=1000, display=50, bn_samples=1024)
+# `--profile ablation`: the six models at a larger equal budget on a larger synthetic set (about 600 test images
+# over folds 0-1), for paired statistics with n >= 500 (README "Results").
+ABLATION_PROFILE = dict(SYNTHETIC_PROFILE, subjects=250, generator_max_iter=2000, max_iter=1000, display=50,
+                        bn_samples=1024)
 PROFILES = {"synthetic-cpu": SYNTHETIC_PROFILE, "ablation": ABLATION_PROFILE}
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+PRETRAIN_ON_FOLDS = "folds"      # --pretrain-data folds: pretrain on the training folds' own faces
 
 
 def parse_models(text: str) -> List[str]:
@@ -75,6 +80,8 @@ class Settings:
     n_folds: int
     max_iter: int                      # --iters: iterations of each expression model
     pretrain_max_iter: int             # --pretrain-iters: iterations of encdec and cnn_id
+    generator_max_iter: int            # --generator-iters: iterations of the per-fold generator stage (0: none)
+    fit_output_scale: bool             # the generator's output Scale fitted to its targets (encdec, generator stage)
     batch: int
     augment: Optional[int]
     margin: float
@@ -95,7 +102,8 @@ class Settings:
     snapshot: int
     test_interval: int
     seed: int
-    pretrain_data: Optional[str]
+    pretrain_data: Optional[str]       # WebFace root of the shared pretraining; None: the training folds
+    webface_identities: Optional[int]  # identities of the synthetic WebFace set made at pretrain_data (else None)
     landmarks: Optional[str]
     mmi_peaks: Optional[str]
     figures: bool
@@ -146,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mmi-peaks", metavar="CSV", help="MMI peak frames (session,peak_frame)")
     g.add_argument("--augment", type=int, metavar="K", help="augmented copies per training sample in the LMDB "
                    "(default: gcnet.data.lmdb_build's %s)" % _lmdb_default_augment())
-    g.add_argument("--pretrain-data", metavar="ROOT", help="CASIA-WebFace root for pretraining (paper); default: "
-                   "the training folds' faces with identity labels (fold_K/pretrain)")
+    g.add_argument("--pretrain-data", metavar="ROOT", help="CASIA-WebFace root for pretraining (paper), or `folds` "
+                   "for the training folds' faces with identity labels (fold_K/pretrain); default: `folds`, except "
+                   "the synthetic profiles, which make a synthetic WebFace set of other identities")
     g.add_argument("--synthetic-subjects", type=int, metavar="N",
                    help="identities when the synthetic set is generated (default %d)" % SYNTHETIC_PROFILE["subjects"])
     g = ap.add_argument_group("experiment")
@@ -162,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training iterations of each expression model (default 3e5)")
     g.add_argument("--pretrain-iters", dest="pretrain_max_iter", type=int,
                    help="iterations of encdec and cnn_id (default: --iters)")
+    g.add_argument("--generator-iters", dest="generator_max_iter", type=int,
+                   help="iterations of the per-fold generator stage, the first of the paper's two steps "
+                        "(Generator(X) -> X_r from encdec; the GCNets start from it); 0 = none, the GCNets start "
+                        "from encdec (default: --iters / 10)")
+    g.add_argument("--no-fit-output-scale", dest="fit_output_scale", action="store_false",
+                   help="keep the output Scale (gamma, beta of de1r_scale1) of encdec and of the generator stage as "
+                        "training left it instead of fitting it to the targets (X, X_r) by least squares before "
+                        "the GCNets freeze it (docs/choices.md)")
     g.add_argument("--batch", type=int, help="mini-batch size (default 64)")
     g.add_argument("--contrastive-distance", choices=C.CONTRASTIVE_DISTANCES, default=C.NetOptions.contrastive_distance,
                    help="S of Eq. 4-5: l2 = ||En_2(X) - En_2(X_r hat)|| (paper), rms = l2 / sqrt(feature size) "
@@ -201,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-figures", action="store_true", help="skip the figures step")
     g.add_argument("--no-summary", action="store_true", help="skip summary and figures (Slurm array tasks)")
     g.add_argument("--collect", action="store_true", help="only build summary (+figures) from what is on disk")
-    g.add_argument("--stop-after", choices=("lmdb", "pretrain"), help="stop after this stage (Slurm prep jobs)")
+    g.add_argument("--stop-after", choices=("lmdb", "pretrain", "generator"), help="stop after this stage (Slurm prep jobs)")
     g.add_argument("--keep-snapshots", type=int, default=2, help="snapshots kept per training (default 2)")
     g = ap.add_argument_group("Slurm arrays (tools/slurm/)")
     g.add_argument("--task-index", type=int, metavar="I", help="run only task I of the selected models x folds "
@@ -230,6 +247,17 @@ def default_synthetic_root(subjects: int, seed: int) -> Path:
     return REPO / "data" / "synthetic" / ("ck+_%dsubjects_seed%d" % (subjects, seed))
 
 
+def results_name(dataset: str, profile: Optional[str]) -> str:
+    """The results folder under --out: the dataset's name; a synthetic profile other than the default gets its
+    own (`synthetic-ablation`), so that its larger set never replaces the main job's results."""
+    return "%s-%s" % (dataset, profile) if profile in PROFILES and profile != "synthetic-cpu" else dataset
+
+
+def default_webface_root(identities: int) -> Path:
+    """The synthetic CASIA-WebFace stand-in of the synthetic profiles (other identities than the expression set)."""
+    return REPO / "data" / "synthetic" / ("webface_%dids_seed%d" % (identities, C.SYNTHETIC_WEBFACE_SEED))
+
+
 def resolve_settings(a) -> Settings:
     C.dataset_spec(a.dataset)
     synthetic = a.dataset == "synthetic"
@@ -251,6 +279,10 @@ def resolve_settings(a) -> Settings:
         prof.get("pretrain_max_iter") or max_iter
     if pretrain_max_iter < 1:
         raise UsageError("--pretrain-iters must be >= 1")
+    generator_max_iter = a.generator_max_iter if a.generator_max_iter is not None else \
+        prof.get("generator_max_iter", max_iter // 10)
+    if generator_max_iter < 0:
+        raise UsageError("--generator-iters must be >= 0")
     batch = a.batch or prof.get("batch") or PAPER_SCHEDULE["batch"]
     if batch < 1:
         raise UsageError("--batch must be >= 1")
@@ -287,7 +319,16 @@ def resolve_settings(a) -> Settings:
         data_root = os.path.abspath(data_root)
         if not os.path.isdir(data_root):
             raise UsageError("data root %s does not exist or is not a folder" % data_root)
-    for name, path in (("--pretrain-data", a.pretrain_data), ("--landmarks", a.landmarks)):
+    pretrain_data, webface_identities = a.pretrain_data, None
+    if pretrain_data == PRETRAIN_ON_FOLDS:
+        pretrain_data = None
+    elif pretrain_data is None and synthetic and prof.get("webface_identities"):
+        # the paper pretrains on a separate face set (CASIA-WebFace): a synthetic one of other identities, made on
+        # first use, with a fixed seed (like the real set, it does not change with --seed)
+        webface_identities = prof["webface_identities"]
+        pretrain_data = str(default_webface_root(webface_identities))
+    for name, path in (("--pretrain-data", pretrain_data if webface_identities is None else None),
+                       ("--landmarks", a.landmarks)):
         if path and not os.path.isdir(path):
             raise UsageError("%s %s does not exist or is not a folder" % (name, path))
     if a.mmi_peaks and not os.path.isfile(a.mmi_peaks):
@@ -299,15 +340,15 @@ def resolve_settings(a) -> Settings:
     else:
         profile = "custom"
     return Settings(
-        dataset=a.dataset, data_root=data_root, out=os.path.abspath(os.path.join(a.out, a.dataset)),
+        dataset=a.dataset, data_root=data_root, out=os.path.abspath(os.path.join(a.out, results_name(a.dataset, profile))),
         models=models, folds=folds, n_folds=n_folds, max_iter=max_iter, pretrain_max_iter=pretrain_max_iter,
-        batch=batch,
+        generator_max_iter=generator_max_iter, fit_output_scale=a.fit_output_scale, batch=batch,
         augment=augment, margin=margin, contrastive_distance=a.contrastive_distance,
         finetune_output_scale=a.finetune_output_scale, clip_gradients=a.clip_gradients,
         pretrain_clip_gradients=a.pretrain_clip_gradients, recalibrate_bn=a.recalibrate_bn, bn_samples=bn_samples,
         surgery_bn_stats=a.surgery_bn_stats, gamma=a.gamma, power=a.power, base_lr=a.base_lr, gpus=gpus, jobs=jobs,
         threads=threads, display=display, snapshot=snapshot, test_interval=test_interval, seed=a.seed,
-        pretrain_data=a.pretrain_data and os.path.abspath(a.pretrain_data),
+        pretrain_data=pretrain_data and os.path.abspath(pretrain_data), webface_identities=webface_identities,
         landmarks=a.landmarks and os.path.abspath(a.landmarks),
         mmi_peaks=a.mmi_peaks and os.path.abspath(a.mmi_peaks),
         figures=not (a.no_figures or a.no_summary), summary=not a.no_summary, synthetic=synthetic,

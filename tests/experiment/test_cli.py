@@ -31,13 +31,24 @@ def test_settings_profiles():
     assert s.folds == parse_folds(cli.SYNTHETIC_PROFILE["folds"], cli.SYNTHETIC_PROFILE["n_folds"])
     assert s.jobs == 2 and s.bn_samples == 512 and s.synthetic_subjects == 100 and s.lmdb_folds == s.folds
     assert s.data_root.endswith("ck+_100subjects_seed0")
+    # pretraining on a synthetic WebFace set of other identities (fixed seed), then the generator stage
+    assert s.pretrain_data.endswith("webface_300ids_seed0") and s.webface_identities == 300
+    assert (s.pretrain_max_iter, s.generator_max_iter, s.fit_output_scale) == (3000, 1000, True)
+    assert settings("synthetic", "--seed", "3").pretrain_data == s.pretrain_data
+    assert settings("synthetic", "--pretrain-data", "folds").pretrain_data is None
+    assert settings("synthetic", "--generator-iters", "0").generator_max_iter == 0
+    assert s.layout.root.name == "synthetic"
     s = settings("synthetic", "--profile", "ablation", "--folds", "0")
-    assert (s.profile, s.max_iter, s.pretrain_max_iter, s.folds) == ("ablation", 1000, 1000, [0])
+    assert (s.profile, s.max_iter, s.pretrain_max_iter, s.generator_max_iter, s.folds) == ("ablation", 1000, 3000,
+                                                                                          2000, [0])
+    assert s.synthetic_subjects == 250 and s.layout.root.name == "synthetic-ablation"
+    assert s.layout.dataset == "synthetic"
     with pytest.raises(UsageError, match="synthetic set"):
         settings("ck+", "--data", str(REPO), "--profile", "ablation")
     s = settings("ck+", "--data", str(REPO), "--gpu", "0,1")
     assert (s.max_iter, s.batch, s.n_folds, s.folds, s.models) == (300000, 64, 10, list(range(10)),
                                                                    list(C.EXPRESSION_MODELS))
+    assert s.generator_max_iter == 30000 and s.pretrain_data is None and s.webface_identities is None
     assert s.profile == "paper" and not s.scaled_down and s.jobs == 2 and s.gpus == [0, 1]
     assert (s.display, s.snapshot, s.test_interval) == (100, 10000, 1000)
     s = settings("ck+", "--data", str(REPO), "--iters", "40", "--pretrain-iters", "8", "--out", "/tmp/r")
@@ -52,6 +63,7 @@ def test_settings_profiles():
     (["synthetic", "--folds", "3-12"], "out of range"),
     (["synthetic", "--iters", "0"], "--iters must be >= 1"),
     (["synthetic", "--margin", "-1"], "--margin must be > 0"),
+    (["synthetic", "--generator-iters", "-1"], "--generator-iters must be >= 0"),
 ])
 def test_bad_settings(args, needle):
     with pytest.raises(UsageError, match=needle):

@@ -1,7 +1,7 @@
 """End-to-end test of gcnet.experiment (tools/run_folds.sh) on a tiny synthetic set.
 
-10 synthetic subjects, 2 folds, models cnn + gcnet_s1r1, a handful of iterations at batch 4: LMDBs, pretraining,
-surgery, caffe train, test, summary; then the cache (a second run trains nothing, a moved results folder too), a
+10 synthetic subjects, 2 folds, models cnn + cnn_pair + gcnet_s1r1, a handful of iterations at batch 4: LMDBs,
+pretraining, the generator stage, surgery, caffe train, test, expression removal, summary (paired statistics); then the cache (a second run trains nothing, a moved results folder too), a
 failing stage, Ctrl-C + resume, --collect and bad input.  Needs the built Caffe (`source tools/env.sh`); select
 with `-m e2e`, deselect with `-m "not e2e"`.
 """
@@ -27,8 +27,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("caffe")]
 RUN = [str(REPO / "tools" / "run_folds.sh")]
 TINY = ["--synthetic-subjects", "10", "--n-folds", "2", "--batch", "4", "--augment", "0",
         "--pretrain-iters", "6", "--display", "2"]
-MAIN = ["synthetic", "--models", "cnn,gcnet_s1r1", "--folds", "0-1", "--iters", "6", "--test-interval", "6",
-        "--jobs", "2", "--no-figures"] + TINY
+MAIN = ["synthetic", "--models", "cnn,cnn_pair,gcnet_s1r1", "--folds", "0-1", "--iters", "6", "--test-interval", "6",
+        "--generator-iters", "4", "--jobs", "2", "--no-figures"] + TINY
 
 
 def run(args, timeout=600, **kw):
@@ -65,7 +65,8 @@ def test_pipeline_summary(first_run):
         assert key in st, key
     assert st["synthetic"] is True and st["iterations"] == 6 and st["batch"] == 4 and st["scaled_down"] is True
     assert "training folds" in st["pretrain_source"]
-    assert set(sm["models"]) == {"cnn", "gcnet_s1r1"}
+    assert st["generator_iterations"] == 4 and st["fit_output_scale"] is True
+    assert set(sm["models"]) == {"cnn", "cnn_pair", "gcnet_s1r1"}
     for m, e in sm["models"].items():
         assert set(e["folds"]) == {"0", "1"}, (m, e)
         for k, f in e["folds"].items():
@@ -82,6 +83,15 @@ def test_pipeline_summary(first_run):
                 g = f["generator"]
                 assert g["l_gen_r"] > 0 and g["baseline_mean_reference"] > 0 and g["baseline_copy_x"] > 0
                 assert isinstance(g["dead"], bool) and isinstance(g["beats_mean_reference"], bool)
+                assert g["l_gen_r_on_reference"] > 0 and g["baseline_blurred_copy"] > 0 and g["autoencoder_floor"] > 0
+                assert 0 <= g["fraction_beats_blurred_copy"] <= 1 and isinstance(g["beats_copy_x"], bool)
+                lo, hi = g["gain_over_copy_x"]["ci95"]
+                assert lo <= g["gain_over_copy_x"]["mean"] <= hi
+                assert g["gain_over_copy_x"]["mean"] == pytest.approx(g["baseline_copy_x"] - g["l_gen_r"])
+                r = f["expression_removal"]
+                assert r["n"] == f["n_test"] and all(0 <= r[k] <= 1 for k in ("p_true_x", "p_true_generated",
+                                                                              "p_true_blurred_copy",
+                                                                              "p_true_reference"))
             else:
                 assert "generator" not in f
         accs = [f["accuracy"] for f in e["folds"].values()]
@@ -89,7 +99,22 @@ def test_pipeline_summary(first_run):
         n = sum(f["n_test"] for f in e["folds"].values())
         assert e["pooled"]["n"] == n and e["pooled"]["ci95"][0] <= e["pooled"]["accuracy"] <= e["pooled"]["ci95"][1]
     assert sm["failures"] == []
+    # paired statistics against the cnn on the same images, pooled over the folds
+    assert set(sm["paired"]) == {"cnn_pair", "gcnet_s1r1"}
+    for m, pr in sm["paired"].items():
+        e, c = sm["models"][m], sm["models"]["cnn"]
+        assert pr["n"] == e["pooled"]["n"] == c["pooled"]["n"] and pr["baseline"] == "cnn"
+        assert pr["accuracy"] == pytest.approx(e["pooled"]["accuracy"])
+        assert pr["difference"] == pytest.approx(e["pooled"]["accuracy"] - c["pooled"]["accuracy"])
+        assert pr["difference_ci95"][0] <= pr["difference"] <= pr["difference_ci95"][1]
+        assert 0 < pr["mcnemar_p"] <= 1 and set(pr["folds"]) == {"0", "1"}
+        assert pr["n_subjects"] == 10                            # 10 synthetic subjects, all tested once
+    gen = sm["models"]["gcnet_s1r1"]["generator"]
+    assert gen["folds"] == 2 and isinstance(gen["beats_copy_x_every_fold"], bool)
+    assert set(gen["expression_removal"]) == {"p_true_x", "p_true_generated", "p_true_blurred_copy",
+                                              "p_true_reference"}
     md = (ds / "summary.md").read_text()
+    assert "## Paired comparison with the cnn" in md and "## The generated reference" in md
     assert "| model | folds done | mean ± std over folds | all test images (n, 95% CI) | paper |" in md
     assert "not comparable to the paper" in md and "## Diagnostics" in md
     assert "cnn" in p.stdout and "accuracy (mean ± std)" in p.stdout        # the final table
@@ -104,10 +129,24 @@ def test_fold_outputs(first_run):
     lay = ResultsLayout.at(ds)
     assert lay.dataset == "synthetic"
     assert lay.trained_models(need=("final.caffemodel", "test.json")) == {
-        m: {k: ds / m / ("fold_%d" % k) for k in (0, 1)} for m in ("cnn", "gcnet_s1r1")}
+        m: {k: ds / m / ("fold_%d" % k) for k in (0, 1)} for m in ("cnn", "cnn_pair", "gcnet_s1r1")}
+    for k in (0, 1):
+        # the generator stage (the paper's first step): trained from encdec on X -> X_r, output Scale fitted
+        g = lay.generator_dir(k)
+        for f in ("init.caffemodel", "init_fitted.caffemodel", "trained.caffemodel", "final.caffemodel",
+                  "test.json", "stage.json", "meta.json"):
+            assert (g / f).exists(), g / f
+        st = json.loads((g / "stage.json").read_text())
+        assert st["status"] == "done" and st["generator"]["l_gen_r"] > 0
+        fit = st["calibration"]["output_scale"]
+        assert fit["target"] == "xr" and fit["train_error"] <= fit["train_error_before"] + 1e-9
+        final = read_caffemodel(str(g / "final.caffemodel"))
+        assert [float(b.ravel()[0]) for b in final["de1r_scale1"]] == pytest.approx(fit["gamma_beta"], rel=1e-6)
+        enc = json.loads((ds / "pretrain" / ("fold_%d" % k) / "encdec" / "stage.json").read_text())
+        assert enc["calibration"]["output_scale"]["target"] == "x"
     assert lay.pretrained(need=("final.caffemodel",)) == {
         net: {k: ds / "pretrain" / ("fold_%d" % k) / net for k in (0, 1)} for net in ("encdec", "cnn_id")}
-    for m in ("cnn", "gcnet_s1r1"):
+    for m in ("cnn", "cnn_pair", "gcnet_s1r1"):
         for k in (0, 1):
             d = ds / m / ("fold_%d" % k)
             for f in ("train_val.prototxt", "deploy.prototxt", "solver.prototxt", "init.caffemodel", "train.log",
@@ -142,9 +181,12 @@ def test_surgery_copied_pretrained_weights(first_run):
     for k in (0, 1):
         enc = read_caffemodel(str(ds / "pretrain" / ("fold_%d" % k) / "encdec" / "final.caffemodel"))
         cid = read_caffemodel(str(ds / "pretrain" / ("fold_%d" % k) / "cnn_id" / "final.caffemodel"))
+        gen = read_caffemodel(str(ds / "generator" / ("fold_%d" % k) / "final.caffemodel"))
         g = read_caffemodel(str(ds / "gcnet_s1r1" / ("fold_%d" % k) / "init.caffemodel"))
-        pairs = [("en1_conv1", enc, "en1_conv1"), ("en1_scale3", enc, "en1_scale3"),
-                 ("de1r_deconv2", enc, "de1r_deconv2"), ("en2_conv1", cid, "en2_conv1"),
+        # En_1 / De_1r from the generator stage, the reconstruction decoders from encdec
+        pairs = [("en1_conv1", gen, "en1_conv1"), ("en1_scale3", gen, "en1_scale3"),
+                 ("de1r_deconv2", gen, "de1r_deconv2"), ("de1r_scale1", gen, "de1r_scale1"),
+                 ("en2_conv1", cid, "en2_conv1"),
                  ("en2_conv3", cid, "en2_conv3"), ("de2r_deconv3", enc, "de1r_deconv3"),
                  ("de2i_deconv1", enc, "de1r_deconv1"), ("de2i_scale2", enc, "de1r_scale2")]
         for tgt, src, src_layer in pairs:
@@ -155,7 +197,11 @@ def test_surgery_copied_pretrained_weights(first_run):
         assert "fc1" in g and "fc2" in g and "id_fc1" not in g
         for layer in ("en1_bn2", "en2_bn1", "en2r_bn3", "de1r_bn1"):
             assert all(not b.any() for b in g[layer]), layer
-            assert any(b.any() for b in (enc.get(layer) or cid.get(layer.replace("en2r", "en2")))), layer
+            assert any(b.any() for b in (gen.get(layer) or cid.get(layer.replace("en2r", "en2")))), layer
+        p = read_caffemodel(str(ds / "cnn_pair" / ("fold_%d" % k) / "init.caffemodel"))
+        for layer in ("en2_conv1", "en2_conv3", "en2r_conv2"):
+            assert all(np.array_equal(a, b) for a, b in zip(p[layer], cid[layer.replace("en2r", "en2")])), layer
+        assert "en1_conv1" not in p and "de1r_deconv1" not in p
         c = read_caffemodel(str(ds / "cnn" / ("fold_%d" % k) / "init.caffemodel"))
         for layer in ("en2_conv1", "en2_conv2", "en2_conv3", "en2_scale1"):
             for a, b in zip(c[layer], cid[layer]):
@@ -176,7 +222,8 @@ def test_surgery_is_reproducible(first_run, tmp_path):
         out = tmp_path / ("init_%s.caffemodel" % seed)
         cmd = [sys.executable, "-m", "gcnet.surgery", "gcnet_s1r1", str(d / "train_val.prototxt"), str(out),
                "--encdec", str(pre / "encdec" / "final.caffemodel"),
-               "--cnn-id", str(pre / "cnn_id" / "final.caffemodel")]
+               "--cnn-id", str(pre / "cnn_id" / "final.caffemodel"),
+               "--generator", str(ds / "generator" / "fold_0" / "final.caffemodel")]
         p = subprocess.run(cmd + ([] if seed is None else ["--seed", str(seed)]), cwd=str(REPO),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=300)
         assert p.returncode == 0, p.stderr[-2000:]
@@ -190,7 +237,7 @@ def test_surgery_is_reproducible(first_run, tmp_path):
 def test_second_run_is_cached(first_run):
     ds = first_run["ds"]
     logs = sorted(ds.glob("*/fold_*/train.log")) + sorted(ds.glob("pretrain/fold_*/*/train.log"))
-    assert len(logs) == 8
+    assert len(logs) == 12                       # 3 models + the generator stage, 2 pretraining nets; 2 folds
     before = {str(p): p.stat().st_mtime_ns for p in logs}
     init_before = {str(p): p.stat().st_mtime_ns for p in ds.glob("*/fold_*/init.caffemodel")}
     t0 = time.time()
@@ -201,7 +248,7 @@ def test_second_run_is_cached(first_run):
     assert {str(q): q.stat().st_mtime_ns for q in ds.glob("*/fold_*/init.caffemodel")} == init_before
     rep = json.loads((ds / "run_report.json").read_text())
     assert rep["stages"]["lmdb"]["cached"] is True
-    assert set(rep["stages"]["pretrain"].values()) == {"cached"}
+    assert set(rep["stages"]["pretrain"].values()) == set(rep["stages"]["generator"].values()) == {"cached"}
     assert {v["status"] for v in rep["stages"]["models"].values()} == {"cached"}
     assert " iter " not in p.stdout
     assert secs < max(60.0, 0.5 * first_run["seconds"]), secs
