@@ -115,6 +115,34 @@ def read_json(path, default=None):
         return default
 
 
+# ----------------------------------------------------------------------------------------------- folder walks
+def walk_files(root, exts=None):
+    """Files under `root` whose names end in one of `exts` (all when None; hidden names left out), recursively in
+    sorted order, following symbolic links to folders; a folder reached a second time (a link loop, or two links
+    to one folder) is not walked again.  -> (files, [(path, why)] of what was not walked: loops, unlistable
+    folders), so that nothing is left out silently."""
+    files, left = [], []
+    seen = {os.path.realpath(str(root))}
+
+    def failed(e):
+        left.append((e.filename, "cannot list this folder (%s)" % e.strerror))
+
+    for cur, dirs, names in os.walk(str(root), onerror=failed, followlinks=True):
+        keep = []
+        for d in sorted(dirs):
+            real = os.path.realpath(os.path.join(cur, d))
+            if real in seen:
+                left.append((os.path.join(cur, d), "not followed: it leads to %s, which this walk already went "
+                                                   "through (a link loop or a second link)" % real))
+            else:
+                seen.add(real)
+                keep.append(d)
+        dirs[:] = keep
+        files += [os.path.join(cur, n) for n in sorted(names)
+                  if not n.startswith(".") and (exts is None or n.lower().endswith(tuple(exts)))]
+    return files, left
+
+
 # ----------------------------------------------------------------------------------------------- fold lists
 def parse_folds(text: str, n_folds: Optional[int] = None) -> List[int]:
     """"0-9", "3", "0,2,5-7" -> sorted fold indices, each in [0, n_folds) when n_folds is given; UsageError."""

@@ -125,3 +125,38 @@ def test_predict_detector_without_landmarks(tiny_results):
         assert out[0]["label"] in NAMES
     else:
         assert out[0]["error"] == "no face found"
+
+
+def test_image_folders_are_walked_through_links(tmp_path):
+    """Links to sub-folders are followed (they were skipped silently); a link loop is walked once and named."""
+    sys.path.insert(0, str(REPO / "tools"))
+    import predict as P
+    photos, other = tmp_path / "photos", tmp_path / "elsewhere"
+    (photos / "day1").mkdir(parents=True)
+    other.mkdir()
+    for f in (photos / "a.png", photos / "day1" / "b.jpg", other / "c.png"):
+        f.write_bytes(b"x")
+    (photos / "linked").symlink_to(other, target_is_directory=True)
+    (photos / "day1" / "loop").symlink_to(photos, target_is_directory=True)
+    notes = []
+    items = P.collect_images([str(photos)], notes)
+    assert items == [(str(photos / "a.png"), None), (str(photos / "day1" / "b.jpg"), None),
+                     (str(photos / "linked" / "c.png"), None)]
+    assert len(notes) == 1 and notes[0].startswith(str(photos / "day1" / "loop") + ": not followed")
+    # a landmarks folder reached through a link is searched too
+    lms = tmp_path / "lms"
+    lms.mkdir()
+    (lms / "more").symlink_to(other, target_is_directory=True)
+    (other / "c_landmarks.txt").write_text("1 2\n")
+    assert P.landmark_finder(str(lms), 2)(str(photos / "linked" / "c.png")) == str(lms / "more" / "c_landmarks.txt")
+
+
+def test_data_readers_follow_linked_subject_folders(tmp_path):
+    """The readers reach subject folders that are links (CK+ here) exactly as real ones."""
+    from test_data_readers import make_ck_tree
+    from gcnet.data.detect import read_dataset
+    root = make_ck_tree(str(tmp_path / "ck"), {("S001", "001"): (4, 3.0), ("S002", "001"): (4, 5.0)})
+    images = Path(root) / "cohn-kanade-images"
+    shutil.move(str(images / "S002"), str(tmp_path / "S002"))
+    (images / "S002").symlink_to(tmp_path / "S002", target_is_directory=True)
+    assert {s.subject for s in read_dataset("ck+", root).samples} == {"S001", "S002"}

@@ -20,6 +20,11 @@ from gcnet.layout import LmdbLayout
 from gcnet.util import DataError
 
 
+# what the cached alignments were checked for: a cache made before a check was added is redone when a build runs
+# (the LMDB manifests' key, align_version, is not changed by it: finished builds are not rebuilt for a check)
+CACHE_CHECKS = "+points-fit-image"
+
+
 def file_stat(path: Optional[str]):
     """[size, mtime_ns] of a frame's file (a video for `video#index`), None when absent."""
     if not path:
@@ -45,7 +50,7 @@ class AlignCache:
         self.crops: Dict[str, np.ndarray] = {}
         self.failed: Dict[str, str] = {}
         self.dirty = False
-        self.version = align_version()
+        self.version = align_version() + CACHE_CHECKS
         if path and os.path.isfile(path):
             try:
                 with np.load(path, allow_pickle=False) as z:
