@@ -99,9 +99,10 @@ def main(argv=None) -> int:
     ap.add_argument("--gpu", type=int)
     ap.add_argument("--report")
     a = ap.parse_args(argv)
+    from gcnet.inference import ModelError
     try:
         rep = recalibrate(a.model_dir, a.weights, a.out, a.train_lmdb, a.samples, a.batch, a.gpu)
-    except BNStatsError as e:
+    except (BNStatsError, ModelError) as e:
         print("error: %s" % e, file=sys.stderr)
         return 2
     if a.report:

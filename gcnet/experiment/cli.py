@@ -14,7 +14,7 @@ from typing import List, Optional
 from gcnet import config as C
 from gcnet.experiment.procs import REPO, Interrupted, Supervisor, n_cores
 from gcnet.layout import ResultsLayout
-from gcnet.util import UsageError, parse_folds, say
+from gcnet.util import NO_SPACE, UsageError, os_error_line, parse_folds, say
 
 # The paper's schedule (section 4.1): 3e5 iterations, mini-batch 64, ten folds.  Pretraining iterations are not
 # given in the paper; they default to --iters.
@@ -369,6 +369,11 @@ def main(argv=None) -> int:
     except FileExistsError as e:             # the synthetic generator refusing to overwrite a folder
         print("error: %s" % e, file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:
+        if e.errno not in NO_SPACE:
+            raise
+        print("error: %s" % os_error_line(e), file=sys.stderr)   # a full disk: one line, the finished work kept
+        return EXIT_FAILED
     except (Interrupted, KeyboardInterrupt):
         say("Interrupted; rerun the same command to resume.")
         return EXIT_INTERRUPTED

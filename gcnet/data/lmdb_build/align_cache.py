@@ -17,7 +17,7 @@ from gcnet.data.lmdb_build.augment import CANVAS_MARGIN, SIZE, crop
 from gcnet.data.lmdb_build.store import Progress
 from gcnet.data.records import Sample, count_reasons, iter_gray_frames, natural_key, split_frame
 from gcnet.layout import LmdbLayout
-from gcnet.util import DataError
+from gcnet.util import DataError, cleanup_on_error
 
 
 # what the cached alignments were checked for: a cache made before a check was added is redone when a build runs
@@ -72,14 +72,15 @@ class AlignCache:
         rk = sorted(self.crops)
         fk = sorted(self.failed)
         tmp = self.path + ".partial.npz"
-        np.savez(tmp, version=np.array(self.version),
-                 canvas_keys=np.array(ck, dtype=str).reshape(-1),
-                 canvas=np.stack([self.canvas[k] for k in ck]) if ck else np.zeros((0, m, m), np.uint8),
-                 crop_keys=np.array(rk, dtype=str).reshape(-1),
-                 crops=np.stack([self.crops[k] for k in rk]) if rk else np.zeros((0, SIZE, SIZE), np.uint8),
-                 failed_keys=np.array(fk, dtype=str).reshape(-1),
-                 failed_reasons=np.array([self.failed[k] for k in fk], dtype=str).reshape(-1))
-        os.replace(tmp, self.path)
+        with cleanup_on_error(self.path, tmp):
+            np.savez(tmp, version=np.array(self.version),
+                     canvas_keys=np.array(ck, dtype=str).reshape(-1),
+                     canvas=np.stack([self.canvas[k] for k in ck]) if ck else np.zeros((0, m, m), np.uint8),
+                     crop_keys=np.array(rk, dtype=str).reshape(-1),
+                     crops=np.stack([self.crops[k] for k in rk]) if rk else np.zeros((0, SIZE, SIZE), np.uint8),
+                     failed_keys=np.array(fk, dtype=str).reshape(-1),
+                     failed_reasons=np.array([self.failed[k] for k in fk], dtype=str).reshape(-1))
+            os.replace(tmp, self.path)
         self.dirty = False
 
     def run(self, need_canvas: Dict[str, Optional[str]], need_crop: Dict[str, Optional[str]],
