@@ -357,3 +357,46 @@ def test_landmarks_outside_the_image_are_a_named_skip(tmp_path):
     assert why.startswith("bad landmarks: left eye point (220.0, 220.0) is outside the 64x56 image") and lm in why
     assert lost == 1 and len(rep["skipped"]) == 1
     assert json.load(open(os.path.join(str(out), "manifest.json")))["n_samples"] == 2 * 3 - 1
+
+
+def test_lmdb_write_error_on_a_full_disk_names_the_path(tmp_path, monkeypatch):
+    """LMDB reports a full disk as an I/O error of its commit (measured on a full tmpfs): write_lmdb turns it into
+    ENOSPC naming the LMDB when the disk has no room left (any other LMDB error: EIO naming it), and leaves no
+    half-written *.partial behind.  (The runner's one-line exit 1 on a real full disk: tests/experiment.)"""
+    import errno
+    import lmdb
+    from gcnet.data.lmdb_build import store
+    real_open = lmdb.open
+
+    class Txn:                               # LMDB's commit on a full disk, as measured on a full tmpfs
+        def __init__(self, txn):
+            self.txn = txn
+
+        def put(self, *a):
+            return self.txn.put(*a)
+
+        def commit(self):
+            self.txn.abort()
+            raise lmdb.Error("mdb_txn_commit: Input/output error")
+
+    class Env:
+        def __init__(self, *a, **k):
+            self.env = real_open(*a, **k)
+
+        def begin(self, write=False):
+            return Txn(self.env.begin(write=write))
+
+        def __getattr__(self, name):
+            return getattr(self.env, name)
+    monkeypatch.setattr(lmdb, "open", Env)
+    items = [(np.zeros((2, 66, 66), np.uint8), 0)] * 3
+    path = str(tmp_path / "train")
+    for free, code in ((0, errno.ENOSPC), (1 << 40, errno.EIO)):
+        monkeypatch.setattr(store, "disk_free", lambda p, free=free: free)
+        with pytest.raises(OSError) as e:
+            store.write_lmdb(path, iter(items), 3, "x")
+        assert e.value.errno == code and e.value.filename == path
+        assert os.listdir(str(tmp_path)) == []
+    from gcnet.util import os_error_line
+    assert os_error_line(OSError(errno.ENOSPC, "No space left on device", path)).startswith(
+        "no space left on device: cannot write %s" % path)
