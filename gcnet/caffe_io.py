@@ -134,7 +134,7 @@ def _legacy_equal(net_shape, b) -> bool:
 
 
 def check_weights_fit(weights: str, net_params: Dict[str, List[Tuple[int, ...]]],
-                      param_names: Dict[str, List[str]], net_name: str = "", net_file: str = "the net"):
+                      shared: Dict[str, List[object]], net_name: str = "", net_file: str = "the net"):
     """The NetParameter of the .caffemodel `weights` when it fits a net, else WeightsError naming the file and the
     first layer that does not fit.  The check Caffe does not make (its CopyTrainedLayersFrom silently keeps the
     initial values of a layer the file lacks, and aborts the process on a wrong shape):
@@ -142,16 +142,15 @@ def check_weights_fit(weights: str, net_params: Dict[str, List[Tuple[int, ...]]]
         other's layers, or most of them);
       * every learnable layer of the net (`net_params`: {layer: [blob shapes]} in net order, e.g. from pycaffe's
         net.params) is in the file with as many blobs, of the same shapes and sizes; a layer absent from the file
-        is accepted only when each of its blobs is a shared param (`param_names`: {layer: [ParamSpec names]},
-        '' when unnamed, e.g. the en2r_* layers sharing en2_*'s) that another layer of the file provides.
+        is accepted only when each of its blobs is shared with a layer the file has (`shared`: {layer: [a key per
+        blob]}, equal keys = one blob: its data address in pycaffe, or its ParamSpec name), as the en2r_* layers
+        share en2_*'s.
     Layers of the file that the net lacks are ignored, as Caffe does (a deploy net may drop training-only ones)."""
     wnet = load_net_param(weights)
     what = "weights %s do not fit %s" % (weights, net_file)
     if wnet.name and net_name and wnet.name != net_name:
         raise WeightsError("%s: they are the weights of net '%s', not of '%s'" % (what, wnet.name, net_name))
-    layers = {}
-    for layer in list(wnet.layers) + list(wnet.layer):
-        layers[layer.name] = layer
+    layers = {layer.name: layer for layer in list(wnet.layers) + list(wnet.layer)}
     provided = set()
     for name, shapes in net_params.items():
         src = layers.get(name)
@@ -166,25 +165,22 @@ def check_weights_fit(weights: str, net_params: Dict[str, List[Tuple[int, ...]]]
                 raise WeightsError("%s: layer %s blob %d is %s with %d values in the file, %s in the net"
                                    % (what, name, j, "x".join(map(str, blob_shape(b))) or "()", n,
                                       "x".join(map(str, shape))))
-        provided.update(p for p in param_names.get(name, []) if p)
+        provided.update(k for k in shared.get(name, []) if k is not None)
     for name, shapes in net_params.items():
-        if name in layers:
-            continue
-        names = list(param_names.get(name, [])) + [""] * len(shapes)
-        if not all(names[j] and names[j] in provided for j in range(len(shapes))):
+        keys = list(shared.get(name, [])) + [None] * len(shapes)
+        if name not in layers and not all(keys[j] is not None and keys[j] in provided for j in range(len(shapes))):
             raise WeightsError("%s: layer %s has no weights in the file (Caffe would keep its initial values)"
                                % (what, name))
     return wnet
 
 
-def net_param_names(prototxt: str) -> Tuple[str, Dict[str, List[str]]]:
-    """(net name, {layer: [its ParamSpec names, '' when unnamed]}) of a .prototxt."""
-    from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
-    net = caffe_pb2.NetParameter()
+def prototxt_net_name(prototxt: str) -> str:
+    """The net's `name` in a .prototxt (the top-level field before the first layer), '' when none."""
+    import re
     with open(str(prototxt)) as f:
-        text_format.Merge(f.read(), net)
-    return net.name, {layer.name: [p.name for p in layer.param] for layer in net.layer}
+        head = f.read().split("{", 1)[0]
+    m = re.search(r'^\s*name\s*:\s*"([^"]*)"', head, re.M)
+    return m.group(1) if m else ""
 
 
 def read_caffemodel(path: str) -> Dict[str, List[np.ndarray]]:

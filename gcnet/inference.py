@@ -83,9 +83,9 @@ def check_recorded_weights(model_dir, meta: dict, weights) -> None:
     """ModelError when the folder's meta.json names another model than its deploy.prototxt, or records the sha256
     of its final.caffemodel (gcnet.experiment.stages) and `weights` is that file with other contents (replaced or
     damaged after the run)."""
-    from gcnet.caffe_io import net_param_names
+    from gcnet.caffe_io import prototxt_net_name
     d = Path(model_dir)
-    name = net_param_names(d / DEPLOY)[0]
+    name = prototxt_net_name(d / DEPLOY)
     if meta.get("model") and name and meta["model"] != name:
         raise ModelError("%s says the folder holds model %s, but %s is the net %s" % (d / META, meta["model"],
                                                                                      d / DEPLOY, name))
@@ -119,14 +119,14 @@ def load_net(prototxt, weights, phase: str = "TEST", net_file=None):
     half-initialised net nor a Caffe abort.  The one way this project loads trained weights into a net (test stage,
     BatchNorm re-estimation, figures, predict, gradient norms; an exporter should use it too).  `net_file`: the
     prototxt named in messages (when `prototxt` is a temporary variant of it)."""
-    from gcnet.caffe_io import WeightsError, check_weights_fit, load_net_param, net_param_names
+    from gcnet.caffe_io import WeightsError, check_weights_fit, prototxt_net_name
     caffe = import_caffe()
-    name, param_names = net_param_names(prototxt)
     try:
-        load_net_param(weights)                 # a damaged file: our error, before Caffe builds anything
-        net = caffe.Net(str(prototxt), getattr(caffe, phase))
-        check_weights_fit(weights, {k: [tuple(b.data.shape) for b in v] for k, v in net.params.items()},
-                          param_names, name, str(net_file or prototxt))
+        net = caffe.Net(str(prototxt), getattr(caffe, phase))       # (no weights yet: Caffe reads them last)
+        params = net.params
+        check_weights_fit(weights, {k: [tuple(b.data.shape) for b in v] for k, v in params.items()},
+                          {k: [b.data.__array_interface__["data"][0] for b in v] for k, v in params.items()},
+                          prototxt_net_name(prototxt), str(net_file or prototxt))
     except WeightsError as e:
         raise ModelError(str(e))
     net.copy_from(str(weights))

@@ -96,16 +96,25 @@ def test_given_values_are_recorded_as_given():
         settings("synthetic", "--data", "")
 
 
-def test_cli_exit_2_one_line_for_a_zero(capsys):
+def _no_run(monkeypatch):
+    """main() must stop before any work: running would fail the test (not train at a replaced value)."""
+    import gcnet.experiment.pipeline as P
+    monkeypatch.setattr(P, "run", lambda s, sup: pytest.fail("ran (batch %s, data %s)" % (s.batch, s.data_root)))
+
+
+def test_cli_exit_2_one_line_for_a_zero(capsys, monkeypatch, tmp_path):
     """Through main(): exit 2, one line naming the option, nothing else printed."""
-    assert cli.main(["synthetic", "--batch", "0", "--out", "/nonexistent/never"]) == cli.EXIT_USAGE
+    _no_run(monkeypatch)
+    assert cli.main(["synthetic", "--batch", "0", "--out", str(tmp_path)]) == cli.EXIT_USAGE
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --batch must be >= 1, got 0"]
 
 
-def test_synthetic_data_that_is_a_file(tmp_path, capsys):
+def test_synthetic_data_that_is_a_file(tmp_path, capsys, monkeypatch):
     """`synthetic --data FILE` names the real problem (a file, not a folder) before generating anything; it used
     to say it was generating the set there and then complain about a --force option run_folds.sh does not have."""
+    import gcnet.experiment.pipeline as P
+    monkeypatch.setattr(P.stages, "run_lmdb", lambda ctx: pytest.fail("went on to the LMDB stage"))
     f = tmp_path / "notes.txt"
     f.write_text("x")
     assert cli.main(["synthetic", "--data", str(f), "--out", str(tmp_path / "out")]) == cli.EXIT_USAGE
