@@ -1,6 +1,6 @@
-"""Caffe's files without a net: the Datum codec of the LMDBs, reading an LMDB, reading a .caffemodel's blobs."""
+"""Caffe's files without a net: the Datum codec of the LMDBs, reading an LMDB, reading a .caffemodel's blobs and
+checking that they fit a net (check_weights_fit)."""
 import itertools
-import os
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np

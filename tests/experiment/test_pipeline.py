@@ -51,6 +51,18 @@ def first_run(work):
     return {"proc": p, "data": data, "out": out, "ds": out / "synthetic", "seconds": time.time() - t0}
 
 
+def copied_context(first_run, out):
+    """The runner's Context of MAIN on a copy of the first run's results under `out` (another <out>)."""
+    import shutil
+    from gcnet.experiment import cli
+    from gcnet.experiment.plan import Context
+    from gcnet.experiment.procs import Supervisor
+    shutil.copytree(str(first_run["ds"]), str(out / "synthetic"), symlinks=True)
+    s = cli.resolve_settings(cli.build_parser().parse_args(MAIN + ["--data", str(first_run["data"]),
+                                                                   "--out", str(out)]))
+    return Context(s, s.layout, Supervisor(), man=json.loads(s.layout.lmdb_manifest().read_text()))
+
+
 # ================================================================================================ e2e
 def test_pipeline_summary(first_run):
     p, ds = first_run["proc"], first_run["ds"]
@@ -222,17 +234,13 @@ def test_second_run_is_cached(first_run):
 def test_moved_results_cached_and_a_failing_stage_summarised(first_run, tmp_path, monkeypatch):
     """The production stages on a copy of the first run under another <out>: still cached (the keys hash the
     prototxts with <out> replaced); then a stage that fails is recorded in stage.json and in the summary."""
-    import shutil
     from gcnet.experiment import cli, stages
     from gcnet.experiment.plan import Context, model_jobs
     from gcnet.experiment.procs import JobError, Supervisor
     from gcnet.experiment.summary import collect_summary, summary_markdown
     out = tmp_path / "moved"
-    shutil.copytree(str(first_run["ds"]), str(out / "synthetic"), symlinks=True)
-    s = cli.resolve_settings(cli.build_parser().parse_args(MAIN + ["--data", str(first_run["data"]),
-                                                                   "--out", str(out)]))
-    lay = s.layout
-    ctx = Context(s, lay, Supervisor(), man=json.loads(lay.lmdb_manifest().read_text()))
+    ctx = copied_context(first_run, out)
+    s, lay = ctx.s, ctx.layout
     jobs = {(j.model, j.fold): j for j in model_jobs(ctx)}
     stages.run_model(ctx, jobs[("gcnet_s1r1", 0)])
     assert jobs[("gcnet_s1r1", 0)].status == "cached"
@@ -393,17 +401,11 @@ def test_damaged_outputs_are_redone(first_run, tmp_path, capsys):
     recorded when it was written, removed saying so, and its stage redone: surgery is seeded and the trained and
     pretrained weights are copies of the last snapshot, so they come back byte for byte.  A damaged latest snapshot
     is removed too (resuming from it would abort), and a snapshot's weights without its solver state."""
-    import shutil
-    from gcnet.experiment import cli, stages
-    from gcnet.experiment.plan import Context, model_jobs, pretrain_jobs
-    from gcnet.experiment.procs import Supervisor
+    from gcnet.experiment import stages
+    from gcnet.experiment.plan import model_jobs, pretrain_jobs
     from gcnet.experiment.train import usable_snapshots
-    out = tmp_path / "damaged"
-    shutil.copytree(str(first_run["ds"]), str(out / "synthetic"), symlinks=True)
-    s = cli.resolve_settings(cli.build_parser().parse_args(MAIN + ["--data", str(first_run["data"]),
-                                                                   "--out", str(out)]))
-    lay = s.layout
-    ctx = Context(s, lay, Supervisor(), man=json.loads(lay.lmdb_manifest().read_text()))
+    ctx = copied_context(first_run, tmp_path / "damaged")
+    lay = ctx.layout
     d, pre = lay.model_dir("gcnet_s1r1", 0), lay.pretrain_dir(0, "encdec")
     good = {p: p.read_bytes() for p in (d / "init.caffemodel", d / "trained.caffemodel", pre / "final.caffemodel")}
     test_before = json.loads((d / "test.json").read_text())
