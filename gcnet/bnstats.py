@@ -155,10 +155,11 @@ def main(argv=None) -> int:
     ap.add_argument("--fit-output-scale", choices=tuple(FIT_TARGETS),
                     help="also fit the generator's output Scale (%s) to this channel of the pairs" % OUTPUT_SCALE)
     a = ap.parse_args(argv)
+    from gcnet.inference import ModelError
     try:
         rep = recalibrate(a.model_dir, a.weights, a.out, a.train_lmdb, a.samples, a.batch, a.gpu,
                           a.fit_output_scale)
-    except BNStatsError as e:
+    except (BNStatsError, ModelError) as e:
         print("error: %s" % e, file=sys.stderr)
         return 2
     if a.report:

@@ -80,6 +80,24 @@ def preprocess(aligned, scale=DEFAULT_SCALE, crop=DEFAULT_CROP, mean=0.0):
     return crop_scale(a[:, :1], crop, scale, mean)
 
 
+def check_recorded_weights(model_dir, meta: dict, weights) -> None:
+    """ModelError when the folder's meta.json names another model than its deploy.prototxt, or records the sha256
+    of its final.caffemodel (gcnet.experiment.stages) and `weights` is that file with other contents (replaced or
+    damaged after the run)."""
+    from gcnet.caffe_io import prototxt_net_name
+    d = Path(model_dir)
+    name = prototxt_net_name(d / DEPLOY)
+    if meta.get("model") and name and meta["model"] != name:
+        raise ModelError("%s says the folder holds model %s, but %s is the net %s" % (d / META, meta["model"],
+                                                                                     d / DEPLOY, name))
+    want = meta.get("weights_sha256")
+    if want and Path(weights).resolve() == (d / FINAL).resolve():
+        from gcnet.util import sha256_file
+        if sha256_file(weights) != want:
+            raise ModelError("%s is not the file %s records (sha256 differs): it was replaced or damaged after the "
+                             "run; rerun the run to redo it" % (weights, d / META))
+
+
 def batch_stats_net_text(deploy_path) -> str:
     """The deploy net with every BatchNorm layer normalising with the statistics of its batch
     (use_global_stats false) and accumulating them as a plain sum (moving_average_fraction 1): the net of the
@@ -93,6 +111,27 @@ def batch_stats_net_text(deploy_path) -> str:
             layer.batch_norm_param.use_global_stats = False
             layer.batch_norm_param.moving_average_fraction = 1.0
     return text_format.MessageToString(net)
+
+
+def load_net(prototxt, weights, phase: str = "TEST", net_file=None):
+    """caffe.Net of `prototxt` with the .caffemodel `weights`, checked before Caffe reads them: a damaged file or
+    weights of another net (a layer missing, another shape, another net's name) are a ModelError naming the
+    weights file and the first layer that does not fit (gcnet.caffe_io.check_weights_fit), never a silently
+    half-initialised net nor a Caffe abort.  The one way this project loads trained weights into a net (test stage,
+    BatchNorm re-estimation, figures, predict, gradient norms; an exporter should use it too).  `net_file`: the
+    prototxt named in messages (when `prototxt` is a temporary variant of it)."""
+    from gcnet.caffe_io import WeightsError, check_weights_fit, prototxt_net_name
+    caffe = import_caffe()
+    try:
+        net = caffe.Net(str(prototxt), getattr(caffe, phase))       # (no weights yet: Caffe reads them last)
+        params = net.params
+        check_weights_fit(weights, {k: [tuple(b.data.shape) for b in v] for k, v in params.items()},
+                          {k: [b.data.__array_interface__["data"][0] for b in v] for k, v in params.items()},
+                          prototxt_net_name(prototxt), str(net_file or prototxt))
+    except WeightsError as e:
+        raise ModelError(str(e))
+    net.copy_from(str(weights))
+    return net
 
 
 class DeployModel:
@@ -119,6 +158,7 @@ class DeployModel:
         self.scale, self.crop, self.mean = read_transform(self.dir)
         self.crop = self.crop or DEFAULT_CROP
         caffe = import_caffe()
+        check_recorded_weights(self.dir, self.meta, self.weights)
         if gpu is None:
             caffe.set_mode_cpu()
         else:
@@ -129,11 +169,11 @@ class DeployModel:
             with tempfile.NamedTemporaryFile("w", suffix=".prototxt", prefix="batch_stats_", delete=False) as f:
                 f.write(batch_stats_net_text(self.deploy))
             try:
-                self.net = caffe.Net(f.name, caffe.TEST, weights=str(self.weights))
+                self.net = load_net(f.name, self.weights, net_file=self.deploy)
             finally:
                 os.unlink(f.name)
         else:
-            self.net = caffe.Net(str(self.deploy), caffe.TEST, weights=str(self.weights))
+            self.net = load_net(self.deploy, self.weights)
         self.input = "x" if "x" in self.net.blobs else self.net.inputs[0]
         n = self.net.blobs["prob"].data.shape[1] if "prob" in self.net.blobs else 0
         names = self.meta.get("class_names") or []

@@ -26,24 +26,28 @@ os.environ.setdefault("GLOG_minloglevel", "2")           # keep Caffe's net-cons
 
 import numpy as np  # noqa: E402
 
-from gcnet.util import IMAGE_EXTS  # noqa: E402
+from gcnet.util import IMAGE_EXTS, walk_files  # noqa: E402
 from gcnet.inference import DeployModel, ModelError, crop_scale, predict_arrays  # noqa: E402,F401  (re-exported)
 
 __all__ = ["predict_arrays", "read_image", "align_image", "load_aligned", "collect_images", "landmark_finder", "main"]
 
 
-def collect_images(paths):
-    """[(file, None)] for files given and image files found (recursively, sorted) in folders given, [(path,
-    reason)] for what is neither, in the order of `paths`."""
+def collect_images(paths, notes=None):
+    """[(file, None)] for files given and image files found (recursively, sorted, through links to folders) in
+    folders given, [(path, reason)] for what is neither and for folders that cannot be listed, in the order of
+    `paths`; `notes` (a list) receives "path: why" of each folder not walked twice (link loops)."""
     out = []
     for p in paths:
         if os.path.isdir(p):
-            found = []
-            for root, dirs, names in os.walk(p):
-                dirs.sort()
-                found += [os.path.join(root, n) for n in sorted(names)
-                          if n.lower().endswith(IMAGE_EXTS) and not n.startswith(".")]
-            out += [(f, None) for f in found] or [(p, "no image files (%s) in this folder" % " ".join(IMAGE_EXTS))]
+            found, left = walk_files(p, IMAGE_EXTS)
+            out += [(f, None) for f in found]
+            for where, why in left:
+                if why.startswith("not followed") and notes is not None:
+                    notes.append("%s: %s" % (where, why))
+                else:
+                    out.append((where, why))
+            if not found and not left:
+                out.append((p, "no image files (%s) in this folder" % " ".join(IMAGE_EXTS)))
         elif os.path.exists(p):
             out.append((p, None))
         else:
@@ -70,15 +74,12 @@ def landmark_finder(spec, n_images):
         raise SystemExit("predict: --landmarks %s does not exist" % spec)
     index = {}
     rank = {".pts": 0, ".txt": 1}
-    for root, _, names in os.walk(spec):
-        for n in names:
-            ext = os.path.splitext(n)[1].lower()
-            if ext not in rank:
-                continue
-            key = _stem_key(n)
-            prio = (0 if n.endswith("_landmarks.txt") else 1 + rank[ext])
-            if key not in index or prio < index[key][0]:
-                index[key] = (prio, os.path.join(root, n))
+    for path in walk_files(spec, tuple(rank))[0]:
+        n = os.path.basename(path)
+        key = _stem_key(n)
+        prio = (0 if n.endswith("_landmarks.txt") else 1 + rank[os.path.splitext(n)[1].lower()])
+        if key not in index or prio < index[key][0]:
+            index[key] = (prio, path)
     return lambda image: index.get(_stem_key(image), (None, None))[1]
 
 
@@ -149,7 +150,10 @@ def main(argv=None):
     if a.save_reference and not model.has("gen_r"):
         print("predict: --save-reference: %s has no generator (gen_r); only GCNet models make a reference"
               % a.model, file=sys.stderr)
-    items = collect_images(a.images)
+    notes = []
+    items = collect_images(a.images, notes)
+    for n in notes:
+        print("predict: note: %s" % n, file=sys.stderr)
     lm_of = landmark_finder(a.landmarks, len([p for p, why in items if why is None]))
     results = []
     for path, why in items:

@@ -99,8 +99,14 @@ def main(argv=None) -> int:
     # batch statistics do not depend on the stored ones: the re-estimation pass already scored these samples
     known = bn.get("train_accuracy_batch_stats") if bn.get("n_samples") and bn.get("batch") == min(
         a.batch, bn.get("n_samples")) else None
-    res = evaluate(a.dir, a.lmdb, a.index, a.n_classes, a.gpu, train_lmdb=a.train_lmdb, bn_samples=a.bn_samples,
-                   train_batch=a.batch, train_acc_batch_stats=known, autoencoder=a.autoencoder)
+    from gcnet.inference import ModelError
+    try:
+        res = evaluate(a.dir, a.lmdb, a.index, a.n_classes, a.gpu, train_lmdb=a.train_lmdb,
+                       bn_samples=a.bn_samples, train_batch=a.batch, train_acc_batch_stats=known,
+                       autoencoder=a.autoencoder)
+    except ModelError as e:             # damaged weights, or weights of another net: one line, exit 2
+        print("error: %s" % e, file=sys.stderr)
+        return 2
     meta = read_json(Path(a.dir) / META, {}) or {}
     res.update(n_train=a.n_train, inputs_hash=a.hash, seconds=round(time.time() - t0, 2))
     res["class_names"] = meta.get("class_names")

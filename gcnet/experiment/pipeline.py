@@ -13,8 +13,12 @@ from gcnet.experiment.plan import Context, Job, generator_jobs, model_jobs, pret
 from gcnet.experiment.procs import Supervisor, caffe_binary, python_layer_kernels
 from gcnet.experiment.scheduler import run_jobs
 from gcnet.experiment.summary import collect_summary, settings_record, summary_table, write_summary
+from gcnet.experiment.verify import remove_leftovers
 from gcnet.layout import WEBFACE
 from gcnet.util import UsageError, fmt_duration, now, say, write_json
+
+
+LEFTOVER_AGE = 600      # s: older temporary files in the shared results root are leftovers, not writes under way
 
 
 def run(s: Settings, sup: Supervisor) -> int:
@@ -22,6 +26,8 @@ def run(s: Settings, sup: Supervisor) -> int:
     caffe_binary()                      # fail early, before any work, when caffe is missing
     python_layer_kernels()              # ... or the Python layers' C kernels do not compile
     t_start, tag = time.time(), "[%s]" % s.dataset
+    for d in (ctx.layout.root, ctx.layout.figures_dir):   # (job folders: under their locks, by their stages)
+        remove_leftovers(d, tag, min_age=LEFTOVER_AGE)
     say("%s models %s, folds %s, %d iterations (pretraining %d), batch %d, %s, %d job(s); profile %s -> %s"
         % (tag, ",".join(s.models), ",".join(map(str, s.folds)), s.max_iter, s.pretrain_max_iter, s.batch,
            "GPU " + ",".join(map(str, s.gpus)) if s.gpus else "CPU", s.jobs, s.profile, ctx.layout.root))

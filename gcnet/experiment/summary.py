@@ -51,6 +51,8 @@ def fold_entry(tj: dict, st: dict, d: Path) -> dict:
         fe["bn_stale_mean_shift_max"] = max(bn["stale_mean_shift"].values())
     if st.get("diverged"):
         fe["diverged"] = st["diverged"]
+    if st.get("resumed"):
+        fe["resumed_from"] = [r["from_iteration"] for r in st["resumed"]]
     return fe
 
 
@@ -77,6 +79,7 @@ def collect_summary(lay: ResultsLayout, models: Optional[Sequence[str]] = None,
                 entry["folds"][str(k)] = fe
                 if st.get("diverged"):
                     summary.setdefault("diverged", []).append({"model": m, "fold": k, "what": st["diverged"]})
+                _note_resumed(summary, st, m, k)
                 if (fe.get("generator") or {}).get("dead"):
                     summary.setdefault("dead_generators", []).append({"model": m, "fold": k, "what": D.DEAD_NOTE})
                 accs.append(tj["accuracy"])
@@ -102,11 +105,20 @@ def collect_summary(lay: ResultsLayout, models: Optional[Sequence[str]] = None,
     # pretraining failures
     for st_path in lay.pretrain_stage_files():
         st = read_json(st_path, {}) or {}
+        if st.get("status") == "done":
+            _note_resumed(summary, st, "pretrain %s" % st.get("model"), st.get("fold"))
         if st.get("status") in ("failed", "interrupted"):
             summary["failures"].append({"model": st.get("model"), "fold": st.get("fold"), "status": st.get("status"),
                                         "stage": "pretrain", "error": st.get("error", ""),
                                         "log_tail": st.get("log_tail", [])})
     return summary
+
+
+def _note_resumed(summary: dict, st: dict, what: str, fold) -> None:
+    """summary["resumed"]: every training resumed from a snapshot (not bit-identical to an uninterrupted one)."""
+    if st.get("resumed"):
+        summary.setdefault("resumed", []).append({"model": what, "fold": fold, "from_iterations": [
+            r["from_iteration"] for r in st["resumed"]]})
 
 
 # the generator's measures pooled over folds (means weighted by each fold's test images)
@@ -224,6 +236,12 @@ def summary_markdown(sm: dict) -> str:
     if sm.get("diverged"):
         lines += ["## Diverged trainings (non-finite loss at the end; their accuracy is not meaningful)", ""]
         lines += ["* %s fold %s: %s" % (d["model"], d["fold"], d["what"]) for d in sm["diverged"]]
+        lines.append("")
+    if sm.get("resumed"):
+        lines += ["## Resumed trainings (continued from a snapshot: close to, not bit-identical with, an "
+                  "uninterrupted training)", ""]
+        lines += ["* %s fold %s: from iteration %s" % (r["model"], r["fold"], ", ".join(map(str, r["from_iterations"])))
+                  for r in sm["resumed"]]
         lines.append("")
     if sm.get("failures"):
         lines += ["## Failed / unfinished", ""]
