@@ -63,7 +63,7 @@ def fit_output_scale(model, pairs: np.ndarray, target: str) -> dict:
     run (docs/choices.md).  Sets them in `model` (a DeployModel with re-estimated statistics); returns the report."""
     from gcnet.diagnostics import per_image_error
     from gcnet.inference import crop_scale
-    x = crop_scale(pairs, model.crop, model.scale, model.mean)
+    x = crop_scale(pairs[:, :1], model.crop, model.scale, model.mean)
     y = crop_scale(pairs, model.crop, model.scale, model.mean, dtype=np.float64)[:, FIT_TARGETS[target]]
     before = model.forward(pairs, (OUTPUT_BLOB,), 64)[OUTPUT_BLOB][:, 0]
     z = []
