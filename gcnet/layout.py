@@ -21,6 +21,7 @@ TRAIN_VAL, DEPLOY, SOLVER = "train_val.prototxt", "deploy.prototxt", "solver.pro
 STAGE, META, TEST, TRAIN_LOG = "stage.json", "meta.json", "test.json", "train.log"
 INIT, TRAINED, FINAL = "init.caffemodel", "trained.caffemodel", "final.caffemodel"
 SURGERY_REPORT, BN_REPORT = "surgery.json", "bn_stats.json"
+REMOVAL = "expression_removal.json"    # a GCNet folder's expression removal, read by the fold's cnn
 SNAPSHOTS = "snapshots"      # caffe's snapshots/<model>_iter_N.{caffemodel,solverstate}
 
 
