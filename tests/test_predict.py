@@ -45,8 +45,7 @@ def test_predict_arrays_matches_the_test_stage(tiny_results):
 
 
 def test_predict_alignment_is_the_lmdb_one(tiny_results):
-    sys.path.insert(0, str(REPO / "tools"))
-    import predict as P
+    from gcnet.predict import media as P
     index = json.loads(tiny_results["layout"].test_index(0).read_text())
     items = read_lmdb(str(tiny_results["layout"].lmdb(0, "test")))
     find = P.landmark_finder(str(_landmarks_root(tiny_results)), len(index))
