@@ -477,7 +477,7 @@ def export_model(model_dir, out=None) -> Tuple[List[dict], List[str]]:
     transform and meta.json in the gcnet.* metadata).  -> ([{variant, prototxt, onnx, inputs, outputs, bytes}],
     notes).  ExportError / UnmappableLayer (exit 2) name what is missing or cannot be mapped."""
     from gcnet.caffe_io import WeightsError, read_caffemodel
-    from gcnet.inference import ModelError, read_meta, read_transform
+    from gcnet.inference import DEFAULT_CROP, ModelError, read_meta, read_transform
     from gcnet.layout import DEPLOY, DEPLOY_REF, FINAL, META
     from gcnet.util import sha256_file
     d = Path(model_dir)
@@ -497,7 +497,7 @@ def export_model(model_dir, out=None) -> Tuple[List[dict], List[str]]:
         raise ExportError(str(e))
     scale, crop, mean = read_transform(d)
     common = {"class_names": json.dumps(list(meta.get("class_names") or [])),
-              "transform": json.dumps({"scale": scale, "crop": crop or 64, "mean": mean}),
+              "transform": json.dumps({"scale": scale, "crop": crop or DEFAULT_CROP, "mean": mean}),
               "meta": json.dumps(meta, sort_keys=True), "weights_sha256": sha256_file(d / FINAL),
               "opset": str(OPSET)}
     done, notes = [], []

@@ -27,7 +27,7 @@ os.environ.setdefault("GLOG_minloglevel", "2")           # keep Caffe's net-cons
 from gcnet.util import UsageError  # noqa: E402
 
 
-def positive(text):
+def non_negative(text):
     v = int(text)
     if v < 0:
         raise argparse.ArgumentTypeError("must be >= 0, got %s" % text)
@@ -41,8 +41,8 @@ def main(argv=None):
     ap.add_argument("--model", required=True, help="a trained model folder results/<dataset>/<model>/fold_K")
     ap.add_argument("--out", help="the .onnx file to write (default <folder>/model.onnx)")
     ap.add_argument("--check", action="store_true", help="compare with Caffe (exit 1 beyond 1e-4)")
-    ap.add_argument("--random", type=positive, default=8, metavar="N", help="random inputs of --check (default 8)")
-    ap.add_argument("--lmdb", type=positive, default=32, metavar="N",
+    ap.add_argument("--random", type=non_negative, default=8, metavar="N", help="random inputs of --check (default 8)")
+    ap.add_argument("--lmdb", type=non_negative, default=32, metavar="N",
                     help="test-LMDB images of --check (default 32, 0: none)")
     a = ap.parse_args(argv)
     if a.out and not a.out.endswith(".onnx"):
@@ -79,8 +79,8 @@ def main(argv=None):
         for b, o in r["outputs"].items():
             line = "  %-6s worst |caffe - onnxruntime| %.2e" % (b, o["worst"])
             if f["images"]:
-                line += "; %.2e on the %d images whose pooling argmaxes all agree; %d images beyond %g" % (
-                    o["worst_agreeing"], r["n"] - f["images"], o["beyond"], TOLERANCE)
+                line += "; %.2e on the %d images whose pooling argmaxes all agree; beyond %g on %d image(s)" % (
+                    o["worst_agreeing"], r["n"] - f["images"], TOLERANCE, o["beyond"])
             print(line + ("  ok" if o["worst_agreeing"] <= TOLERANCE else "  FAILED"))
         if f["of"]:
             print("  max-pooling argmax positions that differ: %d of %d, in %d of %d images (largest gap where no "
