@@ -488,8 +488,10 @@ def export_model(model_dir, out=None) -> Tuple[List[dict], List[str]]:
         raise ExportError("model folder %s is incomplete: missing %s" % (d, ", ".join(missing)))
     try:
         import onnx  # noqa: F401
+        from caffe.proto import caffe_pb2  # noqa: F401
     except ImportError as e:
-        raise ExportError("the onnx package cannot be imported (%s); run `source tools/env.sh` first" % e)
+        raise ExportError("%s cannot be imported (%s): the export reads the prototxt and weights with onnx and "
+                          "pycaffe's caffe_pb2; run `source tools/env.sh` first" % (e.name or "a module", e))
     try:
         meta = read_meta(d)
         weights = read_caffemodel(str(d / FINAL))

@@ -35,6 +35,7 @@ def random_model_folder(path, model, seed=0):
     for phase in phases:
         nets.write_net(model, opts, phase, str(path / ("%s.prototxt" % phase)))
     (path / "meta.json").write_text(json.dumps({"model": model, "class_names": NAMES, "dataset": "synthetic"}))
+    caffe.set_random_seed(seed)                   # the fillers' draws
     net = caffe.Net(str(path / "deploy.prototxt"), caffe.TEST)
     rng = np.random.default_rng(seed)
     for name, ps in net.params.items():
@@ -80,6 +81,20 @@ def test_every_expression_model_matches_caffe(model, tmp_path):
         assert r["flips"]["max_gap"] <= TOL
         if r["variant"] == "deploy" and model != "cnn":
             assert r["flips"]["of"] > 0          # the generator's pooling masks were compared
+
+
+def test_check_fails_when_onnx_and_caffe_differ(tmp_path):
+    """The check is not vacuous: weights changed after the export (one bias of fc2) make it fail."""
+    import caffe
+    from gcnet.onnx_check import check_export
+    from gcnet.onnx_export import export_model
+    d = random_model_folder(tmp_path / "cnn" / "fold_0", "cnn")
+    done, _ = export_model(d)
+    net = caffe.Net(str(d / "deploy.prototxt"), caffe.TEST, weights=str(d / "final.caffemodel"))
+    net.params["fc2"][1].data[0] += 0.5
+    net.save(str(d / "final.caffemodel"))
+    (r,) = check_export(d, done, n_random=4, n_lmdb=0)
+    assert not r["ok"] and r["outputs"]["prob"]["worst_agreeing"] > TOL and r["outputs"]["prob"]["beyond"] >= 1
 
 
 def test_export_cli_check_on_a_trained_folder(tiny_results, tmp_path):
