@@ -22,20 +22,25 @@ def check_inputs(model_dir, inputs: List[str], n_random: int, n_lmdb: int, seed:
     """({input: (N, 1, crop, crop) float32}, description, notes): n_random uniform [0, 1) images, then the
     first n_lmdb samples of the fold's test LMDB (x = channel X, xr = channel X_r, the true reference)."""
     from gcnet.caffe_io import read_lmdb
-    from gcnet.inference import crop_scale
+    from gcnet.inference import REFERENCE_INPUT, crop_scale
     from gcnet.layout import ResultsLayout, fold_of
     rng = np.random.default_rng(seed)
     feeds = {k: [rng.random((n_random, 1, crop, crop), dtype=np.float32)] for k in inputs}
     d = Path(model_dir).resolve()
     k = fold_of(d.name)
     notes, n_db = [], 0
-    lmdb = ResultsLayout(d.parents[2], d.parents[1].name).lmdb(k, "test") if k is not None else None
-    if n_lmdb and lmdb is not None and lmdb.is_dir():
+    # <out>/<dataset>/<model>/fold_K -> <out>/<dataset>/lmdb/fold_K/test
+    lmdb = ResultsLayout(d.parents[2], d.parents[1].name).lmdb(k, "test") if k is not None and len(d.parents) > 2 \
+        else None
+    channel = {"x": 0, REFERENCE_INPUT: 1}       # the Datum [X, X_r]: X_r is the true reference
+    if n_lmdb and lmdb is not None and lmdb.is_dir() and set(inputs) <= set(channel):
         items = read_lmdb(str(lmdb), limit=n_lmdb)
         pairs = np.stack([a for _, a, _ in items])
         n_db = len(items)
-        for i, name in enumerate(inputs):        # x: channel 0, xr: channel 1 (the true reference X_r)
-            feeds[name].append(crop_scale(pairs[:, i:i + 1], crop, scale, mean))
+        for name in inputs:
+            feeds[name].append(crop_scale(pairs[:, channel[name]:channel[name] + 1], crop, scale, mean))
+    elif n_lmdb and not set(inputs) <= set(channel):
+        notes.append("inputs %s are not the LMDB's X and X_r: random inputs only" % ", ".join(inputs))
     elif n_lmdb:
         notes.append("no test LMDB at %s: random inputs only" % (lmdb or "<results>/<dataset>/lmdb/fold_K/test"))
     desc = "%d random + %d test-LMDB images" % (n_random, n_db)

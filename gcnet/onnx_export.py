@@ -110,12 +110,12 @@ class _Graph:
         self.cur[blob] = tensor
         self.shape[tensor] = tuple(int(s) for s in shape)
 
-    def blobs(self, layer, n_min: int, n_max: int) -> List[np.ndarray]:
+    def blobs(self, layer, n: int) -> List[np.ndarray]:
+        """The layer's n weight blobs (float32); UnmappableLayer when the weights have another number."""
         bl = self.weights.get(layer.name)
-        if bl is None or not (n_min <= len(bl) <= n_max):
-            raise UnmappableLayer("layer %s (%s): the weights hold %s blobs for it, expected %s" % (
-                layer.name, layer.type, "no" if bl is None else len(bl),
-                n_min if n_min == n_max else "%d-%d" % (n_min, n_max)))
+        if bl is None or len(bl) != n:
+            raise UnmappableLayer("layer %s (%s): the weights hold %s blobs for it, expected %d" % (
+                layer.name, layer.type, "no" if bl is None else len(bl), n))
         return [np.asarray(b, np.float32) for b in bl]
 
 
@@ -156,7 +156,7 @@ def _conv(g, layer, transpose: bool):
     if kh < 1 or kw < 1:
         _unmappable(layer, "no kernel size")
     group, c_in, c_out = int(p.group), shp[0], int(p.num_output)
-    blobs = g.blobs(layer, 2 if p.bias_term else 1, 2 if p.bias_term else 1)
+    blobs = g.blobs(layer, 2 if p.bias_term else 1)
     w = blobs[0]
     if transpose:       # Caffe and ONNX both store (C_in, C_out / group, kh, kw)
         _check_shape(layer, w, (c_in, c_out // group, kh, kw), "weight")
@@ -182,7 +182,7 @@ def _batchnorm(g, layer):
         _unmappable(layer, "use_global_stats false normalises with each batch's own statistics")
     x = g.bottom(layer, 0)
     c = g.shape[x][0]
-    mean, var, factor = g.blobs(layer, 3, 3)
+    mean, var, factor = g.blobs(layer, 3)
     _check_shape(layer, mean, (c,), "mean")
     _check_shape(layer, var, (c,), "variance")
     # Caffe (batch_norm_layer.cpp, global stats): scale = factor == 0 ? 0 : 1 / factor, mean and variance times
@@ -209,7 +209,7 @@ def _scale(g, layer):
         _unmappable(layer, "only the one-bottom Scale with a learned per-channel factor (axis 1, num_axes 1)")
     x = g.bottom(layer, 0)
     shp = g.shape[x]
-    blobs = g.blobs(layer, 2 if p.bias_term else 1, 2 if p.bias_term else 1)
+    blobs = g.blobs(layer, 2 if p.bias_term else 1)
     bshape = _channel_shape(layer, shp, blobs[0].size)
     y = g.tensor(layer, layer.top[0])
     mul = y if not p.bias_term else y + ":mul"
@@ -324,7 +324,7 @@ def _inner_product(g, layer):
         _unmappable(layer, "axis %d (only 1)" % p.axis)
     x = g.bottom(layer, 0)
     k, n = int(np.prod(g.shape[x])), int(p.num_output)
-    blobs = g.blobs(layer, 2 if p.bias_term else 1, 2 if p.bias_term else 1)
+    blobs = g.blobs(layer, 2 if p.bias_term else 1)
     _check_shape(layer, blobs[0], (k, n) if p.transpose else (n, k), "weight")
     y = g.tensor(layer, layer.top[0])
     g.node("Flatten", [x], [y + ":flat"], layer, axis=1)

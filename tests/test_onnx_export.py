@@ -9,49 +9,17 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, needs_caffe, tool_env
-from gcnet.config import EXPRESSION_MODELS, NetOptions
+from conftest import REPO, needs_caffe, random_model_folder, tool_env
+from gcnet.config import EXPRESSION_MODELS
 
 pytestmark = needs_caffe
 TOL = 1e-4
-NAMES = ["a", "b", "c", "d", "e", "f", "g"]
 
 
 def _export(args, timeout=300):
     return subprocess.run([sys.executable, str(REPO / "tools" / "export_onnx.py")] + [str(a) for a in args],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=tool_env(),
                           timeout=timeout)
-
-
-def random_model_folder(path, model, seed=0):
-    """A model folder as the runner writes it (deploy, deploy_ref for GCNets, train_val, meta.json), with random
-    weights and BatchNorm statistics of a trained net's scale (mean ~0, variance ~1, scale factor 7)."""
-    import caffe
-    from gcnet import nets
-    from gcnet.config import has_generator
-    path.mkdir(parents=True)
-    opts = NetOptions(n_classes=len(NAMES), batch_size=2, test_batch_size=2)
-    phases = ("train_val", "deploy") + (("deploy_ref",) if has_generator(model) else ())
-    for phase in phases:
-        nets.write_net(model, opts, phase, str(path / ("%s.prototxt" % phase)))
-    (path / "meta.json").write_text(json.dumps({"model": model, "class_names": NAMES, "dataset": "synthetic"}))
-    caffe.set_random_seed(seed)                   # the fillers' draws
-    net = caffe.Net(str(path / "deploy.prototxt"), caffe.TEST)
-    rng = np.random.default_rng(seed)
-    for name, ps in net.params.items():
-        kind = net.layer_dict[name].type
-        if kind == "BatchNorm":
-            c = ps[0].data.shape[0]
-            ps[0].data[...] = 7 * rng.normal(0, 0.2, c)
-            ps[1].data[...] = 7 * rng.uniform(0.2, 2.0, c)
-            ps[2].data[...] = 7
-        elif kind == "Scale":
-            ps[0].data[...] = rng.uniform(0.5, 1.5, ps[0].data.shape)
-            ps[1].data[...] = rng.normal(0, 0.2, ps[1].data.shape)
-        elif len(ps) > 1:
-            ps[1].data[...] = rng.normal(0, 0.05, ps[1].data.shape)
-    net.save(str(path / "final.caffemodel"))
-    return path
 
 
 @pytest.mark.parametrize("model", EXPRESSION_MODELS)

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, needs_caffe, tool_env
+from conftest import REPO, needs_caffe, random_model_folder, tool_env
 from gcnet.util import read_json
 
 pytestmark = needs_caffe
@@ -239,3 +239,27 @@ def test_reference_usage_errors(models, videos, tiny_results, tmp_path):
     (old / "deploy_ref.prototxt").unlink()
     p = _predict(["--model", old, "--reference", frame, frame])
     assert p.returncode == 2 and "deploy_ref.prototxt" in p.stderr and "run_folds.sh" in p.stderr
+
+
+def test_a_net_that_takes_the_reference_as_input(tiny_results, tmp_path):
+    """A deploy net with inputs x and xr (a pair model, as the paper's Fig. 2(b): here a GCNet's deploy_ref as the
+    folder's deploy net): exported as it is, and predict needs --reference and feeds it, from the net's inputs."""
+    d = random_model_folder(tmp_path / "pair" / "fold_0", "gcnet_s0r0")
+    (d / "deploy_ref.prototxt").replace(d / "deploy.prototxt")
+    p = subprocess.run([sys.executable, str(REPO / "tools" / "export_onnx.py"), "--model", str(d)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=tool_env())
+    assert p.returncode == 0 and "inputs x, xr -> outputs prob" in p.stdout, p.stderr
+    assert not (d / "model_ref.onnx").exists()
+    frames = _test_frames(tiny_results, 2)
+    lm = tiny_results["data"] / "Landmarks"
+    out = {}
+    for backend in ("caffe", "onnx"):
+        p = _predict(["--model", d, "--backend", backend, "--landmarks", lm, frames[0]])
+        assert p.returncode == 2 and "takes the person's reference as its input `xr`" in p.stderr
+        p = _predict(["--model", d, "--backend", backend, "--json", "--landmarks", lm, "--reference", frames[1],
+                      frames[0]])
+        assert p.returncode == 0, p.stderr
+        (out[backend],) = _json(p)
+        assert out[backend]["given_reference"] == frames[1] and "with_reference" not in out[backend]
+    a, b = out["caffe"]["probs"], out["onnx"]["probs"]
+    assert max(abs(a[k] - b[k]) for k in a) <= TOL and out["caffe"]["label"] == out["onnx"]["label"]

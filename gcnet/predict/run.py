@@ -101,7 +101,11 @@ class _Run:
                                  "--reference IMG for photos)" % (o.reference, photos[0]))
         self.ref_image = None
         if self.ref_kind == "image":
-            aligned, why = load_aligned(self.ref_arg, self.lm(self.ref_arg) if o.landmarks else None)
+            # a landmark folder must hold the reference's file too; a single landmark file is the photo's
+            lm = self.lm(self.ref_arg) if o.landmarks and os.path.isdir(o.landmarks) else None
+            if o.landmarks and os.path.isdir(o.landmarks) and lm is None:
+                raise UsageError("--reference %s: no landmark file for it in %s" % (self.ref_arg, o.landmarks))
+            aligned, why = load_aligned(self.ref_arg, lm)
             if aligned is None:
                 raise UsageError("--reference %s: %s" % (self.ref_arg, why))
             self.ref_image = aligned[None]
