@@ -7,7 +7,8 @@ another position and its output (and a GCNet's probabilities, through X_r hat) d
 that image (and the pooling layers after that decoder may then differ too: a cascade).  Such images are counted and
 reported apart; the check fails when any output differs by more than TOLERANCE on an image whose argmaxes all
 agree, or when an argmax differs, with no earlier difference to explain it, where the two values are not a near tie
-(gap > TOLERANCE in Caffe's pooling input: a mapping error, not rounding).  docs/choices.md, "ONNX export".
+(gap > TOLERANCE in Caffe's pooling input: a mapping error, not rounding).  docs/choices.md, "Trained models
+outside Caffe".
 """
 from pathlib import Path
 from typing import List

@@ -3,8 +3,8 @@
 is constructed, so the conversion runs wherever pycaffe's protobuf module imports.
 
 Every layer is mapped exactly or refused (UnmappableLayer, exit 2, naming the layer); the mapping of each type,
-and how Caffe's MAX-pooling mask becomes ONNX MaxPool indices, is in docs/choices.md ("ONNX export").  The
-comparison with Caffe (export_onnx.py --check) is check_export below.
+and how Caffe's MAX-pooling mask becomes ONNX MaxPool indices, is in docs/choices.md ("Trained models outside
+Caffe").  The comparison with Caffe (export_onnx.py --check) is gcnet/onnx_check.py.
 """
 import json
 from pathlib import Path

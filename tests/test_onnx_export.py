@@ -99,7 +99,8 @@ def test_plumbing_layers_and_other_pooling_geometries(tmp_path):
     proto = tmp_path / "net.prototxt"
     proto.write_text('''
 layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 11 dim: 11 } } }
-layer { name: "slice" type: "Slice" bottom: "data" top: "a" top: "b" top: "c" slice_param { slice_point: 1 slice_point: 2 } }
+layer { name: "slice" type: "Slice" bottom: "data" top: "a" top: "b" top: "c"
+        slice_param { slice_point: 1 slice_point: 2 } }
 layer { name: "split" type: "Split" bottom: "a" top: "a1" top: "a2" }
 layer { name: "conv" type: "Convolution" bottom: "a1" top: "conv" convolution_param { num_output: 4 kernel_size: 3
         pad: 1 weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 } } }
@@ -107,7 +108,8 @@ layer { name: "pool_pad" type: "Pooling" bottom: "conv" top: "pool_pad" top: "ma
         pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
 layer { name: "unpool" type: "Python" bottom: "pool_pad" bottom: "mask" top: "unpool"
         python_param { module: "gcnet_layers" layer: "MaxUnpool" param_str: '{"out_h": 12, "out_w": 13}' } }
-layer { name: "pool_stride" type: "Pooling" bottom: "b" top: "pool_stride" pooling_param { pool: MAX kernel_size: 2 stride: 3 } }
+layer { name: "pool_stride" type: "Pooling" bottom: "b" top: "pool_stride"
+        pooling_param { pool: MAX kernel_size: 2 stride: 3 } }
 layer { name: "dist" type: "Python" bottom: "a2" bottom: "c" top: "dist"
         python_param { module: "gcnet_layers" layer: "ElementwiseDistance" } }
 layer { name: "fc" type: "InnerProduct" bottom: "pool_stride" top: "fc" inner_product_param { num_output: 3

@@ -97,7 +97,8 @@ def test_onnx_backend_gives_the_records_of_caffe(models, tiny_results):
         args = ["--model", d, "--json", "--landmarks", lm] + frames
         if m == "gcnet_s1r1":
             args += ["--reference", frames[0]]
-        caffe_out, onnx_out = _json(_predict(args + ["--backend", "caffe"])), _json(_predict(args + ["--backend", "onnx"]))
+        caffe_out = _json(_predict(args + ["--backend", "caffe"]))
+        onnx_out = _json(_predict(args + ["--backend", "onnx"]))
         assert [r["file"] for r in onnx_out] == [r["file"] for r in caffe_out] == frames
         find = landmark_finder(str(lm), len(frames))
         x = preprocess(np.stack([load_aligned(f, find(f))[0] for f in frames]))

@@ -12,7 +12,7 @@ Caffe net; a layer it cannot map exactly is an error naming the layer.
 --check then runs Caffe and onnxruntime (one thread) on the same inputs (random images and the first images of
 the fold's test LMDB), prints the worst difference per output and how many max-pooling argmax positions differ,
 and fails unless the outputs agree within 1e-4 on every input whose argmaxes agree and the argmaxes differ only
-at near ties (docs/choices.md, "ONNX export").
+at near ties (docs/choices.md, "Trained models outside Caffe").
 
 Exit status: 0 ok, 1 the check failed, 2 bad usage, a folder that cannot be exported or a layer with no mapping,
 130 interrupted.
