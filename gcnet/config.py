@@ -33,6 +33,11 @@ DATASETS: Dict[str, DatasetSpec] = {
 }
 
 
+# seed of the synthetic CASIA-WebFace stand-in that the synthetic profiles pretrain on: fixed, like the real set, so
+# that every run (of any --seed) shares one pretraining set
+SYNTHETIC_WEBFACE_SEED = 0
+
+
 def dataset_spec(name: str) -> DatasetSpec:
     """The DatasetSpec of `name`; DataError (exit 2) naming the known ones."""
     if name not in DATASETS:
@@ -59,25 +64,36 @@ PAPER_RESULTS: Dict[str, Dict[str, float]] = {
 # ----------------------------------------------------------------------------------------------- models
 @dataclass(frozen=True)
 class ModelFacts:
-    pretrain: bool          # a pretraining net (section 4.1), not an expression model
-    generator: bool         # Generator(X) = De_1r(En_1(X)) estimates the reference X_r (all GCNets)
-    contrastive: bool       # L_Contr on En_2(X), En_2(X_r hat) (S1)
-    reconstruction: bool    # De_2r, De_2i reconstruct X_r and X (R1)
+    kind: str                       # "pretrain": a pretraining net (section 4.1, CASIA-WebFace); "stage": the per-fold
+                                    # generator of the paper's first step; "expression": a model of Tables 2-5
+    generator: bool = False         # Generator(X) = De_1r(En_1(X)) estimates the reference X_r (GCNets, the stage)
+    contrastive: bool = False       # L_Contr on En_2(X), En_2(X_r hat) (S1)
+    reconstruction: bool = False    # De_2r, De_2i reconstruct X_r and X (R1)
+    true_reference: bool = False    # En_2 compares X with the TRUE reference X_r (Fig. 2b): the bound of a reference
+
+    @property
+    def pretrain(self) -> bool:
+        return self.kind == "pretrain"
 
 
 # the one table of what each network has (nets, surgery, figures and the runner read it)
 MODELS: Dict[str, ModelFacts] = {
-    "encdec": ModelFacts(True, False, False, False),
-    "cnn_id": ModelFacts(True, False, False, False),
-    "cnn": ModelFacts(False, False, False, False),
-    "gcnet_s0r0": ModelFacts(False, True, False, False),
-    "gcnet_s1r0": ModelFacts(False, True, True, False),
-    "gcnet_s0r1": ModelFacts(False, True, False, True),
-    "gcnet_s1r1": ModelFacts(False, True, True, True),
+    "encdec": ModelFacts("pretrain"),
+    "cnn_id": ModelFacts("pretrain"),
+    "generator": ModelFacts("stage", generator=True),
+    "cnn": ModelFacts("expression"),
+    "cnn_pair": ModelFacts("expression", true_reference=True),
+    "gcnet_s0r0": ModelFacts("expression", generator=True),
+    "gcnet_s1r0": ModelFacts("expression", generator=True, contrastive=True),
+    "gcnet_s0r1": ModelFacts("expression", generator=True, reconstruction=True),
+    "gcnet_s1r1": ModelFacts("expression", generator=True, contrastive=True, reconstruction=True),
 }
-EXPRESSION_MODELS = tuple(m for m, f in MODELS.items() if not f.pretrain)
-PRETRAIN_MODELS = tuple(m for m, f in MODELS.items() if f.pretrain)
-ALL_MODELS = PRETRAIN_MODELS + EXPRESSION_MODELS
+EXPRESSION_MODELS = tuple(m for m, f in MODELS.items() if f.kind == "expression")
+PRETRAIN_MODELS = tuple(m for m, f in MODELS.items() if f.kind == "pretrain")
+STAGE_MODELS = tuple(m for m, f in MODELS.items() if f.kind == "stage")
+ALL_MODELS = PRETRAIN_MODELS + STAGE_MODELS + EXPRESSION_MODELS
+# the expression models that carry a generated reference (the GCNets)
+GCNET_MODELS = tuple(m for m in EXPRESSION_MODELS if MODELS[m].generator)
 
 
 def has_generator(model: str) -> bool:
@@ -90,6 +106,15 @@ def has_contrastive(model: str) -> bool:
 
 def has_reconstruction(model: str) -> bool:
     return MODELS[model].reconstruction
+
+
+def has_true_reference(model: str) -> bool:
+    return MODELS[model].true_reference
+
+
+def has_reference_variant(model: str) -> bool:
+    """An expression model whose generated reference the person's own can replace (its deploy_ref net)."""
+    return MODELS[model].kind == "expression" and MODELS[model].generator
 
 
 FINETUNE_OUTPUT_SCALE = ("frozen", "decoder-rate")      # NetOptions.finetune_output_scale
@@ -119,8 +144,9 @@ class NetOptions:
     fc1_relu: bool = True
     decoder_lr_mult: float = 10.0        # "learning rate at layers of the decoder networks is set to 10"
     # the Scale (gamma, beta) of each decoder's single-channel output block (DeConv(5x5,1) - BNorm - ReLU, Table 1)
-    # while fine-tuning a GCNet: "frozen" keeps the values of pretraining (lr_mult 0), "decoder-rate" trains them at
-    # decoder_lr_mult like the rest of the decoder (the paper's literal setting).  Their two gradients sum over
+    # while fine-tuning a GCNet and in the generator stage: "frozen" keeps the values of pretraining (lr_mult 0; fitted
+    # to the targets, gcnet.bnstats.fit_output_scale), "decoder-rate" trains them at decoder_lr_mult like the rest of
+    # the decoder (the paper's literal setting).  Their two gradients sum over
     # batch x 64 x 64 pixels and carry ~90% of the gradient norm; trained, they kill the output within a few
     # iterations or, under clipping, starve the classifier (measured, docs/choices.md).
     finetune_output_scale: str = "frozen"

@@ -18,6 +18,8 @@ from gcnet.layout import DEPLOY, DEPLOY_REF, FINAL, META, ONNX, ONNX_REF, TRAIN_
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SCALE = 0.00390625       # transform_param.scale of the Data layers (docs/ARCHITECTURE.md, LMDB format)
 DEFAULT_CROP = 64
+REFERENCE_INPUT = "xr"           # the deploy input of a net that is given the person's reference face (deploy_ref,
+                                 # cnn_pair; gcnet/nets.py)
 
 
 class ModelError(Exception):
@@ -80,6 +82,24 @@ def preprocess(aligned, scale=DEFAULT_SCALE, crop=DEFAULT_CROP, mean=0.0):
     return crop_scale(a[:, :1], crop, scale, mean)
 
 
+def check_recorded_weights(model_dir, meta: dict, weights) -> None:
+    """ModelError when the folder's meta.json names another model than its deploy.prototxt, or records the sha256
+    of its final.caffemodel (gcnet.experiment.stages) and `weights` is that file with other contents (replaced or
+    damaged after the run)."""
+    from gcnet.caffe_io import prototxt_net_name
+    d = Path(model_dir)
+    name = prototxt_net_name(d / DEPLOY)
+    if meta.get("model") and name and meta["model"] != name:
+        raise ModelError("%s says the folder holds model %s, but %s is the net %s" % (d / META, meta["model"],
+                                                                                     d / DEPLOY, name))
+    want = meta.get("weights_sha256")
+    if want and Path(weights).resolve() == (d / FINAL).resolve():
+        from gcnet.util import sha256_file
+        if sha256_file(weights) != want:
+            raise ModelError("%s is not the file %s records (sha256 differs): it was replaced or damaged after the "
+                             "run; rerun the run to redo it" % (weights, d / META))
+
+
 def batch_stats_net_text(deploy_path) -> str:
     """The deploy net with every BatchNorm layer normalising with the statistics of its batch
     (use_global_stats false) and accumulating them as a plain sum (moving_average_fraction 1): the net of the
@@ -95,11 +115,29 @@ def batch_stats_net_text(deploy_path) -> str:
     return text_format.MessageToString(net)
 
 
+def load_net(prototxt, weights, phase: str = "TEST", net_file=None):
+    """caffe.Net of `prototxt` with the .caffemodel `weights`, checked before Caffe reads them: a damaged file or
+    weights of another net (a layer missing, another shape, another net's name) are a ModelError naming the
+    weights file and the first layer that does not fit (gcnet.caffe_io.check_weights_fit), never a silently
+    half-initialised net nor a Caffe abort.  The one way this project loads trained weights into a net (test stage,
+    BatchNorm re-estimation, figures, predict, gradient norms; an exporter should use it too).  `net_file`: the
+    prototxt named in messages (when `prototxt` is a temporary variant of it)."""
+    from gcnet.caffe_io import WeightsError, check_weights_fit, prototxt_net_name
+    caffe = import_caffe()
+    try:
+        net = caffe.Net(str(prototxt), getattr(caffe, phase))       # (no weights yet: Caffe reads them last)
+        params = net.params
+        check_weights_fit(weights, {k: [tuple(b.data.shape) for b in v] for k, v in params.items()},
+                          {k: [b.data.__array_interface__["data"][0] for b in v] for k, v in params.items()},
+                          prototxt_net_name(prototxt), str(net_file or prototxt))
+    except WeightsError as e:
+        raise ModelError(str(e))
+    net.copy_from(str(weights))
+    return net
+
+
 class MissingVariant(ModelError):
     """The model has no file for the requested variant (deploy_ref.prototxt / model_ref.onnx)."""
-
-
-REFERENCE_INPUT = "xr"       # the input of a deploy net that takes the reference X_r (deploy_ref; a pair model)
 
 
 class FaceModel:
@@ -108,6 +146,7 @@ class FaceModel:
     OnnxModel (onnxruntime); they implement run() on preprocessed inputs and has()."""
     backend = ""
     inputs = ("x",)
+    dir = None
 
     def _set_classes(self, names, n: int) -> None:
         names = list(names or [])
@@ -115,6 +154,7 @@ class FaceModel:
 
     @property
     def needs_reference(self) -> bool:
+        """The net takes the person's reference face X_r as a second input (deploy_ref, cnn_pair: Fig. 2b)."""
         return REFERENCE_INPUT in self.inputs
 
     def has(self, blob) -> bool:
@@ -124,21 +164,26 @@ class FaceModel:
         """{input: (N, 1, crop, crop) float32} -> {blob: array (N, ...)} for the requested blobs."""
         raise NotImplementedError
 
-    def forward(self, aligned, blobs=("prob",), batch=64, reference=None):
-        """Run the net on aligned 66x66 faces; {blob: array (N, ...)} for the requested blobs the net has.
-        `reference`: aligned references (one for all faces, or one per face; uint8 or a float mean of frames) for
-        a net with the input `xr`."""
-        feeds = {self.input: preprocess(aligned, self.scale, self.crop, self.mean)}
-        n = len(feeds[self.input])
+    def forward(self, aligned, blobs=("prob",), batch=64, reference=None, preprocessed=False):
+        """Run the net on aligned 66x66 faces; {blob: array (N, ...)} for the requested blobs the net has.  A net
+        with a reference input takes `reference` (aligned like `aligned`: one for all faces or one per face, uint8
+        or a float mean of frames), else channel 1 of `aligned` (pairs [X, X_r]).  `preprocessed`: `aligned` is
+        already net input (N, 1, crop, crop) float, e.g. a generated reference."""
+        x = np.asarray(aligned, np.float32) if preprocessed else preprocess(aligned, self.scale, self.crop, self.mean)
+        feeds = {self.input: x}
+        n = len(x)
         if self.needs_reference:
             if reference is None:
-                raise ModelError("this net takes the reference X_r as its input %r: a reference is needed"
-                                 % REFERENCE_INPUT)
+                a = np.asarray(aligned)
+                if a.ndim != 4 or a.shape[1] < 2:
+                    raise ModelError("%s compares the face with the person's reference face: give one"
+                                     % (self.dir or "the model"))
+                reference = a[:, 1:2]
             r = preprocess(reference, self.scale, self.crop, self.mean)
             if len(r) == 1 and n > 1:
                 r = np.repeat(r, n, axis=0)
             if len(r) != n:
-                raise ValueError("%d references for %d faces" % (len(r), n))
+                raise ModelError("%d faces but %d reference faces" % (n, len(r)))
             feeds[REFERENCE_INPUT] = r
         blobs = [b for b in blobs if self.has(b)]
         out = {b: [] for b in blobs}
@@ -178,6 +223,7 @@ class DeployModel(FaceModel):
         self.scale, self.crop, self.mean = read_transform(self.dir)
         self.crop = self.crop or DEFAULT_CROP
         caffe = import_caffe()
+        check_recorded_weights(self.dir, self.meta, self.weights)
         if gpu is None:
             caffe.set_mode_cpu()
         else:
@@ -188,11 +234,11 @@ class DeployModel(FaceModel):
             with tempfile.NamedTemporaryFile("w", suffix=".prototxt", prefix="batch_stats_", delete=False) as f:
                 f.write(batch_stats_net_text(self.deploy))
             try:
-                self.net = caffe.Net(f.name, caffe.TEST, weights=str(self.weights))
+                self.net = load_net(f.name, self.weights, net_file=self.deploy)
             finally:
                 os.unlink(f.name)
         else:
-            self.net = caffe.Net(str(self.deploy), caffe.TEST, weights=str(self.weights))
+            self.net = load_net(self.deploy, self.weights)
         self.inputs = tuple(self.net.inputs)
         self.input = "x" if "x" in self.net.blobs else self.net.inputs[0]
         self._set_classes(self.meta.get("class_names"),
@@ -204,6 +250,12 @@ class DeployModel(FaceModel):
     def batchnorm_layers(self):
         """Names of the net's BatchNorm layers."""
         return [name for name in self.net.params if self.net.layer_dict[name].type == "BatchNorm"]
+
+    def set_batchnorm_stats(self, stats) -> None:
+        """Replace the BatchNorm statistics ({layer: [mean, var, factor]}, gcnet.bnstats.estimate_stats)."""
+        for name, values in stats.items():
+            for blob, v in zip(self.net.params[name], values):
+                blob.data[...] = v
 
     def run(self, feeds, blobs):
         changed = [k for k, v in feeds.items() if self.net.blobs[k].data.shape != v.shape]

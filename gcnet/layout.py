@@ -2,6 +2,7 @@
 
     <out>/<dataset>/lmdb/fold_K/{train,test,pretrain,test_index.json}   lmdb/manifest.json  lmdb/pretrain_webface
     <out>/<dataset>/pretrain/{fold_K,webface}/{encdec,cnn_id}/          (fold_K -> webface when shared)
+    <out>/<dataset>/generator/fold_K/                                   the per-fold generator (first step)
     <out>/<dataset>/<model>/fold_K/                                     one trained expression model
     <out>/<dataset>/{summary.json,summary.md,run_settings.json,run_report.json,figures/,slurm/}
 """
@@ -168,6 +169,11 @@ class ResultsLayout:
 
     def pretrain_stage_files(self) -> List[Path]:
         return sorted(self.pretrain_root.glob("*/*/" + STAGE))
+
+    # ------------------------------------------------------------------------------------------- generator stage
+    def generator_dir(self, k: int) -> Path:
+        """generator/fold_K: the per-fold generator of the paper's first step (X -> X_r), GCNets start from it."""
+        return self.root / "generator" / fold_name(k)
 
     # ------------------------------------------------------------------------------------------- models
     def model_dir(self, model: str, k: int) -> Path:

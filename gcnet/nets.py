@@ -30,7 +30,7 @@ from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
 from gcnet.config import (ALL_MODELS, CONTRASTIVE_DISTANCES, FINETUNE_OUTPUT_SCALE, NetOptions, has_contrastive,
-                          has_generator, has_reconstruction)
+                          has_generator, has_reconstruction, has_reference_variant, has_true_reference)
 
 PY_MODULE = "gcnet_layers"          # python_layers/gcnet_layers.py
 WEIGHT_FILLER = dict(type="xavier")
@@ -193,6 +193,22 @@ def _body(n, model: str, opts: NetOptions, deploy: bool) -> None:
         if not deploy:
             n.loss_rec = L.EuclideanLoss(n.gen_r, n.x, loss_weight=1.0)
         return
+    out_lr = 0.0 if opts.finetune_output_scale == "frozen" else opts.decoder_lr_mult
+    if model == "generator":
+        # the first of the paper's two steps (section 1): Generator(X) = De_1r(En_1(X)) learned alone on X -> X_r
+        # (L_Gen,r, Eq. 7-8), trained as inside the GCNets: decoder at the fine-tuning rate, output Scale frozen
+        en1, masks = encoder(n, "en1", n.x, opts)
+        n.gen_r = decoder(n, "de1r", en1, masks, opts, lr=opts.decoder_lr_mult, output_scale_lr=out_lr)
+        if not deploy:
+            n.loss_gen_r = L.EuclideanLoss(n.gen_r, n.xr, loss_weight=1.0)
+        return
+    if has_true_reference(model):
+        # Fig. 2(b): En_2 on X and on the TRUE reference X_r (one encoder, shared weights), d(.,.), classifier
+        en2_x, _ = encoder(n, "en2", n.x, opts, masks=False)
+        en2_r, _ = encoder(n, "en2r", n.xr, opts, owner="en2", masks=False)
+        n.delta = L.Python(en2_x, en2_r, python_param=dict(module=PY_MODULE, layer="ElementwiseDistance"))
+        _head(n, classifier(n, n.delta, opts.n_classes, opts), "loss_cls", deploy)
+        return
     if model in ("cnn", "cnn_id"):
         en2, _ = encoder(n, "en2", n.x, opts, masks=False)
         prefix = "id_" if model == "cnn_id" else ""
@@ -203,7 +219,6 @@ def _body(n, model: str, opts: NetOptions, deploy: bool) -> None:
 
     contrastive, recon = has_contrastive(model), has_reconstruction(model)
     dec_lr = opts.decoder_lr_mult
-    out_lr = 0.0 if opts.finetune_output_scale == "frozen" else dec_lr
     # Generator(X) = De_1r(En_1(X)) estimates the reference X_r (section 3.2)
     en1, en1_masks = encoder(n, "en1", n.x, opts)
     n.gen_r = decoder(n, "de1r", en1, en1_masks, opts, lr=dec_lr, output_scale_lr=out_lr)
@@ -256,19 +271,21 @@ def build_net(model: str, opts: NetOptions = None, phase: str = "train_val") -> 
         raise ValueError("unknown model %r; known: %s" % (model, ", ".join(ALL_MODELS)))
     if phase not in PHASES:
         raise ValueError("phase must be one of %s, not %r" % (", ".join(PHASES), phase))
-    if phase == "deploy_ref" and not has_generator(model):
+    if phase == "deploy_ref" and not has_reference_variant(model):
         raise ValueError("%s has no generated reference to replace: no deploy_ref net" % model)
     check_options(opts)
     n = caffe.NetSpec()
     deploy = phase != "train_val"
     if deploy:
         n.x = L.Input(shape=dict(dim=[1, 1, opts.crop, opts.crop]))
+        if has_true_reference(model):
+            n.xr = L.Input(shape=dict(dim=[1, 1, opts.crop, opts.crop]))     # the person's reference face
     else:
         n.data, n.label = _data_layer(opts.train_source, opts.batch_size, opts, caffe.TRAIN)
         # Datum channels [X, X_r] -> x, xr
         n.x, n.xr = L.Slice(n.data, slice_param=dict(axis=1, slice_point=[1]), ntop=2)
-        unused = [] if has_generator(model) else [n.xr]
-        if model == "encdec":
+        unused = [] if has_generator(model) or has_true_reference(model) else [n.xr]
+        if model in ("encdec", "generator"):
             unused.append(n.label)
         if unused:
             n.silence = L.Silence(*unused, ntop=0)

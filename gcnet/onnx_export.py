@@ -477,7 +477,7 @@ def export_model(model_dir, out=None) -> Tuple[List[dict], List[str]]:
     transform and meta.json in the gcnet.* metadata).  -> ([{variant, prototxt, onnx, inputs, outputs, bytes}],
     notes).  ExportError / UnmappableLayer (exit 2) name what is missing or cannot be mapped."""
     from gcnet.caffe_io import WeightsError, read_caffemodel
-    from gcnet.inference import DEFAULT_CROP, ModelError, read_meta, read_transform
+    from gcnet.inference import DEFAULT_CROP, ModelError, check_recorded_weights, read_meta, read_transform
     from gcnet.layout import DEPLOY, DEPLOY_REF, FINAL, META
     from gcnet.util import sha256_file
     d = Path(model_dir)
@@ -494,6 +494,7 @@ def export_model(model_dir, out=None) -> Tuple[List[dict], List[str]]:
                           "pycaffe's caffe_pb2; run `source tools/env.sh` first" % (e.name or "a module", e))
     try:
         meta = read_meta(d)
+        check_recorded_weights(d, meta, d / FINAL)      # the net meta.json names, the weights' recorded sha256
         weights = read_caffemodel(str(d / FINAL))
     except (ModelError, WeightsError) as e:
         raise ExportError(str(e))

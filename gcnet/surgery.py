@@ -1,7 +1,10 @@
 """Initial weights of the expression models from the pretrained nets (paper section 4.1), by net surgery in pycaffe.
 
-    GCNets   En_1 en1_*, De_1r de1r_* <- encdec en1_*, de1r_*;   En_2 en2_*, en2r_* (shared) <- cnn_id en2_*
-    R1       De_2r de2r_*, De_2i de2i_* <- encdec de1r_* (renamed)        cnn   en2_* <- cnn_id en2_*
+    GCNets   En_1 en1_*, De_1r de1r_* <- generator (the per-fold first step; encdec without it)
+             En_2 en2_*, en2r_* (shared) <- cnn_id en2_*
+    R1       De_2r de2r_*, De_2i de2i_* <- encdec de1r_* (renamed)
+    cnn      en2_* <- cnn_id en2_*;   cnn_pair   en2_*, en2r_* <- cnn_id en2_*
+    generator (stage)  en1_*, de1r_* <- encdec
 Other layers (fc1, fc2) keep their filler's random values, drawn from Caffe's generator seeded with `seed` (default:
 the solver's random_seed), so the same inputs give the same init.caffemodel; BatchNorm statistics are zeroed unless
 bn_stats="copy" (docs/choices.md).  A missing source layer or a shape mismatch is a SurgeryError naming the layer.
@@ -17,7 +20,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from gcnet.caffe_io import WeightsError, read_caffemodel
-from gcnet.config import EXPRESSION_MODELS, SolverOptions, has_generator, has_reconstruction
+from gcnet.config import (EXPRESSION_MODELS, STAGE_MODELS, SolverOptions, has_generator, has_reconstruction,
+                          has_true_reference)
 from gcnet.util import write_json
 
 __all__ = ["SurgeryError", "rules_for", "plan", "init_weights", "main"]
@@ -27,14 +31,20 @@ class SurgeryError(Exception):
     pass
 
 
-def rules_for(model: str) -> List[Tuple[str, str, str]]:
-    """[(target layer prefix, source net, source layer prefix)] of `model`; the first matching rule applies."""
-    if model not in EXPRESSION_MODELS:
-        raise SurgeryError("no surgery rules for model %r (expression models: %s)"
-                           % (model, ", ".join(EXPRESSION_MODELS)))
+def rules_for(model: str, generator: bool = False) -> List[Tuple[str, str, str]]:
+    """[(target layer prefix, source net, source layer prefix)] of `model`; the first matching rule applies.
+    `generator`: En_1/De_1r come from the per-fold generator stage (the paper's first step) instead of encdec."""
+    if model not in EXPRESSION_MODELS + STAGE_MODELS:
+        raise SurgeryError("no surgery rules for model %r (models: %s)"
+                           % (model, ", ".join(EXPRESSION_MODELS + STAGE_MODELS)))
+    if model in STAGE_MODELS:
+        return [("en1_", "encdec", "en1_"), ("de1r_", "encdec", "de1r_")]
     rules = []
     if has_generator(model):
-        rules += [("en1_", "encdec", "en1_"), ("de1r_", "encdec", "de1r_"), ("en2r_", "cnn_id", "en2_")]
+        gen = "generator" if generator else "encdec"
+        rules += [("en1_", gen, "en1_"), ("de1r_", gen, "de1r_")]
+    if has_generator(model) or has_true_reference(model):
+        rules.append(("en2r_", "cnn_id", "en2_"))
     rules.append(("en2_", "cnn_id", "en2_"))
     if has_reconstruction(model):
         rules += [("de2r_", "encdec", "de1r_"), ("de2i_", "encdec", "de1r_")]
@@ -54,7 +64,7 @@ def plan(model: str, target_shapes: Dict[str, List[Tuple[int, ...]]],
 
     Returns {"copied": [{layer, from_net, from_layer, shapes}], "random": [{layer, shapes}],
     "unused_source_layers": {net: [layers]}}; raises SurgeryError on a missing source layer or a shape mismatch."""
-    rules = rules_for(model)
+    rules = rules_for(model, generator="generator" in sources)
     copied, random_init, errors = [], [], []
     used = {net: set() for net in sources}
     for layer, shapes in target_shapes.items():
@@ -91,7 +101,8 @@ def _fmt_shapes(shapes) -> str:
 
 def init_weights(model: str, train_val: str, out_path: str, encdec: Optional[str] = None,
                  cnn_id: Optional[str] = None, report_path: Optional[str] = None, log=print,
-                 bn_stats: str = "zero", seed: int = SolverOptions.random_seed) -> dict:
+                 bn_stats: str = "zero", seed: int = SolverOptions.random_seed,
+                 generator: Optional[str] = None) -> dict:
     """Build `model`'s train_val net (TRAIN phase) in pycaffe, copy the pretrained layers into it, save it as
     `out_path` (all layers, the uncopied ones with their filler's random values) and return the report.
     `bn_stats` "zero" zeroes every BatchNorm layer's running statistics, "copy" keeps the pretrained ones."""
@@ -102,6 +113,8 @@ def init_weights(model: str, train_val: str, out_path: str, encdec: Optional[str
         sources["encdec"] = _read_source(encdec)
     if cnn_id:
         sources["cnn_id"] = _read_source(cnn_id)
+    if generator:
+        sources["generator"] = _read_source(generator)
     import caffe
     caffe.set_mode_cpu()
     caffe.set_random_seed(seed)             # the fillers of the layers that are not copied
@@ -131,7 +144,8 @@ def init_weights(model: str, train_val: str, out_path: str, encdec: Optional[str
     os.replace(tmp, out_path)
     report.update({"model": model, "train_val": os.path.abspath(train_val), "out": os.path.abspath(out_path),
                    "sources": {"encdec": encdec and os.path.abspath(encdec),
-                               "cnn_id": cnn_id and os.path.abspath(cnn_id)}})
+                               "cnn_id": cnn_id and os.path.abspath(cnn_id),
+                               "generator": generator and os.path.abspath(generator)}})
     if report_path:
         write_json(report_path, report)
     return report
@@ -144,6 +158,7 @@ def main(argv=None) -> int:
     ap.add_argument("out")
     ap.add_argument("--encdec")
     ap.add_argument("--cnn-id")
+    ap.add_argument("--generator", help="the generator stage's weights: En_1/De_1r from it instead of encdec")
     ap.add_argument("--report")
     ap.add_argument("--bn-stats", choices=("zero", "copy"), default="zero")
     ap.add_argument("--seed", type=int, default=SolverOptions.random_seed,
@@ -151,7 +166,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         rep = init_weights(a.model, a.train_val, a.out, a.encdec, a.cnn_id, a.report, bn_stats=a.bn_stats,
-                           seed=a.seed)
+                           seed=a.seed, generator=a.generator)
     except SurgeryError as e:
         print("error: %s" % e, file=sys.stderr)
         return 2

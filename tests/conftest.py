@@ -82,10 +82,10 @@ def random_model_folder(path, model, seed=0):
     import caffe
     import numpy as np
     from gcnet import nets
-    from gcnet.config import NetOptions, has_generator
+    from gcnet.config import NetOptions, has_reference_variant
     path.mkdir(parents=True)
     opts = NetOptions(n_classes=len(NAMES), batch_size=2, test_batch_size=2)
-    phases = ("train_val", "deploy") + (("deploy_ref",) if has_generator(model) else ())
+    phases = ("train_val", "deploy") + (("deploy_ref",) if has_reference_variant(model) else ())
     for phase in phases:
         nets.write_net(model, opts, phase, str(path / ("%s.prototxt" % phase)))
     (path / "meta.json").write_text(json.dumps({"model": model, "class_names": NAMES, "dataset": "synthetic"}))

@@ -156,3 +156,32 @@ def test_final_losses_takes_the_last_record_with_outputs():
             {"iter": 20, "loss": None, "outputs": {}}]
     assert D.final_losses(recs) == {"loss_cls": 0.5, "loss_gen_r": 3.0, "loss": 1.0}
     assert D.final_losses([]) == {}
+
+
+def test_generator_measures_on_constructed_faces():
+    """X = 10 grey levels above X_r everywhere (copy X costs 0.5 * 4096 * (10/256)^2 = 3.125 per image); a generator
+    that halves the gap on images 0-2 and doubles it on 3-5; the autoencoder returns X itself; G(X_r) = X_r."""
+    n, crop, scale = 6, 64, 1 / 256.0
+    test = np.zeros((n, 2, 66, 66), np.uint8)
+    test[:, 1] = 100
+    test[:, 0] = 110
+    train = test.copy()
+    xr = np.full((n, 1, crop, crop), 100 * scale)
+    gap = np.array([0.5, 0.5, 0.5, 2, 2, 2])[:, None, None, None] * 10 * scale
+    g = xr + gap
+    copy = 0.5 * crop * crop * (10 * scale) ** 2
+    m = D.generator_diagnostics(test, g, train, crop, scale, generated_from_reference=xr,
+                                autoencoded=np.full((n, 1, crop, crop), 110 * scale),
+                                subjects=["a", "a", "b", "c", "c", "d"])
+    assert m["baseline_copy_x"] == pytest.approx(copy)
+    assert m["l_gen_r"] == pytest.approx(copy * (0.25 + 4) / 2)
+    assert m["fraction_beats_copy_x"] == pytest.approx(0.5) and not m["beats_copy_x"]
+    assert m["l_gen_r_on_reference"] == pytest.approx(0.0)
+    assert m["baseline_blurred_copy"] == pytest.approx(copy) and m["autoencoder_floor"] == pytest.approx(0.0)
+    assert m["fraction_beats_blurred_copy"] == pytest.approx(0.5)
+    assert m["baseline_mean_reference"] == pytest.approx(0.0)
+    gain = m["gain_over_copy_x"]
+    assert gain["mean"] == pytest.approx(copy - m["l_gen_r"]) and gain["n_subjects"] == 4
+    assert gain["ci95"][0] <= gain["mean"] <= gain["ci95"][1]
+    better = D.generator_diagnostics(test, xr + gap[::-1] * 0 + 0.5 * 10 * scale, train, crop, scale)
+    assert better["beats_copy_x"] and better["fraction_beats_copy_x"] == 1.0 and "gain_over_copy_x" not in better

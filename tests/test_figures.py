@@ -22,12 +22,13 @@ pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning:matplotlib.
 
 EXPECTED = {"curves": ["curves_cnn", "curves_gcnet_s1r1", "curves_pretrain_cnn_id", "curves_pretrain_encdec"],
             "confusion": ["confusion_cnn", "confusion_gcnet_s1r1"], "tsne": ["fig5_tsne"],
-            "filters": ["fig6_filters"], "generation": ["fig7_generation"], "errors": ["fig4_errors"]}
+            "filters": ["fig6_filters"], "generation": ["fig7_generation"], "errors": ["fig4_errors"],
+            "mechanism": ["mechanism"]}
 
 
 # ================================================================================================ no Caffe
 def test_registry_order_and_modules():
-    assert F.FIGURES == ("curves", "confusion", "tsne", "filters", "generation", "errors")
+    assert F.FIGURES == ("curves", "confusion", "tsne", "filters", "generation", "errors", "mechanism")
     for name, fn in F.FIGURE_FUNCS.items():
         assert fn.__module__ == "gcnet.figures." + name
 
@@ -167,3 +168,24 @@ def test_missing_inputs_are_skipped_with_a_reason(tiny_results, tmp_path):
         assert "Traceback" not in p.stdout, p.stdout
     assert "skipped" in subprocess.run([sys.executable, str(REPO / "tools" / "figures.py"), str(empty)],
                                        stdout=subprocess.PIPE, universal_newlines=True, env=tool_env()).stdout
+
+
+def test_mechanism_figure_from_a_summary(tmp_path):
+    """The mechanism figure reads only summary.json: accuracy bars with intervals and paired statistics, the
+    generator against its baselines; a folder without a summary is skipped with a reason."""
+    from gcnet.figures import mechanism
+    from gcnet.figures.results import Skip
+    lay = ResultsLayout(tmp_path, "synthetic")
+    lay.root.mkdir()
+    with pytest.raises(Skip, match="summary.json"):
+        mechanism.fig_mechanism(lay)
+    pooled = lambda a: {"accuracy": a, "n": 258, "ci95": [a - 0.05, a + 0.04]}
+    gen = {"l_gen_r": 4.3, "baseline_copy_x": 5.8, "baseline_blurred_copy": 9.1, "l_gen_r_on_reference": 3.5}
+    write_json(lay.summary_json, {
+        "settings": {"synthetic": True},
+        "models": {"cnn": {"pooled": pooled(0.8)}, "cnn_pair": {"pooled": pooled(0.97)},
+                   "gcnet_s0r0": {"pooled": pooled(0.82), "generator": gen}},
+        "paired": {"cnn_pair": {"difference": 0.17, "mcnemar_p": 1e-6},
+                   "gcnet_s0r0": {"difference": 0.02, "mcnemar_p": 0.5}}})
+    files = mechanism.fig_mechanism(lay)
+    _check_png_pdf(files, "mechanism")

@@ -24,7 +24,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPECTED_LOSSES = {
     "encdec": {"loss_rec"},
     "cnn_id": {"loss_id"},
+    "generator": {"loss_gen_r"},
     "cnn": {"loss_cls"},
+    "cnn_pair": {"loss_cls"},
     "gcnet_s0r0": {"loss_cls", "loss_gen_r"},
     "gcnet_s1r0": {"loss_cls", "loss_gen_r", "loss_contr"},
     "gcnet_s0r1": {"loss_cls", "loss_gen_r", "loss_rec_r", "loss_rec_i"},
@@ -94,13 +96,13 @@ def test_train_val_net_shapes_and_losses(model, tmp_path, tiny_lmdb):
     b = net.blobs
     assert b["data"].data.shape == (BATCH, 2, 64, 64)
     assert b["x"].data.shape == (BATCH, 1, 64, 64)
-    prefix = "en1" if model in ("encdec",) or model.startswith("gcnet") else "en2"
+    prefix = "en1" if model in ("encdec", "generator") or model.startswith("gcnet") else "en2"
     assert b[prefix + "_pool1"].data.shape == (BATCH, 32, 31, 31)
     assert b[prefix + "_pool2"].data.shape == (BATCH, 64, 15, 15)
     assert b[prefix + "_pool3"].data.shape == (BATCH, 96, 7, 7)
-    if model.startswith("gcnet") or model == "encdec":
+    if model.startswith("gcnet") or model in ("encdec", "generator"):
         assert b["gen_r"].data.shape == (BATCH, 1, 64, 64)
-    if model.startswith("gcnet"):
+    if model.startswith("gcnet") or model == "cnn_pair":
         assert b["en2r_pool3"].data.shape == (BATCH, 96, 7, 7)
         assert b["delta"].data.shape == (BATCH, 96, 7, 7)
     if model in EXPRESSION_MODELS:
@@ -118,7 +120,7 @@ def test_train_val_net_shapes_and_losses(model, tmp_path, tiny_lmdb):
     # gradients reach the first encoder layer(s)
     first = "en1_conv1" if prefix == "en1" else "en2_conv1"
     assert np.abs(net.params[first][0].diff).sum() > 0
-    if model.startswith("gcnet"):
+    if model.startswith("gcnet") or model == "cnn_pair":
         # the classification / contrastive / reconstruction losses reach En_2 through both branches
         assert np.abs(net.params["en2_conv1"][0].diff).sum() > 0
 
@@ -152,7 +154,7 @@ def test_loss_weights_are_the_papers_lambdas():
     assert w == {"loss_contr": [1.0], "loss_gen_r": [1.0], "loss_rec_r": [0.25], "loss_rec_i": [0.25]}
 
 
-@pytest.mark.parametrize("model", EXPRESSION_MODELS)
+@pytest.mark.parametrize("model", [m for m in EXPRESSION_MODELS if m != "cnn_pair"])
 def test_deploy_nets_take_one_image(model, tmp_path, tiny_lmdb):
     net = _net(model, "deploy", tmp_path, tiny_lmdb)
     assert list(net.inputs) == ["x"]
@@ -172,8 +174,11 @@ def test_deploy_ref_takes_the_reference_as_input():
     """deploy_ref (GCNets): inputs x and xr, no generator; every layer is the deploy net's layer of that name with
     the same parameters (so final.caffemodel loads into it), and En_2's second branch reads xr instead of gen_r."""
     from google.protobuf import text_format
-    for model in EXPRESSION_MODELS:
-        if model == "cnn":
+    from gcnet.config import ALL_MODELS, has_reference_variant
+    assert [m for m in ALL_MODELS if has_reference_variant(m)] == ["gcnet_s0r0", "gcnet_s1r0", "gcnet_s0r1",
+                                                                   "gcnet_s1r1"]
+    for model in ALL_MODELS:
+        if not has_reference_variant(model):
             with pytest.raises(ValueError, match="no generated reference"):
                 nets.build_net(model, NetOptions(), "deploy_ref")
             continue
@@ -273,3 +278,74 @@ def test_en2_branches_keep_their_own_batchnorm_statistics():
     shared = {l.name: [p.name for p in l.param] for l in nets.build_net(
         "gcnet_s1r1", NetOptions(en2_shared_bn_stats=True)).layer}
     assert shared["en2r_bn1"] == ["en2_bn1_mean", "en2_bn1_var", "en2_bn1_factor"]
+
+
+def test_cnn_pair_compares_x_with_the_true_reference(tmp_path, tiny_lmdb):
+    """Fig. 2(b): one En_2 on X and on X_r (shared weights, own BatchNorm statistics), delta = |En_2(X) -
+    En_2(X_r)|, the classifier; the deploy net takes both faces and with X_r = X sees delta = 0."""
+    net = _net("cnn_pair", "train_val", tmp_path, tiny_lmdb)
+    assert {"en1_conv1", "de1r_deconv1"}.isdisjoint(net.params)          # no generator
+    net.params["en2_conv2"][0].data[...] = 0.25
+    assert np.all(net.params["en2r_conv2"][0].data == 0.25)
+    assert net.params["en2r_bn1"][0].data is not net.params["en2_bn1"][0].data
+    net.forward()
+    xr_branch = [l.bottom for l in nets.build_net("cnn_pair", NetOptions()).layer if l.name == "en2r_conv1"][0]
+    assert list(xr_branch) == ["xr"]
+    deploy = _net("cnn_pair", "deploy", tmp_path, tiny_lmdb)
+    assert list(deploy.inputs) == ["x", "xr"] and list(deploy.outputs) == ["prob"]
+    rng = np.random.RandomState(2)
+    x, xr = rng.rand(3, 1, 64, 64), rng.rand(3, 1, 64, 64)
+    for name, value in (("x", x), ("xr", xr)):
+        deploy.blobs[name].reshape(*value.shape)
+        deploy.blobs[name].data[...] = value
+    deploy.forward()
+    assert np.abs(deploy.blobs["delta"].data).max() > 0
+    deploy.blobs["xr"].data[...] = x
+    prob = deploy.forward()["prob"]
+    assert np.all(deploy.blobs["delta"].data == 0)
+    np.testing.assert_allclose(prob.sum(1), 1, rtol=1e-5)
+
+
+def test_cnn_pair_gradient_matches_finite_differences(tmp_path, tiny_lmdb):
+    """d loss_cls / d En_2 weights through BOTH branches (the shared conv gets the sum of the two branches'
+    gradients), against central differences along a random direction, on the TEST-phase net (no dropout, stored
+    BatchNorm statistics); the data layer is run once, the differences re-run the net from En_2 on."""
+    path = str(tmp_path / "pair_test.prototxt")
+    opts = NetOptions(n_classes=N_CLASSES, batch_size=BATCH, test_batch_size=BATCH, train_source=tiny_lmdb,
+                      test_source=tiny_lmdb, n_identities=5)
+    nets.write_net("cnn_pair", opts, "train_val", path)
+    net = caffe.Net(path, caffe.TEST)
+    rng = np.random.RandomState(0)
+    for name in net.params:
+        if net.layer_dict[name].type == "BatchNorm":
+            net.params[name][1].data[...] = 1
+            net.params[name][2].data[...] = 1
+    net.forward()
+
+    def loss():
+        return float(net.forward(start="en2_conv1")["loss_cls"])
+
+    loss()
+    for name in net.params:
+        for blob in net.params[name]:
+            blob.diff[...] = 0
+    net.backward()
+    def fd(w, w0, d):
+        w.data[...] = w0 + d
+        up = loss()
+        w.data[...] = w0 - d
+        down = loss()
+        w.data[...] = w0
+        return (up - down) / 2
+
+    for layer in ("en2_conv1", "en2_conv3", "fc1"):
+        w = net.params[layer][0]
+        grad, w0 = w.diff.copy(), w.data.copy()
+        ratios = []
+        for _ in range(7):
+            d = rng.randn(*w0.shape).astype(np.float32)
+            d *= 3e-4 * np.linalg.norm(w0) / np.linalg.norm(d)
+            ratios.append(float(np.sum(grad * d)) / fd(w, w0, d))
+        # a step that crosses a max-pooling / ReLU / |a - b| kink gives an outlier; most steps do not
+        assert np.median(ratios) == pytest.approx(1, abs=0.03), (layer, ratios)
+        assert sum(abs(r - 1) < 0.05 for r in ratios) >= 4, (layer, ratios)

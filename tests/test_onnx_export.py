@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, needs_caffe, random_model_folder, tool_env
-from gcnet.config import EXPRESSION_MODELS
+from gcnet.config import (EXPRESSION_MODELS, has_generator, has_reconstruction, has_reference_variant,
+                          has_true_reference)
 
 pytestmark = needs_caffe
 TOL = 1e-4
@@ -30,11 +31,12 @@ def test_every_expression_model_matches_caffe(model, tmp_path):
     done, notes = export_model(d)
     assert notes == []
     deploy = next(e for e in done if e["variant"] == "deploy")
-    assert deploy["onnx"] == str(d / "model.onnx") and deploy["inputs"] == ["x"]
-    expected = {"prob"} | ({"gen_r"} if model != "cnn" else set()) | ({"rec_r", "rec_i"} if model.endswith("r1")
-                                                                      else set())
+    assert deploy["onnx"] == str(d / "model.onnx")
+    assert deploy["inputs"] == (["x", "xr"] if has_true_reference(model) else ["x"])
+    expected = {"prob"} | ({"gen_r"} if has_generator(model) else set()) | (
+        {"rec_r", "rec_i"} if has_reconstruction(model) else set())
     assert set(deploy["outputs"]) == expected
-    if model != "cnn":
+    if has_reference_variant(model):
         ref = next(e for e in done if e["variant"] == "deploy_ref")
         assert ref["onnx"] == str(d / "model_ref.onnx") and ref["inputs"] == ["x", "xr"] and ref["outputs"] == ["prob"]
     else:
@@ -47,7 +49,7 @@ def test_every_expression_model_matches_caffe(model, tmp_path):
         for b, o in r["outputs"].items():
             assert o["worst_agreeing"] <= TOL, (r["variant"], b, o)
         assert r["flips"]["max_gap"] <= TOL
-        if r["variant"] == "deploy" and model != "cnn":
+        if r["variant"] == "deploy" and has_generator(model):
             assert r["flips"]["of"] > 0          # the generator's pooling masks were compared
 
 

@@ -248,10 +248,9 @@ def test_reference_usage_errors(models, videos, tiny_results, tmp_path):
 
 
 def test_a_net_that_takes_the_reference_as_input(tiny_results, tmp_path):
-    """A deploy net with inputs x and xr (a pair model, as the paper's Fig. 2(b): here a GCNet's deploy_ref as the
-    folder's deploy net): exported as it is, and predict needs --reference and feeds it, from the net's inputs."""
-    d = random_model_folder(tmp_path / "pair" / "fold_0", "gcnet_s0r0")
-    (d / "deploy_ref.prototxt").replace(d / "deploy.prototxt")
+    """cnn_pair (the paper's Fig. 2(b): deploy inputs x and xr): exported as it is, and predict needs --reference
+    and feeds it, from the net's inputs."""
+    d = random_model_folder(tmp_path / "cnn_pair" / "fold_0", "cnn_pair")
     p = subprocess.run([sys.executable, str(REPO / "tools" / "export_onnx.py"), "--model", str(d)],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=tool_env())
     assert p.returncode == 0 and "inputs x, xr -> outputs prob" in p.stdout, p.stderr

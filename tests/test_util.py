@@ -71,8 +71,10 @@ def test_data_error_is_a_usage_error_and_dataset_spec():
 
 
 def test_model_facts():
-    assert C.EXPRESSION_MODELS == ("cnn", "gcnet_s0r0", "gcnet_s1r0", "gcnet_s0r1", "gcnet_s1r1")
-    assert C.PRETRAIN_MODELS == ("encdec", "cnn_id")
-    assert [m for m in C.ALL_MODELS if C.has_generator(m)] == [m for m in C.ALL_MODELS if m.startswith("gcnet")]
+    assert C.EXPRESSION_MODELS == ("cnn", "cnn_pair", "gcnet_s0r0", "gcnet_s1r0", "gcnet_s0r1", "gcnet_s1r1")
+    assert C.PRETRAIN_MODELS == ("encdec", "cnn_id") and C.STAGE_MODELS == ("generator",)
+    assert C.GCNET_MODELS == tuple(m for m in C.EXPRESSION_MODELS if m.startswith("gcnet"))
+    assert [m for m in C.ALL_MODELS if C.has_generator(m)] == ["generator"] + list(C.GCNET_MODELS)
+    assert [m for m in C.ALL_MODELS if C.has_true_reference(m)] == ["cnn_pair"]
     assert [m for m in C.ALL_MODELS if C.has_contrastive(m)] == ["gcnet_s1r0", "gcnet_s1r1"]
     assert [m for m in C.ALL_MODELS if C.has_reconstruction(m)] == ["gcnet_s0r1", "gcnet_s1r1"]

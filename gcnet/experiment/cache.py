@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Optional
 
+from gcnet.config import has_generator
 from gcnet.experiment.plan import Context, Job, portable
 from gcnet.layout import FINAL, META, STAGE, TEST, TRAIN_LOG, TRAINED
 from gcnet.util import read_json, sha256_file, sha_text
@@ -33,14 +34,22 @@ def pretrain_keys(ctx: Context, job: Job, fingerprint: str):
     """(key, legacy key) of a pretraining: the legacy key (runner.py) also hashed display and snapshot, so that a
     new --iters retrained the pretraining nets; a result recorded under it is still accepted."""
     tv, sv = portable(job.texts["train_val"], ctx.s), job.texts["solver"]
-    return (sha_text("pretrain-v2", tv, _without_intervals(sv), fingerprint),
-            sha_text("pretrain-v1", tv, sv, fingerprint))
+    # encdec's final weights: BatchNorm statistics and output Scale fitted on bn_samples of its data
+    extra = (ctx.s.bn_samples, ctx.s.batch) if job.model == "encdec" and ctx.s.fit_output_scale else ()
+    return (sha_text("pretrain-v2", tv, _without_intervals(sv), fingerprint, *extra),
+            sha_text("pretrain-v1", tv, sv, fingerprint, *extra))
 
 
 def train_key(ctx: Context, job: Job, fingerprint: str, init_sha: dict) -> str:
     """surgery + caffe train: nets, solver, data, the pretrained weights and the BatchNorm choice of surgery."""
     return sha_text("model-v2", portable(job.texts["train_val"], ctx.s), job.texts["solver"], fingerprint, init_sha,
                     ctx.s.surgery_bn_stats)
+
+
+def generator_key(ctx: Context, job: Job, fingerprint: str, encdec_sha: str) -> str:
+    """The generator stage: its nets and solver, the fold's data, encdec's weights, the re-estimation's samples."""
+    return sha_text("generator-v1", portable(job.texts["train_val"], ctx.s), job.texts["solver"], fingerprint,
+                    encdec_sha, ctx.s.bn_samples, ctx.s.batch)
 
 
 def bnstats_key(ctx: Context, job: Job, fingerprint: str) -> str:
@@ -51,15 +60,18 @@ def bnstats_key(ctx: Context, job: Job, fingerprint: str) -> str:
 
 def test_key(ctx: Context, job: Job, fingerprint: str) -> str:
     s = ctx.s
-    return sha_text("test-v2", portable(job.texts["deploy"], s), portable(job.texts["train_val"], s),
-                    sha256_file(job.dir / FINAL), fingerprint, s.bn_samples, s.batch)
+    parts = [portable(job.texts["deploy"], s), portable(job.texts["train_val"], s), sha256_file(job.dir / FINAL),
+             fingerprint, s.bn_samples, s.batch]
+    if "encdec" in job.pretrained and has_generator(job.model):       # the blurred-copy baseline's autoencoder
+        parts.append(sha256_file(job.pretrained["encdec"] / FINAL))
+    return sha_text("test-v3", *parts)
 
 
 def figures_key(root: Path) -> str:
     """What the figures are made from: logs, weights and test results (size + mtime), and the figure code."""
     h = hashlib.sha256()
     for p in sorted(root.rglob("*")):
-        if p.name in (TEST, TRAIN_LOG, FINAL, META) and "figures" not in p.parts:
+        if p.name in (TEST, TRAIN_LOG, FINAL, META, "summary.json") and "figures" not in p.parts:
             st = p.stat()
             h.update(("%s %d %d\n" % (p.relative_to(root), st.st_size, st.st_mtime_ns)).encode())
     code = Path(__file__).resolve().parents[1] / "figures"

@@ -4,6 +4,7 @@ Exit status: 0 all requested folds done, 1 some fold failed (the summary says wh
 130 interrupted (snapshots kept: rerun the same command to resume).
 """
 import argparse
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -13,34 +14,39 @@ from typing import List, Optional
 from gcnet import config as C
 from gcnet.experiment.procs import REPO, Interrupted, Supervisor, n_cores
 from gcnet.layout import ResultsLayout
-from gcnet.util import UsageError, parse_folds, say
+from gcnet.util import NO_SPACE, UsageError, os_error_line, parse_folds, say
 
 # The paper's schedule (section 4.1): 3e5 iterations, mini-batch 64, ten folds.  Pretraining iterations are not
 # given in the paper; they default to --iters.
 PAPER_SCHEDULE = dict(n_folds=10, folds="0-9", max_iter=300000, pretrain_max_iter=None, batch=64)
 
-# `synthetic` without --iters: a CPU-sized profile (about 30 min on 2 cores, measured: README "Results").  100
-# identities give about 39 labelled sequences (about 120 test images) per fold, so one sequence moves a fold's
-# accuracy by under 3 points; two folds give a mean and a spread.
+# `synthetic` without --iters: a CPU-sized profile that shows the paper's mechanism (README "Results"): 100
+# identities give about 39 labelled sequences (about 120 test images) per fold; the encoder-decoder and En_2 are
+# pretrained once on a synthetic WebFace set of 300 other identities (the paper's CASIA-WebFace step, cached for
+# every later run), the generator is trained per fold on X -> X_r (the paper's first step), then the models.
 SYNTHETIC_PROFILE = dict(
     subjects=100,         # synthetic identities written by gcnet.data.synthetic.make_synthetic
     n_folds=10,           # the paper's protocol (subject-independent 10 folds) ...
     folds="0-1",          # ... of which these are run (their LMDBs only are built)
+    webface_identities=300,   # the synthetic WebFace set of the pretraining (other identities)
+    pretrain_max_iter=3000,   # encdec / cnn_id iterations on it (once; cached)
+    generator_max_iter=1000,  # the per-fold generator stage (X -> X_r)
     max_iter=200,         # expression-model iterations
-    pretrain_max_iter=200,  # encdec / cnn_id iterations
     batch=16,
     augment=2,            # augmented copies per training sample in the LMDB
-    display=10,
+    display=20,
     jobs=2,               # two trainings side by side, one BLAS thread each
     bn_samples=512,       # training samples of the BatchNorm re-estimation and of the training-set scores
 )
 
-# `--profile ablation`: the five models at equal budget on the synthetic set, five folds, 1000 iterations each (hours
-# on 2 CPU cores, minutes on a GPU); README "Results" reports what it measured.
-ABLATION_PROFILE = dict(SYNTHETIC_PROFILE, folds="0-4", max_iter=1000, pretrain_max_iter=1000, display=50, bn_samples=1024)
+# `--profile ablation`: the six models at a larger equal budget on a larger synthetic set (about 600 test images
+# over folds 0-1), for paired statistics with n >= 500 (README "Results").
+ABLATION_PROFILE = dict(SYNTHETIC_PROFILE, subjects=250, generator_max_iter=2000, max_iter=1000, display=50,
+                        bn_samples=1024)
 PROFILES = {"synthetic-cpu": SYNTHETIC_PROFILE, "ablation": ABLATION_PROFILE}
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+PRETRAIN_ON_FOLDS = "folds"      # --pretrain-data folds: pretrain on the training folds' own faces
 
 
 def parse_models(text: str) -> List[str]:
@@ -75,6 +81,8 @@ class Settings:
     n_folds: int
     max_iter: int                      # --iters: iterations of each expression model
     pretrain_max_iter: int             # --pretrain-iters: iterations of encdec and cnn_id
+    generator_max_iter: int            # --generator-iters: iterations of the per-fold generator stage (0: none)
+    fit_output_scale: bool             # the generator's output Scale fitted to its targets (encdec, generator stage)
     batch: int
     augment: Optional[int]
     margin: float
@@ -95,7 +103,8 @@ class Settings:
     snapshot: int
     test_interval: int
     seed: int
-    pretrain_data: Optional[str]
+    pretrain_data: Optional[str]       # WebFace root of the shared pretraining; None: the training folds
+    webface_identities: Optional[int]  # identities of the synthetic WebFace set made at pretrain_data (else None)
     landmarks: Optional[str]
     mmi_peaks: Optional[str]
     figures: bool
@@ -146,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mmi-peaks", metavar="CSV", help="MMI peak frames (session,peak_frame)")
     g.add_argument("--augment", type=int, metavar="K", help="augmented copies per training sample in the LMDB "
                    "(default: gcnet.data.lmdb_build's %s)" % _lmdb_default_augment())
-    g.add_argument("--pretrain-data", metavar="ROOT", help="CASIA-WebFace root for pretraining (paper); default: "
-                   "the training folds' faces with identity labels (fold_K/pretrain)")
+    g.add_argument("--pretrain-data", metavar="ROOT", help="CASIA-WebFace root for pretraining (paper), or `folds` "
+                   "for the training folds' faces with identity labels (fold_K/pretrain); default: `folds`, except "
+                   "the synthetic profiles, which make a synthetic WebFace set of other identities")
     g.add_argument("--synthetic-subjects", type=int, metavar="N",
                    help="identities when the synthetic set is generated (default %d)" % SYNTHETIC_PROFILE["subjects"])
     g = ap.add_argument_group("experiment")
@@ -162,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training iterations of each expression model (default 3e5)")
     g.add_argument("--pretrain-iters", dest="pretrain_max_iter", type=int,
                    help="iterations of encdec and cnn_id (default: --iters)")
+    g.add_argument("--generator-iters", dest="generator_max_iter", type=int,
+                   help="iterations of the per-fold generator stage, the first of the paper's two steps "
+                        "(Generator(X) -> X_r from encdec; the GCNets start from it); 0 = none, the GCNets start "
+                        "from encdec (default: --iters / 10)")
+    g.add_argument("--no-fit-output-scale", dest="fit_output_scale", action="store_false",
+                   help="keep the output Scale (gamma, beta of de1r_scale1) of encdec and of the generator stage as "
+                        "training left it instead of fitting it to the targets (X, X_r) by least squares before "
+                        "the GCNets freeze it (docs/choices.md)")
     g.add_argument("--batch", type=int, help="mini-batch size (default 64)")
     g.add_argument("--contrastive-distance", choices=C.CONTRASTIVE_DISTANCES, default=C.NetOptions.contrastive_distance,
                    help="S of Eq. 4-5: l2 = ||En_2(X) - En_2(X_r hat)|| (paper), rms = l2 / sqrt(feature size) "
@@ -201,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-figures", action="store_true", help="skip the figures step")
     g.add_argument("--no-summary", action="store_true", help="skip summary and figures (Slurm array tasks)")
     g.add_argument("--collect", action="store_true", help="only build summary (+figures) from what is on disk")
-    g.add_argument("--stop-after", choices=("lmdb", "pretrain"), help="stop after this stage (Slurm prep jobs)")
+    g.add_argument("--stop-after", choices=("lmdb", "pretrain", "generator"), help="stop after this stage (Slurm prep jobs)")
     g.add_argument("--keep-snapshots", type=int, default=2, help="snapshots kept per training (default 2)")
     g = ap.add_argument_group("Slurm arrays (tools/slurm/)")
     g.add_argument("--task-index", type=int, metavar="I", help="run only task I of the selected models x folds "
@@ -230,6 +248,29 @@ def default_synthetic_root(subjects: int, seed: int) -> Path:
     return REPO / "data" / "synthetic" / ("ck+_%dsubjects_seed%d" % (subjects, seed))
 
 
+def _given(value, default):
+    """The option's value when it was given (0 included), else the default: never `value or default`."""
+    return default if value is None else value
+
+
+def _check_range(flag: str, value, low, above: bool = False) -> None:
+    """UsageError (exit 2, one line) unless value >= low (> low with `above`) and finite."""
+    ok = math.isfinite(value) and (value > low if above else value >= low)
+    if not ok:
+        raise UsageError("%s must be %s %s, got %s" % (flag, ">" if above else ">=", low, value))
+
+
+def results_name(dataset: str, profile: Optional[str]) -> str:
+    """The results folder under --out: the dataset's name; a synthetic profile other than the default gets its
+    own (`synthetic-ablation`), so that its larger set never replaces the main job's results."""
+    return "%s-%s" % (dataset, profile) if profile in PROFILES and profile != "synthetic-cpu" else dataset
+
+
+def default_webface_root(identities: int) -> Path:
+    """The synthetic CASIA-WebFace stand-in of the synthetic profiles (other identities than the expression set)."""
+    return REPO / "data" / "synthetic" / ("webface_%dids_seed%d" % (identities, C.SYNTHETIC_WEBFACE_SEED))
+
+
 def resolve_settings(a) -> Settings:
     C.dataset_spec(a.dataset)
     synthetic = a.dataset == "synthetic"
@@ -238,48 +279,56 @@ def resolve_settings(a) -> Settings:
                          "--iters/--batch/--folds say otherwise" % (a.profile, a.dataset))
     profile_name = a.profile or ("synthetic-cpu" if synthetic and a.max_iter is None else None)
     prof = PROFILES[profile_name] if profile_name else {}
-    n_folds = a.n_folds or prof.get("n_folds") or PAPER_SCHEDULE["n_folds"]
-    if n_folds < 2:
-        raise UsageError("--n-folds must be >= 2")
-    folds_text = a.folds or prof.get("folds") or "0-%d" % (n_folds - 1)
-    folds = parse_folds(folds_text, n_folds)
+    n_folds = _given(a.n_folds, prof.get("n_folds", PAPER_SCHEDULE["n_folds"]))
+    _check_range("--n-folds", n_folds, 2)
+    folds = parse_folds(_given(a.folds, prof.get("folds", "0-%d" % (n_folds - 1))), n_folds)
     models = parse_models(a.models)
-    max_iter = a.max_iter if a.max_iter is not None else prof.get("max_iter", PAPER_SCHEDULE["max_iter"])
-    if max_iter < 1:
-        raise UsageError("--iters must be >= 1")
-    pretrain_max_iter = a.pretrain_max_iter if a.pretrain_max_iter is not None else \
-        prof.get("pretrain_max_iter") or max_iter
-    if pretrain_max_iter < 1:
-        raise UsageError("--pretrain-iters must be >= 1")
-    batch = a.batch or prof.get("batch") or PAPER_SCHEDULE["batch"]
-    if batch < 1:
-        raise UsageError("--batch must be >= 1")
-    augment = a.augment if a.augment is not None else prof.get("augment")
-    if augment is not None and augment < 0:
-        raise UsageError("--augment must be >= 0")
+    max_iter = _given(a.max_iter, prof.get("max_iter", PAPER_SCHEDULE["max_iter"]))
+    _check_range("--iters", max_iter, 1)
+    pretrain_max_iter = _given(a.pretrain_max_iter, prof.get("pretrain_max_iter", max_iter))
+    _check_range("--pretrain-iters", pretrain_max_iter, 1)
+    generator_max_iter = _given(a.generator_max_iter, prof.get("generator_max_iter", max_iter // 10))
+    _check_range("--generator-iters", generator_max_iter, 0)
+    batch = _given(a.batch, prof.get("batch", PAPER_SCHEDULE["batch"]))
+    _check_range("--batch", batch, 1)
+    augment = _given(a.augment, prof.get("augment"))
+    if augment is not None:
+        _check_range("--augment", augment, 0)
     gpus = parse_gpus(a.gpu)
-    jobs = a.jobs or (len(gpus) if gpus else prof.get("jobs", 1))
-    if jobs < 1:
-        raise UsageError("--jobs must be >= 1")
-    threads = a.threads if a.threads is not None else max(1, n_cores() // jobs)
-    if threads < 1:
-        raise UsageError("--threads must be >= 1")
-    display = a.display or prof.get("display") or min(100, max(1, max_iter // 20))
-    snapshot = a.snapshot or min(10000, max(display, max_iter // 4))
-    test_interval = a.test_interval or min(1000, max(display, max_iter // 5))
-    margin = a.margin if a.margin is not None else C.DEFAULT_MARGIN[a.contrastive_distance]
-    if margin <= 0:
-        raise UsageError("--margin must be > 0")
-    bn_samples = a.bn_samples if a.bn_samples is not None else prof.get("bn_samples", 1024)
-    if bn_samples < 1:
-        raise UsageError("--bn-samples must be >= 1")
+    jobs = _given(a.jobs, len(gpus) if gpus else prof.get("jobs", 1))
+    _check_range("--jobs", jobs, 1)
+    threads = _given(a.threads, max(1, n_cores() // jobs))
+    _check_range("--threads", threads, 1)
+    display = _given(a.display, prof.get("display", min(100, max(1, max_iter // 20))))
+    _check_range("--display", display, 1)
+    snapshot = _given(a.snapshot, min(10000, max(display, max_iter // 4)))
+    _check_range("--snapshot", snapshot, 1)
+    test_interval = _given(a.test_interval, min(1000, max(display, max_iter // 5)))
+    _check_range("--test-interval", test_interval, 1)
+    margin = _given(a.margin, C.DEFAULT_MARGIN[a.contrastive_distance])
+    _check_range("--margin", margin, 0, above=True)
+    bn_samples = _given(a.bn_samples, prof.get("bn_samples", 1024))
+    _check_range("--bn-samples", bn_samples, 1)
+    _check_range("--base-lr", a.base_lr, 0, above=True)
+    for flag, value in (("--gamma", a.gamma), ("--power", a.power), ("--clip-gradients", a.clip_gradients),
+                        ("--pretrain-clip-gradients", a.pretrain_clip_gradients), ("--seed", a.seed)):
+        _check_range(flag, value, 0)
+    _check_range("--keep-snapshots", a.keep_snapshots, 1)
+    synthetic_subjects = _given(a.synthetic_subjects, prof.get("subjects", SYNTHETIC_PROFILE["subjects"])
+                                if synthetic else None)
+    if synthetic_subjects is not None:
+        _check_range("--synthetic-subjects", synthetic_subjects, 1)
 
+    if a.data is not None and not a.data.strip():
+        raise UsageError("--data is empty: give the dataset root")
     data_root = a.data
     if getattr(a, "collect", False):
         data_root = data_root and os.path.abspath(data_root)
     elif synthetic:
-        data_root = os.path.abspath(data_root or str(default_synthetic_root(
-            a.synthetic_subjects or prof.get("subjects", SYNTHETIC_PROFILE["subjects"]), a.seed)))
+        data_root = os.path.abspath(_given(data_root, str(default_synthetic_root(synthetic_subjects, a.seed))))
+        if os.path.exists(data_root) and not os.path.isdir(data_root):
+            raise UsageError("--data %s is a file: the synthetic set is read from, or generated in, a folder"
+                             % data_root)
     elif not data_root:
         raise UsageError("--data ROOT is required for %s (the dataset root in its original layout); only "
                          "`synthetic` has a default" % a.dataset)
@@ -287,7 +336,16 @@ def resolve_settings(a) -> Settings:
         data_root = os.path.abspath(data_root)
         if not os.path.isdir(data_root):
             raise UsageError("data root %s does not exist or is not a folder" % data_root)
-    for name, path in (("--pretrain-data", a.pretrain_data), ("--landmarks", a.landmarks)):
+    pretrain_data, webface_identities = a.pretrain_data, None
+    if pretrain_data == PRETRAIN_ON_FOLDS:
+        pretrain_data = None
+    elif pretrain_data is None and synthetic and prof.get("webface_identities"):
+        # the paper pretrains on a separate face set (CASIA-WebFace): a synthetic one of other identities, made on
+        # first use, with a fixed seed (like the real set, it does not change with --seed)
+        webface_identities = prof["webface_identities"]
+        pretrain_data = str(default_webface_root(webface_identities))
+    for name, path in (("--pretrain-data", pretrain_data if webface_identities is None else None),
+                       ("--landmarks", a.landmarks)):
         if path and not os.path.isdir(path):
             raise UsageError("%s %s does not exist or is not a folder" % (name, path))
     if a.mmi_peaks and not os.path.isfile(a.mmi_peaks):
@@ -299,21 +357,20 @@ def resolve_settings(a) -> Settings:
     else:
         profile = "custom"
     return Settings(
-        dataset=a.dataset, data_root=data_root, out=os.path.abspath(os.path.join(a.out, a.dataset)),
+        dataset=a.dataset, data_root=data_root, out=os.path.abspath(os.path.join(a.out, results_name(a.dataset, profile))),
         models=models, folds=folds, n_folds=n_folds, max_iter=max_iter, pretrain_max_iter=pretrain_max_iter,
-        batch=batch,
+        generator_max_iter=generator_max_iter, fit_output_scale=a.fit_output_scale, batch=batch,
         augment=augment, margin=margin, contrastive_distance=a.contrastive_distance,
         finetune_output_scale=a.finetune_output_scale, clip_gradients=a.clip_gradients,
         pretrain_clip_gradients=a.pretrain_clip_gradients, recalibrate_bn=a.recalibrate_bn, bn_samples=bn_samples,
         surgery_bn_stats=a.surgery_bn_stats, gamma=a.gamma, power=a.power, base_lr=a.base_lr, gpus=gpus, jobs=jobs,
         threads=threads, display=display, snapshot=snapshot, test_interval=test_interval, seed=a.seed,
-        pretrain_data=a.pretrain_data and os.path.abspath(a.pretrain_data),
+        pretrain_data=pretrain_data and os.path.abspath(pretrain_data), webface_identities=webface_identities,
         landmarks=a.landmarks and os.path.abspath(a.landmarks),
         mmi_peaks=a.mmi_peaks and os.path.abspath(a.mmi_peaks),
         figures=not (a.no_figures or a.no_summary), summary=not a.no_summary, synthetic=synthetic,
-        synthetic_subjects=a.synthetic_subjects or (prof.get("subjects", SYNTHETIC_PROFILE["subjects"])
-                                                    if synthetic else None),
-        profile=profile, stop_after=a.stop_after, keep_snapshots=max(1, a.keep_snapshots),
+        synthetic_subjects=synthetic_subjects,
+        profile=profile, stop_after=a.stop_after, keep_snapshots=a.keep_snapshots,
         models_explicit=a.models != ",".join(C.EXPRESSION_MODELS), lmdb_folds=list(folds))
 
 
@@ -351,6 +408,11 @@ def main(argv=None) -> int:
     except FileExistsError as e:             # the synthetic generator refusing to overwrite a folder
         print("error: %s" % e, file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:
+        if e.errno not in NO_SPACE:
+            raise
+        print("error: %s" % os_error_line(e), file=sys.stderr)   # a full disk: one line, the finished work kept
+        return EXIT_FAILED
     except (Interrupted, KeyboardInterrupt):
         say("Interrupted; rerun the same command to resume.")
         return EXIT_INTERRUPTED

@@ -15,10 +15,12 @@ from gcnet.util import read_json, write_json
 
 def evaluate(model_dir: str, lmdb_path: str, index_path: Optional[str], n_classes: int, gpu: Optional[int] = None,
              batch: int = 64, train_lmdb: Optional[str] = None, bn_samples: int = 1024, train_batch: int = 16,
-             train_acc_batch_stats: Optional[float] = None) -> dict:
-    """Every sample of the test LMDB, X channel only, centre crop, through deploy.prototxt + final.caffemodel
-    (gcnet.inference: the same preprocessing as tools/predict.py); with `train_lmdb`, the diagnostics of
-    gcnet.diagnostics on the first `bn_samples` training samples (those of the BatchNorm re-estimation)."""
+             train_acc_batch_stats: Optional[float] = None, autoencoder: Optional[str] = None) -> dict:
+    """Every sample of the test LMDB, centre crop, through deploy.prototxt + final.caffemodel (gcnet.inference: the
+    same preprocessing as tools/predict.py; X, and X_r for a net given the true reference); with `train_lmdb`, the
+    diagnostics of gcnet.diagnostics on the first `bn_samples` training samples (those of the BatchNorm
+    re-estimation); `autoencoder` (a pretrained encdec folder) adds the blurred-copy baseline of the generator.
+    A net without class probabilities (the generator stage) gets the generator measures only."""
     import numpy as np
     from gcnet import diagnostics as D
     from gcnet.caffe_io import read_lmdb
@@ -28,36 +30,53 @@ def evaluate(model_dir: str, lmdb_path: str, index_path: Optional[str], n_classe
     n = len(items)
     model = DeployModel(model_dir, gpu=gpu)
     pairs = np.stack([a for _, a, _ in items]) if n else np.zeros((0, 2, 66, 66), np.uint8)
-    probs = np.zeros((n, n_classes), np.float32)
-    gen = None
-    if n:
-        out = model.forward(pairs, ("prob", "gen_r"), batch)
-        probs[:] = out["prob"].reshape(n, -1)[:, :n_classes]
-        gen = out.get("gen_r")
-    pred = probs.argmax(1).tolist() if n else []
-    conf = [[0] * n_classes for _ in range(n_classes)]
-    for t, p in zip(labels, pred):
-        conf[t][p] += 1
     index = read_json(index_path, []) if index_path else []
-    frames = [e.get("frame") if isinstance(e, dict) else e for e in index] if len(index) == n else []
-    correct = sum(int(t == p) for t, p in zip(labels, pred))
-    res = {"accuracy": correct / n if n else 0.0, "n_test": n, "ci95": D.wilson_interval(correct, n),
-           "confusion": conf, "labels": labels, "predictions": pred, "frames": frames,
-           "probs": probs.round(6).tolist(), "crop": model.crop, "scale": model.scale}
+    entries = [e if isinstance(e, dict) else {"frame": e} for e in index] if len(index) == n else []
+    res = {"n_test": n, "crop": model.crop, "scale": model.scale,
+           "frames": [e.get("frame") for e in entries], "subjects": [e.get("subject") for e in entries]}
+    out = model.forward(pairs, ("prob", "gen_r"), batch) if n else {}
+    gen = out.get("gen_r")
+    if model.has("prob"):
+        probs = out["prob"].reshape(n, -1)[:, :n_classes] if n else np.zeros((0, n_classes), np.float32)
+        pred = probs.argmax(1).tolist() if n else []
+        conf = [[0] * n_classes for _ in range(n_classes)]
+        for t, p in zip(labels, pred):
+            conf[t][p] += 1
+        correct = sum(int(t == p) for t, p in zip(labels, pred))
+        res.update({"accuracy": correct / n if n else 0.0, "ci95": D.wilson_interval(correct, n), "confusion": conf,
+                    "labels": labels, "predictions": pred, "probs": probs.round(6).tolist()})
     if train_lmdb:
         from gcnet.bnstats import training_samples
         tx, ty = training_samples(train_lmdb, bn_samples, train_batch)
         tb = min(train_batch, len(tx))
-        acc_test = float(np.mean(model.predict(tx).argmax(1) == ty))
-        if train_acc_batch_stats is None:
-            bs = DeployModel(model_dir, gpu=gpu, batch_stats=True)
-            train_acc_batch_stats = float(np.mean(bs.forward(tx, ("prob",), tb)["prob"].reshape(len(tx), -1)
-                                                  .argmax(1) == ty))
-        res["train"] = {"accuracy_test_phase": acc_test, "accuracy_batch_stats": train_acc_batch_stats,
-                        "n": int(len(tx)), "batch": tb}
+        if model.has("prob"):
+            acc_test = float(np.mean(model.predict(tx).argmax(1) == ty))
+            if train_acc_batch_stats is None:
+                bs = DeployModel(model_dir, gpu=gpu, batch_stats=True)
+                train_acc_batch_stats = float(np.mean(bs.forward(tx, ("prob",), tb)["prob"].reshape(len(tx), -1)
+                                                      .argmax(1) == ty))
+            res["train"] = {"accuracy_test_phase": acc_test, "accuracy_batch_stats": train_acc_batch_stats,
+                            "n": int(len(tx)), "batch": tb}
         if gen is not None and n:
-            res["generator"] = D.generator_diagnostics(pairs, gen, tx, model.crop, model.scale)
+            gen_ref = model.forward(pairs[:, 1:2], ("gen_r",), batch)["gen_r"]     # G(X_r)
+            auto = autoencode(autoencoder, pairs, tx, tb, gpu, batch) if autoencoder else None
+            res["generator"] = D.generator_diagnostics(
+                pairs, gen, tx, model.crop, model.scale, generated_from_reference=gen_ref, autoencoded=auto,
+                subjects=res["subjects"] if entries else None)
+            if autoencoder:
+                res["generator"]["autoencoder"] = str(autoencoder)
     return res
+
+
+def autoencode(encdec_dir: str, pairs, train_pairs, train_batch: int, gpu: Optional[int], batch: int):
+    """A(X): the pretrained autoencoder (encdec) reconstructing the test pairs' X, with BatchNorm statistics
+    re-estimated on the training samples' X (as for every evaluated net)."""
+    from gcnet.bnstats import estimate_stats
+    from gcnet.inference import DeployModel
+    stats = estimate_stats(DeployModel(encdec_dir, gpu=gpu, batch_stats=True), train_pairs, train_batch)
+    auto = DeployModel(encdec_dir, gpu=gpu)
+    auto.set_batchnorm_stats(stats)
+    return auto.forward(pairs, ("gen_r",), batch)["gen_r"]
 
 
 def main(argv=None) -> int:
@@ -72,6 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train-lmdb")
     ap.add_argument("--bn-samples", type=int, default=1024)
     ap.add_argument("--batch", type=int, default=16, help="training batch size (batch statistics)")
+    ap.add_argument("--autoencoder", help="pretrained encdec folder: the generator's blurred-copy baseline")
     a = ap.parse_args(argv)
     t0 = time.time()
     st = read_json(Path(a.dir) / STAGE, {}) or {}
@@ -79,14 +99,21 @@ def main(argv=None) -> int:
     # batch statistics do not depend on the stored ones: the re-estimation pass already scored these samples
     known = bn.get("train_accuracy_batch_stats") if bn.get("n_samples") and bn.get("batch") == min(
         a.batch, bn.get("n_samples")) else None
-    res = evaluate(a.dir, a.lmdb, a.index, a.n_classes, a.gpu, train_lmdb=a.train_lmdb, bn_samples=a.bn_samples,
-                   train_batch=a.batch, train_acc_batch_stats=known)
+    from gcnet.inference import ModelError
+    try:
+        res = evaluate(a.dir, a.lmdb, a.index, a.n_classes, a.gpu, train_lmdb=a.train_lmdb,
+                       bn_samples=a.bn_samples, train_batch=a.batch, train_acc_batch_stats=known,
+                       autoencoder=a.autoencoder)
+    except ModelError as e:             # damaged weights, or weights of another net: one line, exit 2
+        print("error: %s" % e, file=sys.stderr)
+        return 2
     meta = read_json(Path(a.dir) / META, {}) or {}
     res.update(n_train=a.n_train, inputs_hash=a.hash, seconds=round(time.time() - t0, 2))
     res["class_names"] = meta.get("class_names")
-    order = ["accuracy", "n_train", "n_test", "confusion", "labels", "predictions", "frames", "probs"]
+    order = [k for k in ("accuracy", "n_train", "n_test", "confusion", "labels", "predictions", "frames", "probs")
+             if k in res]
     write_json(Path(a.dir) / TEST, {k: res[k] for k in order + [k for k in res if k not in order]})
-    print("accuracy %.4f on %d test images" % (res["accuracy"], res["n_test"]))
+    print(result_line(res))
     return 0
 
 
@@ -94,9 +121,10 @@ def result_line(tj: dict) -> str:
     """One line of a test.json: accuracy with n and interval, the training set in TEST phase and with batch
     statistics, and the generator against its baselines."""
     n = tj.get("n_test") or 0
-    k = int(round(tj["accuracy"] * n))
-    ci = tj.get("ci95") or [None, None]
-    parts = ["accuracy %.4f (%d/%d, 95%% CI %s)" % (tj["accuracy"], k, n, _fmt_ci(ci))]
+    parts = []
+    if tj.get("accuracy") is not None:
+        k = int(round(tj["accuracy"] * n))
+        parts.append("accuracy %.4f (%d/%d, 95%% CI %s)" % (tj["accuracy"], k, n, _fmt_ci(tj.get("ci95"))))
     tr = tj.get("train") or {}
     if tr.get("accuracy_test_phase") is not None:
         parts.append("train %.3f TEST phase / %s batch stats (n %d)" % (
@@ -104,10 +132,22 @@ def result_line(tj: dict) -> str:
             "%.3f" % tr["accuracy_batch_stats"], tr.get("n", 0)))
     g = tj.get("generator")
     if g:
-        parts.append("L_Gen,r %.2f (mean ref %.2f, copy X %.2f)%s" % (
-            g["l_gen_r"], g["baseline_mean_reference"], g["baseline_copy_x"],
-            " DEAD GENERATOR" if g["dead"] else ("" if g["beats_mean_reference"] else " (no better than the mean)")))
+        parts.append(generator_line(g))
     return "; ".join(parts)
+
+
+def generator_line(g: dict) -> str:
+    """L_Gen,r on the test set against its baselines, one line."""
+    extra = ""
+    if g.get("baseline_blurred_copy") is not None:
+        extra = ", blurred copy %.2f, beats it on %.0f%%" % (g["baseline_blurred_copy"],
+                                                              100 * g["fraction_beats_blurred_copy"])
+    if g.get("l_gen_r_on_reference") is not None:
+        extra += ", G(X_r) %.2f" % g["l_gen_r_on_reference"]
+    verdict = " DEAD GENERATOR" if g["dead"] else (" beats copy X" if g.get("beats_copy_x") else
+                                                   " does NOT beat copy X")
+    return "L_Gen,r %.2f (copy X %.2f, mean ref %.2f%s)%s" % (g["l_gen_r"], g["baseline_copy_x"],
+                                                          g["baseline_mean_reference"], extra, verdict)
 
 
 def _fmt_ci(ci) -> str:

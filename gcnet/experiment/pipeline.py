@@ -9,12 +9,16 @@ from typing import Dict, List
 from gcnet import config as C
 from gcnet.experiment import stages
 from gcnet.experiment.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Settings
-from gcnet.experiment.plan import Context, Job, model_jobs, pretrain_jobs, pretrain_source
+from gcnet.experiment.plan import Context, Job, generator_jobs, model_jobs, pretrain_jobs, pretrain_source
 from gcnet.experiment.procs import Supervisor, caffe_binary, python_layer_kernels
 from gcnet.experiment.scheduler import run_jobs
 from gcnet.experiment.summary import collect_summary, settings_record, summary_table, write_summary
+from gcnet.experiment.verify import remove_leftovers
 from gcnet.layout import WEBFACE
 from gcnet.util import UsageError, fmt_duration, now, say, write_json
+
+
+LEFTOVER_AGE = 600      # s: older temporary files in the shared results root are leftovers, not writes under way
 
 
 def run(s: Settings, sup: Supervisor) -> int:
@@ -22,6 +26,8 @@ def run(s: Settings, sup: Supervisor) -> int:
     caffe_binary()                      # fail early, before any work, when caffe is missing
     python_layer_kernels()              # ... or the Python layers' C kernels do not compile
     t_start, tag = time.time(), "[%s]" % s.dataset
+    for d in (ctx.layout.root, ctx.layout.figures_dir):   # (job folders: under their locks, by their stages)
+        remove_leftovers(d, tag, min_age=LEFTOVER_AGE)
     say("%s models %s, folds %s, %d iterations (pretraining %d), batch %d, %s, %d job(s); profile %s -> %s"
         % (tag, ",".join(s.models), ",".join(map(str, s.folds)), s.max_iter, s.pretrain_max_iter, s.batch,
            "GPU " + ",".join(map(str, s.gpus)) if s.gpus else "CPU", s.jobs, s.profile, ctx.layout.root))
@@ -29,7 +35,7 @@ def run(s: Settings, sup: Supervisor) -> int:
         stages.ensure_synthetic(ctx)
     report = {"started": now(), "stages": {}}
 
-    say("%s stage 1/7: LMDBs" % tag)
+    say("%s stage 1/8: LMDBs" % tag)
     t0 = time.time()
     stages.run_lmdb(ctx)
     report["stages"]["lmdb"] = {"cached": bool(ctx.man.get("cached")), "seconds": round(time.time() - t0, 1)}
@@ -38,7 +44,7 @@ def run(s: Settings, sup: Supervisor) -> int:
     if s.stop_after == "lmdb":
         return EXIT_OK
 
-    say("%s stage 2/7: pretraining (%s)" % (tag, pretrain_source(ctx.man)))
+    say("%s stage 2/8: pretraining (%s)" % (tag, pretrain_source(ctx.man)))
     pre = pretrain_jobs(ctx)
     _link_shared_pretraining(ctx)
     _run_stage(ctx, tag, "pretraining", list(pre.values()), stages.run_pretrain)
@@ -49,18 +55,37 @@ def run(s: Settings, sup: Supervisor) -> int:
         write_json(ctx.layout.run_report, report)
         return EXIT_FAILED if any(j.status == "failed" for j in pre.values()) else EXIT_OK
 
-    say("%s stages 3-6/7: surgery, training, BatchNorm statistics, test" % tag)
+    gen = generator_jobs(ctx)
+    if gen:
+        say("%s stage 3/8: generator (the paper's first step: X -> X_r from encdec, %d iterations per fold)"
+            % (tag, s.generator_max_iter))
+        _run_stage(ctx, tag, "generator", _runnable(ctx, list(gen.values()), pre, {}), stages.run_generator)
+        report["stages"]["generator"] = {j.label: j.status for j in gen.values()}
+        if sup.stop.is_set():
+            return _interrupted(ctx, report)
+    if s.stop_after == "generator":
+        write_json(ctx.layout.run_report, report)
+        return EXIT_FAILED if any(j.status == "failed" for j in gen.values()) else EXIT_OK
+
+    say("%s stages 4-7/8: surgery, training, BatchNorm statistics, test" % tag)
     jobs = model_jobs(ctx)
-    _run_stage(ctx, tag, "models", _runnable(ctx, jobs, pre), stages.run_model)
+    _run_stage(ctx, tag, "models", _runnable(ctx, jobs, pre, gen), stages.run_model)
     report["stages"]["models"] = {j.label: {"status": j.status, "action": j.action, "seconds": round(j.seconds, 1),
                                             "error": j.error} for j in jobs}
+    for k in s.folds:
+        if sup.stop.is_set():
+            break
+        try:
+            stages.run_removal(ctx, k, jobs)
+        except Exception as e:                  # a diagnostic: reported, the results are not affected
+            say("[%s fold %d] expression removal FAILED: %s" % (s.dataset, k, e))
     report.update(finished=now(), seconds=round(time.time() - t_start, 1))
     write_json(ctx.layout.run_report, report)
     if sup.stop.is_set():
         return _interrupted(ctx, report)
 
     if s.summary:
-        say("%s stage 7/7: summary" % tag)
+        say("%s stage 8/8: summary" % tag)
         _summarise(ctx, collect_summary(ctx.layout, s.models, s.folds, settings=record))
     return _finish(tag, jobs, t_start)
 
@@ -106,15 +131,19 @@ def _link_shared_pretraining(ctx: Context) -> None:
                 pass
 
 
-def _runnable(ctx: Context, jobs: List[Job], pre: Dict[tuple, Job]) -> List[Job]:
-    """The model jobs whose pretraining nets are there; the others fail naming the pretraining's error."""
+def _runnable(ctx: Context, jobs: List[Job], pre: Dict[tuple, Job], gen: Dict[int, Job]) -> List[Job]:
+    """The jobs whose pretraining nets (and generator stage) are there; the others fail naming the error."""
     out = []
     for job in jobs:
         k = -1 if ctx.shared_pretrain else job.fold
-        bad = [pre[(k, n)] for n in C.PRETRAIN_MODELS if pre[(k, n)].status not in ("done", "cached")]
+        bad = [pre[(k, n)] for n in C.PRETRAIN_MODELS if n in job.pretrained or job.kind == "model"]
+        if "generator" in job.pretrained and job.fold in gen:
+            bad.append(gen[job.fold])
+        bad = [b for b in bad if b.status not in ("done", "cached")]
         if bad:
             job.status = "failed"
-            job.error = "pretraining failed: %s" % "; ".join("%s: %s" % (b.model, b.error or b.status) for b in bad)
+            job.error = "%s failed: %s" % ("pretraining" if bad[0].kind == "pretrain" else "generator stage",
+                                           "; ".join("%s: %s" % (b.model, b.error or b.status) for b in bad))
             job.log_tail = bad[0].log_tail
         else:
             out.append(job)

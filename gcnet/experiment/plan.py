@@ -58,12 +58,33 @@ def pretrain_jobs(ctx: Context) -> Dict[tuple, Job]:
     return jobs
 
 
+def uses_generator_stage(s: Settings) -> bool:
+    """The paper's first step runs (--generator-iters > 0) and a selected model starts from it."""
+    return s.generator_max_iter > 0 and any(C.has_generator(m) for m in s.models)
+
+
+def generator_jobs(ctx: Context) -> Dict[int, Job]:
+    """{fold: Job} of the per-fold generator stage (X -> X_r from encdec), when it runs."""
+    s = ctx.s
+    if not uses_generator_stage(s):
+        return {}
+    return {k: Job("generator", "generator", k, ctx.layout.generator_dir(k), "[%s fold %d generator]" % (s.dataset, k),
+                   pretrained={"encdec": ctx.layout.pretrain_dir(-1 if ctx.shared_pretrain else k, "encdec")})
+            for k in s.folds}
+
+
 def model_jobs(ctx: Context) -> List[Job]:
     s = ctx.s
-    return [Job("model", m, k, ctx.layout.model_dir(m, k), "[%s fold %d %s]" % (s.dataset, k, m),
-                pretrained={net: ctx.layout.pretrain_dir(-1 if ctx.shared_pretrain else k, net)
-                            for net in C.PRETRAIN_MODELS})
-            for k in s.folds for m in s.models]
+    jobs = []
+    for k in s.folds:
+        pre = {net: ctx.layout.pretrain_dir(-1 if ctx.shared_pretrain else k, net) for net in C.PRETRAIN_MODELS}
+        for m in s.models:
+            src = dict(pre)
+            if C.has_generator(m) and uses_generator_stage(s):
+                src["generator"] = ctx.layout.generator_dir(k)
+            jobs.append(Job("model", m, k, ctx.layout.model_dir(m, k), "[%s fold %d %s]" % (s.dataset, k, m),
+                            pretrained=src))
+    return jobs
 
 
 # ----------------------------------------------------------------------------------------------- data facts
@@ -109,7 +130,9 @@ def net_options(ctx: Context, k: int, model: str) -> C.NetOptions:
 
 
 def max_iter_of(s: Settings, model: str) -> int:
-    return s.pretrain_max_iter if model in C.PRETRAIN_MODELS else s.max_iter
+    if model in C.PRETRAIN_MODELS:
+        return s.pretrain_max_iter
+    return s.generator_max_iter if model in C.STAGE_MODELS else s.max_iter
 
 
 def solver_options(s: Settings, model: str) -> C.SolverOptions:
@@ -141,7 +164,7 @@ def write_prototxts(ctx: Context, job: Job) -> dict:
     dp = header + net_text(build_net(job.model, opts, "deploy"))
     sv = make_solver(TRAIN_VAL, so, "%s/%s" % (SNAPSHOTS, job.model), with_test=(job.kind == "model"))
     files = [(TRAIN_VAL, tv), (DEPLOY, dp), (SOLVER, sv)]
-    if job.kind == "model" and C.has_generator(job.model):
+    if job.kind == "model" and C.has_reference_variant(job.model):
         # the deploy net with the person's reference as input (tools/predict.py --reference, export_onnx.py);
         # not a stage input: no cache key includes it
         files.append((DEPLOY_REF, header + net_text(build_net(job.model, opts, "deploy_ref"))))

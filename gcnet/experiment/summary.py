@@ -13,6 +13,8 @@ from gcnet.experiment.cache import read_state
 from gcnet.experiment.cli import Settings
 from gcnet.experiment.plan import pretrain_source
 from gcnet.experiment.procs import caffe_version, git_commit
+from gcnet.experiment.removal import REMOVAL
+from gcnet.stats import significant
 from gcnet.layout import TEST, TRAIN_LOG, ResultsLayout
 from gcnet.logparse import last_lines, parse_log
 from gcnet.util import fmt_num, now, read_json, write_json, write_text
@@ -40,12 +42,17 @@ def fold_entry(tj: dict, st: dict, d: Path) -> dict:
         "final_losses": D.final_losses(parse_log(d / TRAIN_LOG)["train"]) if (d / TRAIN_LOG).exists() else {}}
     if tj.get("generator"):
         fe["generator"] = tj["generator"]
+        removal = read_json(d / REMOVAL)
+        if removal:
+            fe["expression_removal"] = {k: v for k, v in removal.items() if k.startswith("p_true") or k == "n"}
     bn = st.get("bnstats") or {}
     fe["bn_recalibrated"] = bool(bn.get("recalibrated"))
     if bn.get("stale_mean_shift"):
         fe["bn_stale_mean_shift_max"] = max(bn["stale_mean_shift"].values())
     if st.get("diverged"):
         fe["diverged"] = st["diverged"]
+    if st.get("resumed"):
+        fe["resumed_from"] = [r["from_iteration"] for r in st["resumed"]]
     return fe
 
 
@@ -72,6 +79,7 @@ def collect_summary(lay: ResultsLayout, models: Optional[Sequence[str]] = None,
                 entry["folds"][str(k)] = fe
                 if st.get("diverged"):
                     summary.setdefault("diverged", []).append({"model": m, "fold": k, "what": st["diverged"]})
+                _note_resumed(summary, st, m, k)
                 if (fe.get("generator") or {}).get("dead"):
                     summary.setdefault("dead_generators", []).append({"model": m, "fold": k, "what": D.DEAD_NOTE})
                 accs.append(tj["accuracy"])
@@ -90,15 +98,99 @@ def collect_summary(lay: ResultsLayout, models: Optional[Sequence[str]] = None,
             entry["std"] = statistics.pstdev(accs) if len(accs) > 1 else 0.0
             entry["pooled"] = D.accuracy_entry(correct, n_all)     # all test images of the done folds together
             entry["not_a_gcnet_result"] = any((f.get("generator") or {}).get("dead") for f in entry["folds"].values())
+        if any(f.get("generator") for f in entry["folds"].values()):
+            entry["generator"] = pooled_generator(entry["folds"])
         summary["models"][m] = entry
+    summary["paired"] = paired_statistics(lay, summary["models"], folds)
     # pretraining failures
     for st_path in lay.pretrain_stage_files():
         st = read_json(st_path, {}) or {}
+        if st.get("status") == "done":
+            _note_resumed(summary, st, "pretrain %s" % st.get("model"), st.get("fold"))
         if st.get("status") in ("failed", "interrupted"):
             summary["failures"].append({"model": st.get("model"), "fold": st.get("fold"), "status": st.get("status"),
                                         "stage": "pretrain", "error": st.get("error", ""),
                                         "log_tail": st.get("log_tail", [])})
     return summary
+
+
+def _note_resumed(summary: dict, st: dict, what: str, fold) -> None:
+    """summary["resumed"]: every training resumed from a snapshot (not bit-identical to an uninterrupted one)."""
+    if st.get("resumed"):
+        summary.setdefault("resumed", []).append({"model": what, "fold": fold, "from_iterations": [
+            r["from_iteration"] for r in st["resumed"]]})
+
+
+# the generator's measures pooled over folds (means weighted by each fold's test images)
+_GEN_MEANS = ("l_gen_r", "baseline_copy_x", "baseline_mean_reference", "baseline_blurred_copy", "autoencoder_floor",
+              "l_gen_r_on_reference", "fraction_beats_copy_x", "fraction_beats_blurred_copy")
+_REMOVAL_MEANS = ("p_true_x", "p_true_generated", "p_true_blurred_copy", "p_true_reference")
+
+
+def _weighted(values) -> Optional[float]:
+    values = [(v, n) for v, n in values if v is not None and n]
+    total = sum(n for _, n in values)
+    return sum(v * n for v, n in values) / total if total else None
+
+
+def pooled_generator(folds: dict) -> dict:
+    """A model's generator measures over its folds: means weighted by n, whether it beats copy X in every fold,
+    and the cnn's reading of the references (expression removal)."""
+    gens = [(f["generator"], f.get("n_test") or 0) for f in folds.values() if f.get("generator")]
+    out = {k: _weighted((g.get(k), n) for g, n in gens) for k in _GEN_MEANS}
+    out["beats_copy_x_every_fold"] = all(g.get("beats_copy_x", g["l_gen_r"] < g["baseline_copy_x"]) for g, _ in gens)
+    out["beats_copy_x"] = out["l_gen_r"] is not None and out["l_gen_r"] < out["baseline_copy_x"]
+    out["folds"] = len(gens)
+    rem = [(f["expression_removal"], f["expression_removal"].get("n")) for f in folds.values()
+           if f.get("expression_removal")]
+    if rem:
+        out["expression_removal"] = {k: _weighted((r.get(k), n) for r, n in rem) for k in _REMOVAL_MEANS}
+    return out
+
+
+def paired_statistics(lay: ResultsLayout, models: dict, folds: Sequence[int], baseline: str = "cnn") -> dict:
+    """Every model against `baseline` on the same test images (gcnet.stats): per fold and all folds pooled;
+    {} when the baseline has no results.  Images are matched by fold and position; a fold whose two test sets
+    differ (labels or frames) is left out and named."""
+    from gcnet.stats import paired_comparison
+    base = models.get(baseline) or {}
+    if not base.get("folds"):
+        return {}
+    out = {}
+    for m, e in models.items():
+        if m == baseline or not e.get("folds"):
+            continue
+        a_all, b_all, subj_all, per_fold, mismatched = [], [], [], {}, []
+        for k in folds:
+            ka = str(k)
+            if ka not in e["folds"] or ka not in base["folds"]:
+                continue
+            ta = read_json(lay.model_dir(m, k) / TEST) or {}
+            tb = read_json(lay.model_dir(baseline, k) / TEST) or {}
+            if ta.get("labels") != tb.get("labels") or ta.get("frames") != tb.get("frames"):
+                mismatched.append(k)
+                continue
+            a = [p == t for p, t in zip(ta["predictions"], ta["labels"])]
+            b = [p == t for p, t in zip(tb["predictions"], tb["labels"])]
+            subj = ["%d/%s" % (k, x) for x in (ta.get("subjects") or _subjects_of(lay, k, len(a)))]
+            per_fold[ka] = paired_comparison(a, b, subj)
+            a_all += a
+            b_all += b
+            subj_all += subj
+        if not a_all:
+            continue
+        out[m] = dict(paired_comparison(a_all, b_all, subj_all), baseline=baseline, folds=per_fold)
+        if mismatched:
+            out[m]["folds_left_out"] = mismatched
+    return out
+
+
+def _subjects_of(lay: ResultsLayout, k: int, n: int) -> list:
+    """Subjects of fold K's test images from the LMDB's test_index.json; one cluster per image when unknown."""
+    index = read_json(lay.test_index(k), []) or []
+    if len(index) == n and all(isinstance(e, dict) and e.get("subject") for e in index):
+        return [e["subject"] for e in index]
+    return ["image%d" % i for i in range(n)]
 
 
 def summary_markdown(sm: dict) -> str:
@@ -139,10 +231,17 @@ def summary_markdown(sm: dict) -> str:
             cells.append("%.2f%% (n %s)" % (100 * f["accuracy"], f.get("n_test")) if f else "-")
         lines.append("| %s | %s |" % (m, " | ".join(cells)))
     lines.append("")
+    lines += mechanism_markdown(sm)
     lines += diagnostics_markdown(sm)
     if sm.get("diverged"):
         lines += ["## Diverged trainings (non-finite loss at the end; their accuracy is not meaningful)", ""]
         lines += ["* %s fold %s: %s" % (d["model"], d["fold"], d["what"]) for d in sm["diverged"]]
+        lines.append("")
+    if sm.get("resumed"):
+        lines += ["## Resumed trainings (continued from a snapshot: close to, not bit-identical with, an "
+                  "uninterrupted training)", ""]
+        lines += ["* %s fold %s: from iteration %s" % (r["model"], r["fold"], ", ".join(map(str, r["from_iterations"])))
+                  for r in sm["resumed"]]
         lines.append("")
     if sm.get("failures"):
         lines += ["## Failed / unfinished", ""]
@@ -173,6 +272,47 @@ def _fmt_pooled(p: Optional[dict]) -> str:
     if not p or p.get("accuracy") is None:
         return "-"
     return "%.2f%% (n %d, %.1f-%.1f%%)" % (100 * p["accuracy"], p["n"], 100 * p["ci95"][0], 100 * p["ci95"][1])
+
+
+def mechanism_markdown(sm: dict) -> List[str]:
+    """The paper's mechanism: each model against the cnn on the same images (paired statistics), the true-reference
+    bound (cnn_pair), and how close each generator comes to the reference."""
+    lines = []
+    paired = sm.get("paired") or {}
+    if paired:
+        lines += ["## Paired comparison with the cnn (same test images)", "",
+                  "Difference of accuracy (model - cnn) with a 95% interval from a bootstrap over test subjects; "
+                  "exact McNemar test on the images only one of the two gets right. cnn_pair is given the TRUE "
+                  "reference X_r (Fig. 2b): the bound of what a reference is worth.", "",
+                  "| model | n (subjects) | model | cnn | difference (95% CI) | only model / only cnn right | "
+                  "McNemar p | beats cnn |", "|---|---|---|---|---|---|---|---|"]
+        for m, p in paired.items():
+            ci = p["difference_ci95"]
+            lines.append("| %s | %d (%d) | %.1f%% | %.1f%% | %+.1f points (%+.1f to %+.1f) | %d / %d | %.3g | %s |" % (
+                m, p["n"], p["n_subjects"], 100 * p["accuracy"], 100 * p["accuracy_baseline"], 100 * p["difference"],
+                100 * ci[0], 100 * ci[1], p["only_model_right"], p["only_baseline_right"], p["mcnemar_p"],
+                "**yes**" if significant(p) else "no"))
+        lines.append("")
+    gens = {m: e["generator"] for m, e in sm["models"].items() if e.get("generator")}
+    if gens:
+        lines += ["## The generated reference", "",
+                  "Per image 0.5 ||X_r - G(X)||^2 on the test identities (64x64, pixels / 256), averaged over all "
+                  "folds' test images: the generator against copy X (no reference), the autoencoder's blurred copy "
+                  "A(X) and the mean training reference; its fidelity on the reference itself L(G(X_r), X_r); and "
+                  "the fold's cnn's probability of the true class on X, G(X), A(X) and X_r (a generator that "
+                  "removes the expression moves it from X's towards X_r's).", "",
+                  "| model | L_Gen,r | copy X | beats copy X | blurred copy (G better on) | mean ref | G(X_r) | "
+                  "p(true): X / G(X) / A(X) / X_r |", "|---|---|---|---|---|---|---|---|"]
+        for m, g in gens.items():
+            rem = g.get("expression_removal") or {}
+            lines.append("| %s | %s | %s | %s | %s (%s) | %s | %s | %s |" % (
+                m, fmt_num(g["l_gen_r"]), fmt_num(g["baseline_copy_x"]),
+                ("**yes**" if g["beats_copy_x_every_fold"] else "yes (pooled; not every fold)") if g["beats_copy_x"]
+                else "**no**", fmt_num(g.get("baseline_blurred_copy")), _fmt_frac(g.get("fraction_beats_blurred_copy")),
+                fmt_num(g.get("baseline_mean_reference")), fmt_num(g.get("l_gen_r_on_reference")),
+                " / ".join(fmt_num(rem.get(k)) for k in _REMOVAL_MEANS) if rem else "-"))
+        lines.append("")
+    return lines
 
 
 def diagnostics_markdown(sm: dict) -> List[str]:
@@ -219,6 +359,7 @@ def write_summary(lay: ResultsLayout, sm: dict) -> None:
 def settings_record(s: Settings, man: Optional[dict]) -> dict:
     return {
         "iterations": s.max_iter, "pretrain_iterations": s.pretrain_max_iter,
+        "generator_iterations": s.generator_max_iter, "fit_output_scale": s.fit_output_scale,
         "pretrain_source": pretrain_source(man) if man else (
             "webface:%s" % s.pretrain_data if s.pretrain_data else "training folds"),
         "batch": s.batch, "margin": s.margin, "contrastive_distance": s.contrastive_distance,

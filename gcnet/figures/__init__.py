@@ -5,13 +5,14 @@ into layout.figures_dir and returns the files, or raises Skip naming a missing i
 LMDB, pycaffe not importable, ...).  GCNet figures use the first trained of results.gcnets_by_preference();
 single-fold figures (filters, generation) the lowest fold asked for.
 """
-from gcnet.figures import confusion, curves, errors, filters, generation, tsne
+from gcnet.figures import confusion, curves, errors, filters, generation, mechanism, tsne
 from gcnet.figures.results import Skip
 from gcnet.layout import ResultsLayout
 
 # the registry, in the order run_figures draws them
 FIGURE_FUNCS = {"curves": curves.fig_curves, "confusion": confusion.fig_confusion, "tsne": tsne.fig_tsne,
-                "filters": filters.fig_filters, "generation": generation.fig_generation, "errors": errors.fig_errors}
+                "filters": filters.fig_filters, "generation": generation.fig_generation, "errors": errors.fig_errors,
+                "mechanism": mechanism.fig_mechanism}
 FIGURES = tuple(FIGURE_FUNCS)
 
 

@@ -11,6 +11,7 @@ FIG_SIZES = {
     "filters": (17.0, 4.6),
     "generation": (7.5, 12.0),
     "errors": (14.0, 8.0),
+    "mechanism": (14.0, 6.0),
 }
 
 

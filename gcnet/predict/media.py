@@ -8,7 +8,7 @@ from typing import Callable, Iterator, List, Optional, Tuple
 import numpy as np
 
 from gcnet.data.records import VIDEO_EXTS, natural_key
-from gcnet.util import IMAGE_EXTS, UsageError
+from gcnet.util import IMAGE_EXTS, UsageError, walk_files
 
 
 @dataclass
@@ -32,18 +32,11 @@ class Frame:
     error: Optional[str] = None
 
 
-def _images_in(folder: str) -> List[str]:
-    found = []
-    for root, dirs, names in os.walk(folder):
-        dirs.sort()
-        found += [os.path.join(root, n) for n in sorted(names)
-                  if n.lower().endswith(IMAGE_EXTS) and not n.startswith(".")]
-    return found
-
-
-def collect_sources(paths, frame_folders: bool = False) -> List[Source]:
+def collect_sources(paths, frame_folders: bool = False, notes=None) -> List[Source]:
     """Sources in the order of `paths`: a video file is one video; a folder is one video's frames when
-    `frame_folders` (its images directly inside, natural name order), else its photos (recursively, sorted)."""
+    `frame_folders` (its images directly inside, natural name order), else its photos (recursively, sorted, through
+    links to folders: gcnet.util.walk_files; a folder that cannot be listed is an error source, a folder reached a
+    second time a "path: why" in `notes`)."""
     out = []
     for p in paths:
         if os.path.isdir(p):
@@ -53,9 +46,15 @@ def collect_sources(paths, frame_folders: bool = False) -> List[Source]:
                 out.append(Source("frames", p, frames, None if frames else
                                   "no image files (%s) in this frame folder" % " ".join(IMAGE_EXTS)))
                 continue
-            found = _images_in(p)
-            out += [Source("image", f) for f in found] or [
-                Source("image", p, error="no image files (%s) in this folder" % " ".join(IMAGE_EXTS))]
+            found, left = walk_files(p, IMAGE_EXTS)
+            out += [Source("image", f) for f in found]
+            for where, why in left:
+                if why.startswith("not followed") and notes is not None:
+                    notes.append("%s: %s" % (where, why))
+                else:
+                    out.append(Source("image", where, error=why))
+            if not found and not left:
+                out.append(Source("image", p, error="no image files (%s) in this folder" % " ".join(IMAGE_EXTS)))
         elif os.path.exists(p):
             out.append(Source("video" if p.lower().endswith(VIDEO_EXTS) else "image", p))
         else:
@@ -63,10 +62,11 @@ def collect_sources(paths, frame_folders: bool = False) -> List[Source]:
     return out
 
 
-def collect_images(paths):
-    """[(file, None)] for files given and image files found (recursively, sorted) in folders given, [(path,
-    reason)] for what is neither, in the order of `paths`."""
-    return [(s.path, s.error) for s in collect_sources(paths)]
+def collect_images(paths, notes=None):
+    """[(file, None)] for files given and image files found (recursively, sorted, through links to folders) in
+    folders given, [(path, reason)] for what is neither and for folders that cannot be listed, in the order of
+    `paths`; `notes` (a list) receives "path: why" of each folder not walked twice (link loops)."""
+    return [(s.path, s.error) for s in collect_sources(paths, notes=notes)]
 
 
 # ----------------------------------------------------------------------------------------------- landmarks
@@ -94,17 +94,15 @@ class LandmarkFinder:
         if not os.path.isdir(spec):
             raise UsageError("--landmarks %s does not exist" % spec)
         rank = {".pts": 0, ".txt": 1}
-        for root, _, names in os.walk(spec):
-            for n in names:
-                ext = os.path.splitext(n)[1].lower()
-                if ext not in rank:
-                    continue
-                stem = _stem_key(n)
-                prio = (0 if n.endswith("_landmarks.txt") else 1 + rank[ext])
-                keys = [stem] + (["%s/%d" % (os.path.basename(root), int(stem))] if stem.isdigit() else [])
-                for key in keys:
-                    if key not in self.index or prio < self.index[key][0]:
-                        self.index[key] = (prio, os.path.join(root, n))
+        for path in walk_files(spec, tuple(rank))[0]:
+            n = os.path.basename(path)
+            stem = _stem_key(n)
+            prio = (0 if n.endswith("_landmarks.txt") else 1 + rank[os.path.splitext(n)[1].lower()])
+            keys = [stem] + (["%s/%d" % (os.path.basename(os.path.dirname(path)), int(stem))] if stem.isdigit()
+                             else [])
+            for key in keys:
+                if key not in self.index or prio < self.index[key][0]:
+                    self.index[key] = (prio, path)
 
     def __call__(self, image: str) -> Optional[str]:
         """The landmark file of a photo or frame file, or None."""

@@ -196,9 +196,10 @@ def run_predict(o: PredictOptions) -> PredictResult:
     (a frame with no face is kept as an error record).  UsageError (exit 2) for bad options, ModelError for a
     model that cannot be loaded; errors of single inputs are records."""
     check_options(o)
-    sources = collect_sources(o.inputs, o.frame_folders)
-    run = _Run(o, sources)
     notes = []
+    sources = collect_sources(o.inputs, o.frame_folders, notes)
+    notes = ["note: %s" % n for n in notes]
+    run = _Run(o, sources)
     if o.save_reference and not run.main.has("gen_r"):
         notes.append("--save-reference: %s has no generator (gen_r); only GCNet models make a reference" % o.model)
     videos = [s for s in sources if s.kind in ("video", "frames") and not s.error]
