@@ -11,7 +11,7 @@ from typing import Iterable, Optional
 
 from gcnet.config import has_generator
 from gcnet.experiment.plan import Context, Job, portable
-from gcnet.layout import FINAL, META, STAGE, TEST, TRAIN_LOG, TRAINED
+from gcnet.layout import FINAL, META, REMOVAL, STAGE, TEST, TRAIN_LOG, TRAINED
 from gcnet.util import read_json, sha256_file, sha_text
 
 
@@ -68,10 +68,11 @@ def test_key(ctx: Context, job: Job, fingerprint: str) -> str:
 
 
 def figures_key(root: Path) -> str:
-    """What the figures are made from: logs, weights and test results (size + mtime), and the figure code."""
+    """What the figures are made from: logs, weights, test results and expression removal (size + mtime; the summary
+    that the mechanism figure reads is derived from them), and the figure code."""
     h = hashlib.sha256()
     for p in sorted(root.rglob("*")):
-        if p.name in (TEST, TRAIN_LOG, FINAL, META, "summary.json") and "figures" not in p.parts:
+        if p.name in (TEST, TRAIN_LOG, FINAL, META, REMOVAL) and "figures" not in p.parts:
             st = p.stat()
             h.update(("%s %d %d\n" % (p.relative_to(root), st.st_size, st.st_mtime_ns)).encode())
     code = Path(__file__).resolve().parents[1] / "figures"

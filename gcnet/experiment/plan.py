@@ -26,6 +26,13 @@ class Context:
         """Pretrained once on --pretrain-data (WebFace) and shared by the folds."""
         return bool(self.man.get("pretrain"))
 
+    def pretrain_dir(self, k: int, net: str) -> Path:
+        """Fold K's pretraining folder of `net`: the shared WebFace one (<out>/pretrain/webface-<data hash>, every
+        dataset folder and profile under <out> uses it: the paper pretrains once) or pretrain/fold_K/<net>."""
+        if self.shared_pretrain:
+            return self.layout.shared_pretrain_dir(self.man["inputs"]["pretrain_hash"][:12], net)
+        return self.layout.pretrain_dir(k, net)
+
 
 @dataclass
 class Job:
@@ -54,7 +61,7 @@ def pretrain_jobs(ctx: Context) -> Dict[tuple, Job]:
     for k in ([-1] if shared else s.folds):
         for net in C.PRETRAIN_MODELS:
             lab = "[%s %s pretrain %s]" % (s.dataset, "webface" if shared else "fold %d" % k, net)
-            jobs[(k, net)] = Job("pretrain", net, k, ctx.layout.pretrain_dir(k, net), lab)
+            jobs[(k, net)] = Job("pretrain", net, k, ctx.pretrain_dir(k, net), lab)
     return jobs
 
 
@@ -69,7 +76,7 @@ def generator_jobs(ctx: Context) -> Dict[int, Job]:
     if not uses_generator_stage(s):
         return {}
     return {k: Job("generator", "generator", k, ctx.layout.generator_dir(k), "[%s fold %d generator]" % (s.dataset, k),
-                   pretrained={"encdec": ctx.layout.pretrain_dir(-1 if ctx.shared_pretrain else k, "encdec")})
+                   pretrained={"encdec": ctx.pretrain_dir(k, "encdec")})
             for k in s.folds}
 
 
@@ -77,7 +84,7 @@ def model_jobs(ctx: Context) -> List[Job]:
     s = ctx.s
     jobs = []
     for k in s.folds:
-        pre = {net: ctx.layout.pretrain_dir(-1 if ctx.shared_pretrain else k, net) for net in C.PRETRAIN_MODELS}
+        pre = {net: ctx.pretrain_dir(k, net) for net in C.PRETRAIN_MODELS}
         for m in s.models:
             src = dict(pre)
             if C.has_generator(m) and uses_generator_stage(s):
@@ -101,9 +108,9 @@ def data_fingerprint(man: dict, k: int, what: str) -> str:
     keys = {"train": ("n_train", "n_train_unique", "augment_copies", "n_test", "train_per_class", "test_per_class",
                       "test_subjects"),
             "pretrain": ("n_pretrain", "n_identities", "pretrain_source")}[what]
-    src = man.get("inputs", {}).get("pretrain_hash") if (what == "pretrain" and man.get("pretrain")) else \
-        man.get("inputs", {}).get("hash")
-    return sha_text(src, k, {x: info.get(x) for x in keys})
+    shared = what == "pretrain" and man.get("pretrain")      # the WebFace pretraining: the same for every fold
+    src = man.get("inputs", {}).get("pretrain_hash") if shared else man.get("inputs", {}).get("hash")
+    return sha_text(src, -1 if shared else k, {x: info.get(x) for x in keys})
 
 
 def pretrain_source(man: Optional[dict]) -> str:

@@ -20,8 +20,8 @@ from gcnet.experiment.plan import (Context, Job, clean_outputs, data_fingerprint
                                    write_prototxts)
 from gcnet.experiment.procs import FileLock, Interrupted, child_env
 from gcnet.experiment.train import finalize, train_with_caffe
-from gcnet.layout import (BN_REPORT, DEPLOY, FINAL, INIT, META, SOLVER, STAGE, SURGERY_REPORT, TEST, TRAIN_LOG,
-                          TRAIN_VAL, TRAINED)
+from gcnet.layout import (BN_REPORT, DEPLOY, FINAL, INIT, META, REMOVAL, SOLVER, STAGE, SURGERY_REPORT, TEST,
+                          TRAIN_LOG, TRAIN_VAL, TRAINED)
 from gcnet.logparse import last_lines
 from gcnet.util import fmt_duration, now, read_json, say, sha256_file, write_json
 
@@ -345,7 +345,7 @@ def make_meta(ctx: Context, job: Job) -> dict:
 def run_removal(ctx: Context, fold: int, jobs) -> None:
     """The fold's cnn reads X, X_r, the blurred copy A(X) and each GCNet's G(X) (gcnet.experiment.removal, in a
     subprocess) -> <gcnet>/fold_K/expression_removal.json; skipped when cached, or when the cnn is not trained."""
-    from gcnet.experiment.removal import REMOVAL, removal_key
+    from gcnet.experiment.removal import removal_key
     s, lay = ctx.s, ctx.layout
     done = {j.model: j for j in jobs if j.fold == fold and j.status in ("done", "cached")}
     gcnets = [j for m, j in done.items() if C.has_generator(m)]

@@ -13,9 +13,8 @@ from gcnet.experiment.cache import read_state
 from gcnet.experiment.cli import Settings
 from gcnet.experiment.plan import pretrain_source
 from gcnet.experiment.procs import caffe_version, git_commit
-from gcnet.experiment.removal import REMOVAL
 from gcnet.stats import significant
-from gcnet.layout import TEST, TRAIN_LOG, ResultsLayout
+from gcnet.layout import REMOVAL, TEST, TRAIN_LOG, ResultsLayout
 from gcnet.logparse import last_lines, parse_log
 from gcnet.util import fmt_num, now, read_json, write_json, write_text
 

@@ -548,3 +548,28 @@ def test_full_disk_real(first_run, small_disk):
     p = run(args)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert json.loads((small_disk / "synthetic" / "summary.json").read_text())["models"]["cnn"]["n_folds_done"] == 1
+
+
+def test_webface_pretraining_is_shared_by_results_folders(work):
+    """The pretraining on a WebFace root runs once under <out> (pretrain/webface-<data hash>): a second results
+    folder (another profile: synthetic-ablation) and another --seed reuse it; pretrain/fold_K links to it."""
+    from gcnet.data.synthetic import make_synthetic
+    wf = work / "wf"
+    make_synthetic("webface", str(wf), subjects=4, seed=0, frames=4)
+    out = work / "shared_out"
+    common = ["--data", str(work / "synth_shared"), "--out", str(out), "--pretrain-data", str(wf), "--models", "cnn",
+              "--folds", "0", "--iters", "2", "--generator-iters", "0", "--no-figures", "--jobs", "1"] + TINY
+    p1 = run(["synthetic"] + common)
+    assert p1.returncode == 0, p1.stdout[-3000:] + p1.stderr[-3000:]
+    shared = sorted((out / "pretrain").glob("webface-*/encdec/final.caffemodel"))
+    assert len(shared) == 1
+    p2 = run(["synthetic", "--profile", "ablation", "--seed", "1"] + common)
+    assert p2.returncode == 0, p2.stdout[-3000:] + p2.stderr[-3000:]
+    rep = json.loads((out / "synthetic-ablation" / "run_report.json").read_text())
+    assert set(rep["stages"]["pretrain"].values()) == {"cached"}
+    assert sorted((out / "pretrain").glob("webface-*/encdec/final.caffemodel")) == shared
+    for name in ("synthetic", "synthetic-ablation"):
+        link = out / name / "pretrain" / "fold_0"
+        assert link.is_symlink() and link.resolve() == shared[0].parent.parent.resolve(), link
+        st = json.loads((out / name / "cnn" / "fold_0" / "stage.json").read_text())
+        assert st["status"] == "done"
