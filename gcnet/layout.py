@@ -18,6 +18,8 @@ WEBFACE = "webface"          # pretrain/<WEBFACE>: pretrained once on CASIA-WebF
 
 # files of a model folder (<model>/fold_K) and of a pretraining folder
 TRAIN_VAL, DEPLOY, SOLVER = "train_val.prototxt", "deploy.prototxt", "solver.prototxt"
+DEPLOY_REF = "deploy_ref.prototxt"   # GCNets: the deploy net with the person's reference X_r as input `xr`
+ONNX, ONNX_REF = "model.onnx", "model_ref.onnx"     # tools/export_onnx.py: deploy and deploy_ref in ONNX
 STAGE, META, TEST, TRAIN_LOG = "stage.json", "meta.json", "test.json", "train.log"
 INIT, TRAINED, FINAL = "init.caffemodel", "trained.caffemodel", "final.caffemodel"
 SURGERY_REPORT, BN_REPORT = "surgery.json", "bn_stats.json"

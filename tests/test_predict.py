@@ -45,8 +45,7 @@ def test_predict_arrays_matches_the_test_stage(tiny_results):
 
 
 def test_predict_alignment_is_the_lmdb_one(tiny_results):
-    sys.path.insert(0, str(REPO / "tools"))
-    import predict as P
+    from gcnet.predict import media as P
     index = json.loads(tiny_results["layout"].test_index(0).read_text())
     items = read_lmdb(str(tiny_results["layout"].lmdb(0, "test")))
     find = P.landmark_finder(str(_landmarks_root(tiny_results)), len(index))
@@ -129,8 +128,7 @@ def test_predict_detector_without_landmarks(tiny_results):
 
 def test_image_folders_are_walked_through_links(tmp_path):
     """Links to sub-folders are followed (they were skipped silently); a link loop is walked once and named."""
-    sys.path.insert(0, str(REPO / "tools"))
-    import predict as P
+    from gcnet.predict import media as P
     photos, other = tmp_path / "photos", tmp_path / "elsewhere"
     (photos / "day1").mkdir(parents=True)
     other.mkdir()

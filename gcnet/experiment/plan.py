@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 from gcnet import config as C
 from gcnet.experiment.cli import Settings
 from gcnet.experiment.procs import Supervisor
-from gcnet.layout import DEPLOY, SNAPSHOTS, SOLVER, TRAIN_VAL, ResultsLayout
+from gcnet.layout import DEPLOY, DEPLOY_REF, SNAPSHOTS, SOLVER, TRAIN_VAL, ResultsLayout
 from gcnet.util import UsageError, sha_text, write_text
 
 
@@ -170,8 +170,13 @@ def write_prototxts(ctx: Context, job: Job) -> dict:
     tv = header + net_text(build_net(job.model, opts, "train_val"))
     dp = header + net_text(build_net(job.model, opts, "deploy"))
     sv = make_solver(TRAIN_VAL, so, "%s/%s" % (SNAPSHOTS, job.model), with_test=(job.kind == "model"))
+    files = [(TRAIN_VAL, tv), (DEPLOY, dp), (SOLVER, sv)]
+    if job.kind == "model" and C.has_reference_variant(job.model):
+        # the deploy net with the person's reference as input (tools/predict.py --reference, export_onnx.py);
+        # not a stage input: no cache key includes it
+        files.append((DEPLOY_REF, header + net_text(build_net(job.model, opts, "deploy_ref"))))
     job.dir.mkdir(parents=True, exist_ok=True)
-    for name, text in ((TRAIN_VAL, tv), (DEPLOY, dp), (SOLVER, sv)):
+    for name, text in files:
         p = job.dir / name
         if not p.exists() or p.read_text() != text:
             write_text(p, text)
@@ -179,7 +184,7 @@ def write_prototxts(ctx: Context, job: Job) -> dict:
     return job.texts
 
 
-def clean_outputs(d: Path, keep=(TRAIN_VAL, DEPLOY, SOLVER, ".lock")) -> None:
+def clean_outputs(d: Path, keep=(TRAIN_VAL, DEPLOY, DEPLOY_REF, SOLVER, ".lock")) -> None:
     """Remove everything of a job folder but its prototxts and lock (its inputs changed)."""
     for p in d.iterdir():
         if p.name in keep:
