@@ -61,10 +61,10 @@ def bnstats_key(ctx: Context, job: Job, fingerprint: str) -> str:
 def test_key(ctx: Context, job: Job, fingerprint: str) -> str:
     s = ctx.s
     parts = [portable(job.texts["deploy"], s), portable(job.texts["train_val"], s), sha256_file(job.dir / FINAL),
-             fingerprint, s.bn_samples, s.batch]
+             fingerprint, s.bn_samples, s.batch, portable(job.texts.get("deploy_ref", ""), s)]
     if "encdec" in job.pretrained and has_generator(job.model):       # the blurred-copy baseline's autoencoder
         parts.append(sha256_file(job.pretrained["encdec"] / FINAL))
-    return sha_text("test-v3", *parts)
+    return sha_text("test-v4", *parts)
 
 
 def figures_key(root: Path) -> str:

@@ -172,8 +172,8 @@ def write_prototxts(ctx: Context, job: Job) -> dict:
     sv = make_solver(TRAIN_VAL, so, "%s/%s" % (SNAPSHOTS, job.model), with_test=(job.kind == "model"))
     files = [(TRAIN_VAL, tv), (DEPLOY, dp), (SOLVER, sv)]
     if job.kind == "model" and C.has_reference_variant(job.model):
-        # the deploy net with the person's reference as input (tools/predict.py --reference, export_onnx.py);
-        # not a stage input: no cache key includes it
+        # the deploy net with the person's reference as input (tools/predict.py --reference, export_onnx.py, and
+        # the test stage's accuracy with the TRUE reference): an input of the test stage only
         files.append((DEPLOY_REF, header + net_text(build_net(job.model, opts, "deploy_ref"))))
     job.dir.mkdir(parents=True, exist_ok=True)
     for name, text in files:
@@ -181,6 +181,7 @@ def write_prototxts(ctx: Context, job: Job) -> dict:
         if not p.exists() or p.read_text() != text:
             write_text(p, text)
     job.texts = {"train_val": tv, "deploy": dp, "solver": sv, "opts": asdict(opts), "solver_opts": asdict(so)}
+    job.texts.update({"deploy_ref": text for name, text in files if name == DEPLOY_REF})
     return job.texts
 
 

@@ -101,6 +101,8 @@ def test_pipeline_summary(first_run):
                 lo, hi = g["gain_over_copy_x"]["ci95"]
                 assert lo <= g["gain_over_copy_x"]["mean"] <= hi
                 assert g["gain_over_copy_x"]["mean"] == pytest.approx(g["baseline_copy_x"] - g["l_gen_r"])
+                tr = f["true_reference"]            # the same classifier given the TRUE X_r (deploy_ref)
+                assert tr["n"] == f["n_test"] and tr["ci95"][0] <= tr["accuracy"] <= tr["ci95"][1]
                 r = f["expression_removal"]
                 assert r["n"] == f["n_test"] and all(0 <= r[k] <= 1 for k in ("p_true_x", "p_true_generated",
                                                                               "p_true_blurred_copy",
@@ -124,6 +126,7 @@ def test_pipeline_summary(first_run):
         assert pr["n_subjects"] == 10                            # 10 synthetic subjects, all tested once
     gen = sm["models"]["gcnet_s1r1"]["generator"]
     assert gen["folds"] == 2 and isinstance(gen["beats_copy_x_every_fold"], bool)
+    assert gen["accuracy_true_reference"]["n"] == sm["models"]["gcnet_s1r1"]["pooled"]["n"]
     assert set(gen["expression_removal"]) == {"p_true_x", "p_true_generated", "p_true_blurred_copy",
                                               "p_true_reference"}
     md = (ds / "summary.md").read_text()
