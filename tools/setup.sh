@@ -4,6 +4,7 @@
 #   tools/setup.sh            CPU-only Caffe (the default, whatever compilers are present)
 #   tools/setup.sh --cuda     CUDA Caffe (nvcc must be on PATH; see README for GPU/CUDA versions)
 #   tools/setup.sh --runtest  also build Caffe's own gtest suite against this build and run it (once per build key)
+#   tools/setup.sh --runtest-cases "ConvolutionLayerTest ..."   the same for the sources of these gtest cases only
 #   tools/setup.sh --help
 #
 # Caffe's source is Debian's source package `caffe` 1.0.0+git20180821.99bd997-8 (suite bullseye), fetched with
@@ -24,11 +25,13 @@ CUDA_ARCH_BIN="${CUDA_ARCH_BIN:-}"
 SKIP_APT=0
 SKIP_FACE=0
 RUNTEST=0
+RUNTEST_CASES=""
 ENV_FILE="$REPO/tools/env.sh"
 
 usage() {
   cat <<EOF
-usage: tools/setup.sh [--cuda] [--cuda-arch "37 90"] [--runtest] [--no-apt] [--no-face] [--env-file PATH] [--help]
+usage: tools/setup.sh [--cuda] [--cuda-arch "37 90"] [--runtest] [--runtest-cases "CASE ..."] [--no-apt] [--no-face]
+                      [--env-file PATH] [--help]
 
 Builds BVLC Caffe 1.0 with pycaffe and Python layers, creates the project venv and writes tools/env.sh.
 Afterwards:  source tools/env.sh
@@ -40,6 +43,9 @@ Afterwards:  source tools/env.sh
                      nvidia-smi sees a GPU. Run once per build key; the result is cached beside the build
                      (runtest-<build>/), so a second call prints the cached result. Failures listed in
                      tools/caffe_known_failures.txt are reported as known; any other failure exits 1.
+  --runtest-cases "CASE ..."  --runtest with only the test sources defining these gtest cases (e.g.
+                     "ConvolutionLayerTest SyncedMemoryTest"), and only these cases run; cached beside the build
+                     under a key of the list (tools/gpu_bundle.sh builds the GPU check's tests so)
   --no-apt           do not install apt build dependencies (they must already be present)
   --no-face          skip the optional face detector (mediapipe) used to align photos without landmarks
   --env-file PATH    where to write the environment file (default tools/env.sh)
@@ -53,6 +59,7 @@ while [ $# -gt 0 ]; do
     --cuda) MODE=cuda ;;
     --cuda-arch) CUDA_ARCH_BIN="${2:?--cuda-arch needs a list such as \"90\"}"; shift ;;
     --runtest) RUNTEST=1 ;;
+    --runtest-cases) RUNTEST=1; RUNTEST_CASES="$(echo ${2:?--runtest-cases needs a list of gtest case names})"; shift ;;
     --no-apt) SKIP_APT=1 ;;
     --no-face) SKIP_FACE=1 ;;
     --env-file) ENV_FILE="${2:?--env-file needs a path}"; shift ;;
@@ -155,6 +162,9 @@ if [ "$MODE" = cuda ]; then
       CUDA_EXTRA_INC="${CUDA_EXTRA_INC:-}${CUDA_EXTRA_INC:+;}$inc"
       CUDA_EXTRA_LIB="${CUDA_EXTRA_LIB:-}${CUDA_EXTRA_LIB:+:}$(dirname "$so")"
     done
+    # FindCUDA unsets CUDA_<lib>_LIBRARY on a first configure (CUDA_TOOLKIT_ROOT_DIR differs from its internal
+    # copy) and searches again: CMAKE_LIBRARY_PATH lets that search find the wheels' libraries.
+    CMAKE_OPTS+=("-DCMAKE_LIBRARY_PATH=${CUDA_EXTRA_LIB//:/;}")
     CMAKE_OPTS+=("-DCMAKE_CXX_FLAGS=-I${CUDA_EXTRA_INC//;/ -I}" "-DCUDA_NVCC_FLAGS=-I${CUDA_EXTRA_INC//;/;-I}")
   fi
   MODE_TAG="cuda${NVCC_VER}-sm${CUDA_ARCH_BIN// /_}"
@@ -165,6 +175,8 @@ fi
 KEY="$( { echo "$CAFFE_DEB_VERSION"; cat "$REPO"/patches/*.patch; echo "${CMAKE_OPTS[*]}"; echo "py$PYVER numpy$NUMPY_VER"; } \
   | sha256sum | cut -c1-12)"
 PREFIX="$CACHE_ROOT/caffe-$MODE_TAG-$KEY"
+# Caffe's unit tests of this build (--runtest): all of them, or the sources of --runtest-cases (a key of the list)
+RT="$CACHE_ROOT/runtest-$MODE_TAG-$KEY${RUNTEST_CASES:+-$(echo "$RUNTEST_CASES" | sha256sum | cut -c1-8)}"
 
 # ---------------------------------------------------------------- 4. source + 5. build (skipped when cached)
 SRC_ROOT="$CACHE_ROOT/src"
@@ -224,14 +236,20 @@ if [ -f "$PREFIX/.complete" ]; then
 else
   fetch_source
   BUILD_ROOT="$CACHE_ROOT/build-$MODE_TAG-$KEY"
-  rm -rf "$BUILD_ROOT"; mkdir -p "$BUILD_ROOT"
-  unpack_source "$BUILD_ROOT/caffe"
-  mkdir -p "$BUILD_ROOT/build"
-  stage "configuring ($MODE_TAG): cmake ${CMAKE_OPTS[*]}"
-  run_logged "cmake configure" cmake-$MODE_TAG cmake -S "$BUILD_ROOT/caffe" -B "$BUILD_ROOT/build" "${CMAKE_OPTS[@]}" \
-    "-DCMAKE_INSTALL_PREFIX=$PREFIX.partial" "-DPYTHON_EXECUTABLE=$VENV/bin/python" \
-    "-DPython_NumPy_INCLUDE_DIR=$("$VENV/bin/python" -c 'import numpy; print(numpy.get_include())')" \
-    "-DNUMPY_INCLUDE_DIR=$("$VENV/bin/python" -c 'import numpy; print(numpy.get_include())')"
+  # an interrupted build of the same key (same source, patches and options) is resumed: make compiles what is left
+  if [ -f "$BUILD_ROOT/.configured" ]; then
+    stage "resuming the interrupted build in $BUILD_ROOT (configured for this key)"
+  else
+    rm -rf "$BUILD_ROOT"; mkdir -p "$BUILD_ROOT"
+    unpack_source "$BUILD_ROOT/caffe"
+    mkdir -p "$BUILD_ROOT/build"
+    stage "configuring ($MODE_TAG): cmake ${CMAKE_OPTS[*]}"
+    run_logged "cmake configure" cmake-$MODE_TAG cmake -S "$BUILD_ROOT/caffe" -B "$BUILD_ROOT/build" "${CMAKE_OPTS[@]}" \
+      "-DCMAKE_INSTALL_PREFIX=$PREFIX.partial" "-DPYTHON_EXECUTABLE=$VENV/bin/python" \
+      "-DPython_NumPy_INCLUDE_DIR=$("$VENV/bin/python" -c 'import numpy; print(numpy.get_include())')" \
+      "-DNUMPY_INCLUDE_DIR=$("$VENV/bin/python" -c 'import numpy; print(numpy.get_include())')"
+    touch "$BUILD_ROOT/.configured"
+  fi
   stage "compiling with $JOBS jobs (about 7 min on 2 cores for CPU, 10 for CUDA); log: $LOGDIR/make-$MODE_TAG.log"
   make_progress "$LOGDIR/make-$MODE_TAG.log" "$BUILD_ROOT/build" all
   rm -rf "$PREFIX.partial"
@@ -264,6 +282,7 @@ export GLOG_minloglevel="\${GLOG_minloglevel:-1}"
 # where python_layers/gcnet_native.py keeps the Python layers' compiled C kernels (one file per source version)
 export GCNET_KERNELS_DIR="\${GCNET_KERNELS_DIR:-$CACHE_ROOT/kernels}"
 EOF
+[ "$RUNTEST" = 0 ] || echo "export CAFFE_RUNTEST_DIR=\"$RT\"   # Caffe's unit tests of this build (--runtest)" >> "$ENV_FILE"
 stage "checking: caffe --version, import caffe, Python layer registered"
 # shellcheck disable=SC1090
 ( source "$ENV_FILE"
@@ -285,19 +304,25 @@ fi
 # Built by tools/caffe_tests/CMakeLists.txt against the installed libcaffe (not a second copy of it), run from a
 # patched source tree (the tests read src/caffe/test/test_data/...). Everything lives beside the build, under its key.
 if [ "$RUNTEST" = 1 ]; then
-  RT="$CACHE_ROOT/runtest-$MODE_TAG-$KEY"
   REPORT="$REPO/tools/caffe_runtest_report.sh"
   KNOWN="$REPO/tools/caffe_known_failures.txt"
   if [ -f "$RT/.complete" ]; then
     stage "Caffe test suite already run on this build ($(cat "$RT/run_info")); cached result from $RT/gtest.log"
   else
+    RT_ALL="$CACHE_ROOT/runtest-$MODE_TAG-$KEY"          # the whole suite of this build holds every case
+    if [ ! -x "$RT/build/test.testbin" ] && [ "$RT" != "$RT_ALL" ] && [ -x "$RT_ALL/build/test.testbin" ]; then
+      stage "the whole suite's test binary of this build holds these cases: linking $RT_ALL"
+      rm -rf "$RT"; mkdir -p "$RT/build"
+      ln -s "$RT_ALL/build/test.testbin" "$RT/build/test.testbin"; ln -s "$RT_ALL/caffe" "$RT/caffe"
+    fi
     if [ ! -x "$RT/build/test.testbin" ]; then
       fetch_source
       rm -rf "$RT"; mkdir -p "$RT/build"
       unpack_source "$RT/caffe"
       rm -f "$RT"/caffe_*.orig.tar.*          # dpkg-source -x leaves a copy of the upstream tarball beside the tree
       T_BUILD=$(date +%s)
-      TEST_CMAKE=(-DCMAKE_BUILD_TYPE=Release "-DCaffe_DIR=$PREFIX/share/Caffe" "-DCAFFE_SRC=$RT/caffe")
+      TEST_CMAKE=(-DCMAKE_BUILD_TYPE=Release "-DCaffe_DIR=$PREFIX/share/Caffe" "-DCAFFE_SRC=$RT/caffe"
+        "-DCAFFE_TEST_CASES=${RUNTEST_CASES// /;}")
       if [ "$MODE" = cuda ]; then
         TEST_CMAKE+=("-DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH_BIN// /;}" "-DCMAKE_CUDA_COMPILER=$(command -v nvcc)")
         [ -z "${CUDA_EXTRA_INC:-}" ] || TEST_CMAKE+=("-DCMAKE_CXX_FLAGS=-I${CUDA_EXTRA_INC//;/ -I}")
@@ -318,7 +343,10 @@ if [ "$RUNTEST" = 1 ]; then
     fi
     # A CPU build has only CPU tests (upstream filters *GPU* the same way); a CUDA build runs all of them.
     GTEST_ARGS=(--gtest_shuffle --gtest_random_seed=1)
-    [ "$MODE" = cuda ] || GTEST_ARGS+=("--gtest_filter=-*GPU*")
+    FILTER=""
+    for c in $RUNTEST_CASES; do FILTER="${FILTER:+$FILTER:}$c.*:$c/*"; done
+    [ "$MODE" = cuda ] || FILTER="$FILTER-*GPU*"
+    [ -z "$FILTER" ] || GTEST_ARGS+=("--gtest_filter=$FILTER")
     T_RUN=$(date +%s)
     stage "running Caffe's test suite: test.testbin ${GTEST_ARGS[*]} (1058 CPU tests, about 1 min on 2 cores); log: $RT/gtest.log.partial"
     set +e
