@@ -77,3 +77,22 @@ def significant(entry: Optional[dict], alpha: float = 0.05) -> bool:
     if not entry or entry.get("difference_ci95", [None])[0] is None:
         return False
     return entry["mcnemar_p"] < alpha and entry["difference_ci95"][0] > 0
+
+
+# two-sided 99% Student t quantiles t(0.995, df), df 1-10; df > 10 uses df 10's (wider than its own: conservative)
+_T995 = {1: 63.6567, 2: 9.9248, 3: 5.8409, 4: 4.6041, 5: 4.0321, 6: 3.7074, 7: 3.4995, 8: 3.3554, 9: 3.2498,
+         10: 3.1693}
+
+
+def prediction_interval(values: Sequence[float], floor: float = 0.0) -> Dict[str, object]:
+    """The 99% prediction interval of ONE more draw from the population of `values` (k >= 2 draws, normal model):
+    mean +- t(0.995, k-1) * sd * sqrt(1 + 1/k), with sd raised to `floor` when smaller (draws that happen to agree
+    exactly).  Used to judge a GPU training against CPU trainings with other seeds (docs/choices.md)."""
+    v = np.asarray(list(values), dtype=np.float64)
+    if len(v) < 2 or not np.all(np.isfinite(v)):
+        raise ValueError("a prediction interval needs >= 2 finite values, got %s" % list(v))
+    k = len(v)
+    sd = max(float(v.std(ddof=1)), float(floor))
+    half = _T995[min(k - 1, 10)] * sd * math.sqrt(1.0 + 1.0 / k)
+    return {"mean": float(v.mean()), "sd": sd, "k": k, "level": 0.99, "interval": [float(v.mean()) - half,
+                                                                                     float(v.mean()) + half]}

@@ -154,6 +154,17 @@ def copy_file(src, dst) -> None:
     _atomic_write(dst, "wb", copy)
 
 
+def run_logged(cmd, log_path, timeout: float, **kwargs):
+    """Run cmd with its stdout and stderr written to log_path, stopped after `timeout` s.  -> (exit status or None,
+    None or "timed out after Ns").  kwargs go to subprocess.run (cwd, env)."""
+    import subprocess
+    with open(log_path, "w") as log:
+        try:
+            return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, **kwargs).returncode, None
+        except subprocess.TimeoutExpired:
+            return None, "timed out after %ds" % timeout
+
+
 def disk_free(path) -> int:
     """Free bytes for an unprivileged writer on the file system of `path` (or of its nearest existing parent)."""
     p = os.path.abspath(str(path))

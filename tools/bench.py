@@ -4,6 +4,7 @@ Run through tools/bench.sh, which sources tools/env.sh first.
 
     tools/bench.sh [--batch 64] [--iterations 10] [--models cnn,gcnet_s1r1] [--gpu ID]
                    [--builds PREFIX[,PREFIX...]] [--layers DIR[,DIR...]] [--repeats R] [--profile]
+                   [--concurrent K] [--json PATH]
 
 The nets are generated from gcnet/nets.py with the given batch and read a random LMDB of 2x66x66 Datums (the format
 of the real pipeline), written to a temporary folder.  Each `caffe time` run gives Caffe's own average over
@@ -21,9 +22,14 @@ the table gives the MEDIAN of the R averages, so builds are compared under the s
             beside the sgemm rate of the same BLAS measured in the same run (a 1024x1024x1024 InnerProduct forward
             under `caffe time`, once per repeat with the first build; median); then each Python layer's median
             forward / backward ms.
+--concurrent K  runs K copies of each `caffe time` at once (on one GPU with --gpu: trainings sharing it, as
+            run_folds.sh --jobs K does); a model's figure is then the mean over the K copies of Caffe's average.
+--json      also writes the medians as JSON: {"batch", "iterations", "repeats", "concurrent", "gpu", "builds",
+            "models": {model: {build: {"fb", "f", "b"} (ms)}}}.
 Threads: whatever OPENBLAS_NUM_THREADS says (printed in the header).
 """
 import argparse
+import json
 import os
 import re
 import statistics
@@ -36,8 +42,10 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from gcnet import config as C  # noqa: E402  (after the path)
+
 TYPES = ["Convolution", "Deconvolution", "Pooling", "ReLU", "BatchNorm", "Scale", "Python"]
-ALL = "encdec,cnn_id,cnn,gcnet_s0r0,gcnet_s1r0,gcnet_s0r1,gcnet_s1r1"
+ALL = ",".join(C.ALL_MODELS)      # every net: pretraining, the generator stage, the expression models
 SGEMM_N = 1024
 LAYERS = os.path.join(REPO, "python_layers")
 
@@ -54,9 +62,11 @@ def parse_args(argv=None):
     ap.add_argument("--layers", default="", help="comma list of python_layers folders, one per build")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--concurrent", type=int, default=1, help="copies of each caffe time run at once")
+    ap.add_argument("--json", help="write the medians to this JSON file")
     a = ap.parse_args(argv)
-    if a.batch < 1 or a.iterations < 1 or a.repeats < 1:
-        ap.error("--batch, --iterations and --repeats must be >= 1")
+    if a.batch < 1 or a.iterations < 1 or a.repeats < 1 or a.concurrent < 1:
+        ap.error("--batch, --iterations, --repeats and --concurrent must be >= 1")
     a.builds = [b for b in a.builds.split(",") if b]
     if not a.builds:
         ap.error("no Caffe build: run tools/setup.sh and source tools/env.sh, or pass --builds")
@@ -188,17 +198,33 @@ def layer_types(prototxt):
     return {l.name: l.type for l in net.layer}
 
 
-def caffe_time(model_path, iterations, env, gpu, log_path):
+def caffe_time(model_path, iterations, env, gpu, log_path, concurrent=1):
+    """Caffe's averages of `caffe time` (with `concurrent` copies at once: the mean over the copies)."""
     cmd = ["caffe", "time", "-model", model_path, "-iterations", str(iterations)]
     if gpu:
         cmd += ["-gpu", gpu]
-    with open(log_path, "w") as f:
-        r = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
-    text = open(log_path).read()
-    if r.returncode != 0:
-        sys.stderr.write("\n".join(text.splitlines()[-5:]) + "\n")
-        raise SystemExit("bench: caffe time failed for %s (log %s)" % (model_path, log_path))
-    return parse_time_log(text)
+    logs = [log_path] if concurrent == 1 else ["%s.%d" % (log_path, i) for i in range(concurrent)]
+    files = [open(p, "w") for p in logs]
+    try:
+        procs = [subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT) for f in files]
+        codes = [p.wait() for p in procs]
+    finally:
+        for f in files:
+            f.close()
+    parsed = []
+    for p, rc in zip(logs, codes):
+        text = open(p).read()
+        if rc != 0:
+            sys.stderr.write("\n".join(text.splitlines()[-5:]) + "\n")
+            raise SystemExit("bench: caffe time failed for %s (log %s)" % (model_path, p))
+        parsed.append(parse_time_log(text))
+    if concurrent == 1:
+        return parsed[0]
+    out = dict(parsed[0])
+    for key in ("fb", "f", "b"):
+        vals = [r[key] for r in parsed if r[key] is not None]
+        out[key] = sum(vals) / len(vals) if vals else None
+    return out
 
 
 def sgemm_net(path):
@@ -224,8 +250,9 @@ def main(argv=None):
     envs = [build_env(b, d) for b, d in zip(a.builds, a.layers)]
     names = [os.path.basename(b.rstrip("/")) + ("" if os.path.abspath(d) == LAYERS else "+" + os.path.basename(
         os.path.dirname(os.path.abspath(d)))) for b, d in zip(a.builds, a.layers)]
-    print("caffe time, batch %d, %d iterations x %d repeats (median), OPENBLAS_NUM_THREADS=%s, builds: %s"
-          % (a.batch, a.iterations, a.repeats, os.environ.get("OPENBLAS_NUM_THREADS", "default"), ", ".join(names)))
+    print("caffe time, batch %d, %d iterations x %d repeats (median)%s, OPENBLAS_NUM_THREADS=%s, builds: %s"
+          % (a.batch, a.iterations, a.repeats, ", %d copies at once" % a.concurrent if a.concurrent > 1 else "",
+             os.environ.get("OPENBLAS_NUM_THREADS", "default"), ", ".join(names)))
     sgemm_path = os.path.join(tmp, "sgemm.prototxt")
     sgemm_net(sgemm_path)
     runs = {}           # (model, build index) -> list of parsed logs
@@ -238,7 +265,8 @@ def main(argv=None):
             for i, env in enumerate(envs):
                 log = os.path.join(tmp, "%s.%d.%d.log" % (m, i, rep))
                 runs.setdefault((m, i), []).append(
-                    caffe_time(os.path.join(tmp, "nets", m, "train_val.prototxt"), a.iterations, env, a.gpu, log))
+                    caffe_time(os.path.join(tmp, "nets", m, "train_val.prototxt"), a.iterations, env, a.gpu, log,
+                               a.concurrent))
     multi = len(envs) > 1
     print("%-12s %-34s %12s %12s %12s%s" % ("model", "build", "fwd+bwd ms", "forward ms", "backward ms",
                                             "  ratio" if multi else ""))
@@ -250,6 +278,12 @@ def main(argv=None):
             print("%-12s %-34s %12.1f %12.1f %12.1f%s" % (
                 m, names[i], fb, med([r["f"] for r in rs]), med([r["b"] for r in rs]),
                 "  %.3f" % (fb / base) if multi else ""))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"batch": a.batch, "iterations": a.iterations, "repeats": a.repeats, "concurrent": a.concurrent,
+                       "gpu": a.gpu or None, "builds": names,
+                       "models": {m: {names[i]: {k: med([r[k] for r in runs[(m, i)]]) for k in ("fb", "f", "b")}
+                                      for i in range(len(envs))} for m in a.models}}, f, indent=1)
     if not a.profile:
         return 0
     print("\nsgemm %dx%dx%d (InnerProduct forward, first build): %.1f GFLOP/s (median of %d)"
