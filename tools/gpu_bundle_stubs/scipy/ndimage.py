@@ -1,0 +1,4 @@
+"""GPU bundle placeholder of scipy.ndimage (tools/gpu_bundle_stubs/_bundle_stub.py): every attribute raises ImportError."""
+from _bundle_stub import module_getattr
+
+__getattr__ = module_getattr("scipy.ndimage")
