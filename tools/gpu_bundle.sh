@@ -22,11 +22,9 @@ VARIANT=cuda
 OUT=""
 CHECK=1
 CACHE_ROOT="${CAFFE_PREFIX:-${XDG_CACHE_HOME:-$HOME/.cache}/gcnet-caffe}"
-WORK="${GCNET_GPU_WORK:-${XDG_CACHE_HOME:-$HOME/.cache}/gcnet-gpu}"
-GROOT="${GCNET_GPU_ROOT:-/tmp/gcnet-gpu}"
-MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# shellcheck source=tools/gpu_root.sh
+source "$REPO/tools/gpu_root.sh"
 
-usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 die() { echo "gpu_bundle: $*" >&2; exit 2; }
 fail() { echo "gpu_bundle: FAILED: $*" >&2; exit 1; }
 while [ $# -gt 0 ]; do
@@ -34,7 +32,7 @@ while [ $# -gt 0 ]; do
     --variant) [ $# -ge 2 ] || die "--variant needs cuda or cpu"; VARIANT="$2"; shift ;;
     --out) [ $# -ge 2 ] || die "--out needs a folder"; OUT="$2"; shift ;;
     --no-check) CHECK=0 ;;
-    -h|--help) usage; exit 0 ;;
+    -h|--help) gpu_usage; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
   shift
@@ -46,8 +44,6 @@ T0=$(date +%s)
 stage() { printf '[gpu_bundle %4ds] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 mkdir -p "$OUT" "$WORK"
 OUT="$(cd "$OUT" && pwd)"
-# shellcheck source=tools/gpu_root.sh
-source "$REPO/tools/gpu_root.sh"
 
 # ------------------------------------------------------------------ 1. the Caffe build (tools/setup.sh, cached)
 ENVF="$WORK/env-$VARIANT.sh"
@@ -104,12 +100,16 @@ cp -r "$REPO/tools/gpu_bundle_stubs/." "$B/site/"
 GCNET_KERNELS_DIR="$B/kernels" PYTHONPATH="$REPO/python_layers" "$VIRTUAL_ENV/bin/python" \
   -c "import gcnet_native; gcnet_native.build_all()"
 strip --strip-unneeded "$B/bin/caffe" "$B/bin/test.testbin" "$B"/lib/libcaffe.so.*
+# the interpreter's own binaries carry their symbol tables (23 MB of libpython's 23, 12 MB of lib-dynload): not needed
+strip --strip-unneeded "$B/python/bin/python$PYVER" "$B/lib/libpython$PYVER.so.1.0" "$STD"/lib-dynload/*.so
 find "$B" -name '*.pyc' -delete
 
 # ------------------------------------------------------------------ 3. shared libraries
 # the machine's own: glibc, the C++ runtime; cuda: the driver, cuBLAS and cuRAND (its PyTorch's wheels: 700 MB)
 SYSTEM_RE='^(ld-linux-x86-64\.so\.2|libc\.so\.6|libm\.so\.6|libpthread\.so\.0|libdl\.so\.2|librt\.so\.1|libutil\.so\.1|libresolv\.so\.2|libstdc\+\+\.so\.6|libgcc_s\.so\.1)$'
 DEVICE_RE='^(libcuda\.so\.1|libcublas\.so\.[0-9]+|libcublasLt\.so\.[0-9]+|libcurand\.so\.[0-9]+)$'
+# a file's own folder is searched too: a wheel's grafted libraries (numpy.libs/) find each other through the run
+# path of the extension that loads them, which ldd of the library alone does not see
 elf_files() { find "$1" -type f \( -name '*.so*' -o -perm -u+x \) -exec sh -c 'head -c 4 "$1" | grep -q ELF' _ {} \; -print; }
 stage "resolving shared libraries (ldd of every ELF file of the bundle)"
 for f in "$B/bin/caffe" "$B/bin/test.testbin" "$B"/lib/libcaffe.so.*; do
@@ -118,7 +118,7 @@ done
 patchelf --set-rpath '$ORIGIN/../../lib' "$B/python/bin/python$PYVER"
 for pass in 1 2; do        # a copied library's own needs resolve in the second pass
   while read -r f; do
-    LD_LIBRARY_PATH="$B/lib${CUDA_LIBDIR:+:$CUDA_LIBDIR}" ldd "$f" 2>/dev/null | awk '$2 == "=>" {print $1, $3}'
+    LD_LIBRARY_PATH="$B/lib:${f%/*}${CUDA_LIBDIR:+:$CUDA_LIBDIR}" ldd "$f" 2>/dev/null | awk '$2 == "=>" {print $1, $3}'
   done < <(elf_files "$B") | sort -u | while read -r name path; do
     if [[ "$name" =~ $SYSTEM_RE || "$name" =~ $DEVICE_RE ]]; then continue; fi
     [ "$path" != "not" ] || fail "$name is not found here (needed by the bundle)"
@@ -126,7 +126,7 @@ for pass in 1 2; do        # a copied library's own needs resolve in the second 
     [ -e "$B/lib/$name" ] || cp -L "$path" "$B/lib/$name"
   done
 done
-DEVICE_LIBS="$(while read -r f; do LD_LIBRARY_PATH="$B/lib${CUDA_LIBDIR:+:$CUDA_LIBDIR}" ldd "$f" 2>/dev/null \
+DEVICE_LIBS="$(while read -r f; do LD_LIBRARY_PATH="$B/lib:${f%/*}${CUDA_LIBDIR:+:$CUDA_LIBDIR}" ldd "$f" 2>/dev/null \
   | awk '$2 == "=>" {print $1}'; done < <(elf_files "$B") | sort -u | grep -E "$DEVICE_RE" | tr '\n' ' ' || true)"
 GLIBC_NEED="$(while read -r f; do readelf -V "$f" 2>/dev/null | grep -oE 'GLIBC_[0-9]+\.[0-9]+(\.[0-9]+)?'; done \
   < <(elf_files "$B") | sort -uV | tail -1)"

@@ -30,11 +30,9 @@ BUDGET=""
 MODE=gpu
 ACTION=check
 SEEDS="0-2"
-GROOT="${GCNET_GPU_ROOT:-/tmp/gcnet-gpu}"
-WORK="${GCNET_GPU_WORK:-${XDG_CACHE_HOME:-$HOME/.cache}/gcnet-gpu}"
-MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# shellcheck source=tools/gpu_root.sh
+source "$REPO/tools/gpu_root.sh"
 
-usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 die() { echo "gpu_check: $*" >&2; exit 2; }
 need_arg() { [ "$2" -ge 2 ] || die "$1 needs a value"; }
 while [ $# -gt 0 ]; do
@@ -49,7 +47,7 @@ while [ $# -gt 0 ]; do
     --dry-run) ACTION=dry-run; MODE=cpu ;;
     --reference) ACTION=reference ;;
     --check-libs) ACTION=check-libs ;;
-    -h|--help) usage; exit 0 ;;
+    -h|--help) gpu_usage; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
   shift
@@ -76,8 +74,6 @@ if [ "$ACTION" = dry-run ]; then
   for f in "gcnet-gpu-runtime-cpu.tar.xz" "gcnet-gpu-data.tar.xz"; do
     [ -f "$BUNDLE/$f" ] || die "no $BUNDLE/$f: make it with tools/gpu_bundle.sh --variant cpu"
   done
-  # shellcheck source=tools/gpu_root.sh
-  source "$REPO/tools/gpu_root.sh"
   gpu_root_prepare "$WORK" "$MIRROR"
   stage "rehearsal in a clean root: tools/gpu_check.sh --mode cpu --budget ${BUDGET:-7200} (results -> $OUT)"
   rc=0
@@ -112,14 +108,20 @@ unpack() {
   [ -d "$parent/$top" ] || die "$tarball holds no folder $top"
   echo "$key" > "$parent/$top/.unpacked"
 }
-[ -f "$RUNTIME_TAR" ] || die "no bundle $RUNTIME_TAR: make it with tools/gpu_bundle.sh --variant $VARIANT and carry .gpu"
-[ "$ACTION" = check-libs ] || [ -f "$DATA_TAR" ] || die "no $DATA_TAR: make it with tools/gpu_bundle.sh"
-stage "unpacking $(basename "$RUNTIME_TAR") -> $GROOT/runtime-$VARIANT"
-unpack "$RUNTIME_TAR" "$GROOT/runtime-$VARIANT" gcnet-gpu
-if [ "$ACTION" != check-libs ]; then
-  stage "unpacking $(basename "$DATA_TAR") -> $GROOT/data"
-  unpack "$DATA_TAR" "$GROOT" data
-fi
+# each archive, or what an earlier call unpacked from it (the runtime and the data carried in two calls, README)
+need() {
+  local tarball="$1" parent="$2" top="$3"
+  if [ -f "$tarball" ]; then
+    stage "unpacking $(basename "$tarball") -> $parent"
+    unpack "$tarball" "$parent" "$top"
+  elif [ -f "$parent/$top/.unpacked" ]; then
+    stage "no $(basename "$tarball") carried: using $parent/$top, unpacked by an earlier call"
+  else
+    die "no $tarball (nor unpacked in $parent): make it with tools/gpu_bundle.sh --variant $VARIANT and carry .gpu/$VARIANT"
+  fi
+}
+need "$RUNTIME_TAR" "$GROOT/runtime-$VARIANT" gcnet-gpu
+[ "$ACTION" = check-libs ] || need "$DATA_TAR" "$GROOT" data
 
 # ------------------------------------------------------------------ the machine's CUDA libraries (cuda bundle)
 # sonames the bundle expects from the machine (manifest), searched in the wheels of its Python, the CUDA toolkit,
@@ -146,6 +148,7 @@ fi
 # ------------------------------------------------------------------ the bundle's libraries resolve (ldd)
 SYSTEM_RE='^(ld-linux-x86-64\.so\.2|libc\.so\.6|libm\.so\.6|libpthread\.so\.0|libdl\.so\.2|librt\.so\.1|libutil\.so\.1|libresolv\.so\.2|libstdc\+\+\.so\.6|libgcc_s\.so\.1|linux-vdso\.so\.1)$'
 stage "checking the bundle's libraries: ldd of every ELF file (needs $(sed -n 's/.*"glibc_needed": "\([^"]*\)".*/\1/p' "$B/manifest.json"); here $(ldd --version 2>/dev/null | head -1 | grep -oE '[0-9]+\.[0-9]+$'))"
+# (each file's own folder too: a wheel's grafted libraries find each other through the run path of their loader)
 bad=0; n=0
 while read -r f; do
   n=$((n + 1))
@@ -160,9 +163,9 @@ while read -r f; do
          && ! { [ -n "$CUDA_DIRS" ] && [[ ":$CUDA_DIRS:" == *":$(dirname "$path"):"* ]]; }; then
       echo "  OUTSIDE THE BUNDLE: $name -> $path (needed by ${f#$B/})"; bad=1
     fi
-  done < <(LD_LIBRARY_PATH="$B/lib${CUDA_DIRS:+:$CUDA_DIRS}" ldd "$f" 2>&1 || true)
-  if LD_LIBRARY_PATH="$B/lib${CUDA_DIRS:+:$CUDA_DIRS}" ldd "$f" 2>&1 | grep -q "version .* not found"; then
-    LD_LIBRARY_PATH="$B/lib${CUDA_DIRS:+:$CUDA_DIRS}" ldd "$f" 2>&1 | grep "version .* not found" | sed 's/^/  /'; bad=1
+  done < <(LD_LIBRARY_PATH="$B/lib:${f%/*}${CUDA_DIRS:+:$CUDA_DIRS}" ldd "$f" 2>&1 || true)
+  if LD_LIBRARY_PATH="$B/lib:${f%/*}${CUDA_DIRS:+:$CUDA_DIRS}" ldd "$f" 2>&1 | grep -q "version .* not found"; then
+    LD_LIBRARY_PATH="$B/lib:${f%/*}${CUDA_DIRS:+:$CUDA_DIRS}" ldd "$f" 2>&1 | grep "version .* not found" | sed 's/^/  /'; bad=1
   fi
 done < <(find "$B" -type f \( -name '*.so*' -o -perm -u+x \) -exec sh -c 'head -c 4 "$1" | grep -q ELF' _ {} \; -print)
 [ "$bad" = 0 ] || { echo "gpu_check: the bundle's libraries do not all resolve (above)" >&2; exit 1; }

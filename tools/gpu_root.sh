@@ -3,6 +3,13 @@
 # use gets a fresh copy of it holding this working tree as the GPU machine gets it (tracked and untracked files that
 # git does not ignore, plus .gpu/), with /proc mounted and nothing of this machine's /usr, venv or build cache.
 
+# the defaults both scripts share: the cached root, stages and logs (WORK), the check's root (GROOT: the same absolute
+# path here, in the clean root and on the GPU machine), debootstrap's Debian mirror; the caller's header as --help
+WORK="${GCNET_GPU_WORK:-${XDG_CACHE_HOME:-$HOME/.cache}/gcnet-gpu}"
+GROOT="${GCNET_GPU_ROOT:-/tmp/gcnet-gpu}"
+MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+gpu_usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
+
 # gpu_root_prepare WORK MIRROR: the cached root WORK/root-bookworm (about 2 min the first time).
 gpu_root_prepare() {
   local work="$1" mirror="$2" root="$1/root-bookworm"
