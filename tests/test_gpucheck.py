@@ -199,9 +199,11 @@ def test_gpu_check_bad_usage(args, word):
 
 
 def test_gpu_check_names_a_missing_bundle(tmp_path):
-    p = _sh("--bundle", str(tmp_path / "nothing"))
+    env = dict(os.environ, GCNET_GPU_ROOT=str(tmp_path / "root"))     # nothing unpacked there by an earlier call
+    p = _sh("--bundle", str(tmp_path / "nothing"), env=env)
     assert p.returncode == 2 and str(tmp_path / "nothing") in p.stderr and "gpu_bundle.sh" in p.stderr
-    p = _sh("--dry-run", "--bundle", str(tmp_path / "nothing"))
+    assert len(p.stderr.strip().splitlines()) == 1
+    p = _sh("--dry-run", "--bundle", str(tmp_path / "nothing"), env=env)
     assert p.returncode == 2 and "--variant cpu" in p.stderr
 
 
