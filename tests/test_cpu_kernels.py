@@ -1,7 +1,9 @@
-"""Equivalence of the CPU kernels that patches/0003-0007 rewrite (MAX pooling forward; ReLU, BatchNorm and Scale
+"""Equivalence of the CPU kernels that patches/0003-0009 rewrite (MAX pooling forward; ReLU, BatchNorm and Scale
 forward/backward; im2col and col2im, which Convolution and Deconvolution call): every result must be BIT-IDENTICAL to
 Caffe 1.0's original code, represented here by the references of tests/caffe_reference_layers.py (numpy, plus for
-the BLAS sums the same BLAS calls as the original; none of them uses the patched code).
+the BLAS sums the same BLAS calls as the original; none of them uses the patched code).  Patch 0008's fused
+BatchNorm-Scale-ReLU block (the last section) is checked against Caffe's own three layers instead: its forward and
+running statistics bit-identical, its backward within a stated tolerance.
 
 * whole nets (cnn and gcnet_s1r1 from gcnet/nets.py, seeded inputs, small batch): the net as built, and the same net
   with every Convolution, Deconvolution, MAX Pooling, ReLU, BatchNorm and Scale layer replaced by its reference (a
@@ -171,6 +173,8 @@ POOL_CASES = [  # (H, W, kernel (h, w), stride (h, w), pad (h, w))
     ((8, 8), (2, 2), (2, 2), (0, 0)),         # no overlap
     ((7, 9), (3, 3), (1, 1), (1, 1)),         # stride 1
     ((5, 6), (5, 6), (1, 1), (0, 0)),         # window = whole plane
+    ((11, 17), (2, 4), (3, 2), (0, 0)),       # stride 2, no pad, odd width: patch 0009's even/odd split
+    ((6, 2), (3, 2), (2, 2), (0, 0)),         # stride 2, one output column
 ]
 
 
