@@ -83,3 +83,15 @@ def test_bench_vs_pytorch_without_torch_is_a_one_line_usage_error():
     assert r.returncode == 2
     assert "--vs-pytorch needs torch in /bin/false" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_bench_conv_runs_and_refuses_a_bad_batch():
+    script = os.path.join(REPO, "tools", "bench_conv.py")
+    r = subprocess.run([sys.executable, script, "--batch", "0"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--batch and --repeats must be >= 1" in r.stderr
+    r = subprocess.run([sys.executable, script, "--batch", "2", "--repeats", "1"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert any(l.startswith("conv2  backward weights") for l in lines)       # GEMM rates, B = 1 and 2
+    assert any(l.startswith("deconv1  Caffe") for l in lines)                # the layers' own times

@@ -4,7 +4,7 @@ Run through tools/bench.sh, which sources tools/env.sh first.
 
     tools/bench.sh [--batch 64] [--iterations 10] [--models cnn,gcnet_s1r1] [--gpu ID]
                    [--builds PREFIX[,PREFIX...]] [--layers DIR[,DIR...]] [--repeats R] [--profile]
-                   [--vs-pytorch [--torch-python PYTHON]]
+                   [--vs-pytorch [--torch-python PYTHON]] [--jobs-vs-threads]
 
 The nets are generated from gcnet/nets.py with the given batch and read a random LMDB of 2x66x66 Datums (the format
 of the real pipeline), written to a temporary folder.  Each `caffe time` run gives Caffe's own average over
@@ -27,6 +27,10 @@ the table gives the MEDIAN of the R averages, so builds are compared under the s
             per build Caffe / PyTorch (ratio of the medians) and both GFLOP/s as a fraction of the sgemm rate
             measured in the same run.  The twin runs in --torch-python (default: this Python), which needs
             `pip install -r requirements-bench.txt`; it gets the same thread count as Caffe.
+--jobs-vs-threads  instead: per model, Caffe's forward-backward time with 2 BLAS threads in one process, and
+            with 1 thread in each of 2 processes started together (the main job's --jobs 2 --threads 1),
+            interleaved over --repeats (first build); prints the iterations per second of each way (2 jobs: both
+            added) and 2 jobs / 1 job (above 1: two single-thread jobs side by side do more work).
 Threads: whatever OPENBLAS_NUM_THREADS says (printed in the header; the twin gets the same number, or all cores
 when it is unset, like OpenBLAS).
 """
@@ -64,6 +68,7 @@ def parse_args(argv=None):
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--vs-pytorch", action="store_true", help="also time the PyTorch eager twin (interleaved)")
     ap.add_argument("--torch-python", default=sys.executable, help="Python with torch for --vs-pytorch")
+    ap.add_argument("--jobs-vs-threads", action="store_true", help="2 threads in 1 job vs 1 thread in 2 jobs")
     a = ap.parse_args(argv)
     if a.batch < 1 or a.iterations < 1 or a.repeats < 1:
         ap.error("--batch, --iterations and --repeats must be >= 1")
@@ -218,6 +223,47 @@ def caffe_time(model_path, iterations, env, gpu, log_path):
     return parse_time_log(text)
 
 
+def caffe_time_together(model_path, iterations, envs, log_paths):
+    """`caffe time` in len(envs) processes started together -> their parsed logs."""
+    procs = []
+    for env, log in zip(envs, log_paths):
+        f = open(log, "w")
+        procs.append((subprocess.Popen(["caffe", "time", "-model", model_path, "-iterations", str(iterations)],
+                                       env=env, stdout=f, stderr=subprocess.STDOUT), f, log))
+    out = []
+    for p, f, log in procs:
+        rc = p.wait()
+        f.close()
+        text = open(log).read()
+        if rc != 0:
+            sys.stderr.write("\n".join(text.splitlines()[-5:]) + "\n")
+            raise SystemExit("bench: caffe time failed for %s (log %s)" % (model_path, log))
+        out.append(parse_time_log(text))
+    return out
+
+
+def jobs_vs_threads(a, env, tmp):
+    """--jobs-vs-threads: per model, iterations/s of 1 job x 2 threads and of 2 jobs x 1 thread side by side."""
+    two = dict(env, OPENBLAS_NUM_THREADS="2", OMP_NUM_THREADS="2")
+    one = dict(env, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    res = {}
+    for rep in range(a.repeats):
+        for m in a.models:
+            path = os.path.join(tmp, "nets", m, "train_val.prototxt")
+            (t2,) = caffe_time_together(path, a.iterations, [two], [os.path.join(tmp, "%s.t2.%d.log" % (m, rep))])
+            pair = caffe_time_together(path, a.iterations, [one, one],
+                                       [os.path.join(tmp, "%s.p%d.%d.log" % (m, k, rep)) for k in (0, 1)])
+            res.setdefault(m, []).append((t2["fb"], [r["fb"] for r in pair]))
+    print("%-12s %14s %14s %14s %8s" % ("model", "1 job x 2 thr", "2 jobs x 1 thr", "(ms each)", "ratio"))
+    for m in a.models:
+        one_job = med([1000.0 / t for t, _ in res[m]])
+        two_jobs = med([sum(1000.0 / t for t in p) for _, p in res[m]])
+        each = med([t for _, p in res[m] for t in p])
+        print("%-12s %11.2f it/s %11.2f it/s %11.1f ms %8.3f   (2 threads: %.1f ms/it)" % (
+            m, one_job, two_jobs, each, two_jobs / one_job, med([t for t, _ in res[m]])))
+    return 0
+
+
 def twin_threads():
     """The twin's thread count: OPENBLAS_NUM_THREADS as Caffe gets it, else all cores (OpenBLAS's default)."""
     v = os.environ.get("OPENBLAS_NUM_THREADS", "")
@@ -271,6 +317,10 @@ def main(argv=None):
                     "--models", ",".join(a.models), "--batch", str(a.batch), "--data-root",
                     os.path.join(tmp, "lmdb")], check=True, stdout=subprocess.DEVNULL)
     envs = [build_env(b, d) for b, d in zip(a.builds, a.layers)]
+    if a.jobs_vs_threads:
+        print("caffe time, batch %d, %d iterations x %d repeats (median), build %s"
+              % (a.batch, a.iterations, a.repeats, a.builds[0]))
+        return jobs_vs_threads(a, envs[0], tmp)
     names = [os.path.basename(b.rstrip("/")) + ("" if os.path.abspath(d) == LAYERS else "+" + os.path.basename(
         os.path.dirname(os.path.abspath(d)))) for b, d in zip(a.builds, a.layers)]
     print("caffe time, batch %d, %d iterations x %d repeats (median), OPENBLAS_NUM_THREADS=%s, builds: %s"
