@@ -63,7 +63,7 @@ def fit_output_scale(model, pairs: np.ndarray, target: str) -> dict:
     run (docs/choices.md).  Sets them in `model` (a DeployModel with re-estimated statistics); returns the report."""
     from gcnet.diagnostics import per_image_error
     from gcnet.inference import crop_scale
-    x = crop_scale(pairs, model.crop, model.scale, model.mean)
+    x = crop_scale(pairs[:, :1], model.crop, model.scale, model.mean)
     y = crop_scale(pairs, model.crop, model.scale, model.mean, dtype=np.float64)[:, FIT_TARGETS[target]]
     before = model.forward(pairs, (OUTPUT_BLOB,), 64)[OUTPUT_BLOB][:, 0]
     z = []
@@ -155,10 +155,11 @@ def main(argv=None) -> int:
     ap.add_argument("--fit-output-scale", choices=tuple(FIT_TARGETS),
                     help="also fit the generator's output Scale (%s) to this channel of the pairs" % OUTPUT_SCALE)
     a = ap.parse_args(argv)
+    from gcnet.inference import ModelError
     try:
         rep = recalibrate(a.model_dir, a.weights, a.out, a.train_lmdb, a.samples, a.batch, a.gpu,
                           a.fit_output_scale)
-    except BNStatsError as e:
+    except (BNStatsError, ModelError) as e:
         print("error: %s" % e, file=sys.stderr)
         return 2
     if a.report:

@@ -112,6 +112,11 @@ def has_true_reference(model: str) -> bool:
     return MODELS[model].true_reference
 
 
+def has_reference_variant(model: str) -> bool:
+    """An expression model whose generated reference the person's own can replace (its deploy_ref net)."""
+    return MODELS[model].kind == "expression" and MODELS[model].generator
+
+
 FINETUNE_OUTPUT_SCALE = ("frozen", "decoder-rate")      # NetOptions.finetune_output_scale
 CONTRASTIVE_DISTANCES = ("l2", "rms")                   # NetOptions.contrastive_distance
 

@@ -21,7 +21,7 @@ def gradient_norms(model_dir, weights="init.caffemodel", batches: int = 4) -> di
     """{"groups": {group: norm}, "total": norm, "losses": {name: value}}, each the mean over `batches` TRAIN-phase
     forward/backward passes of model_dir/train_val.prototxt with model_dir/weights (no update is made).  Shared
     parameters (En_2 on X and on the generated reference) are counted once."""
-    from gcnet.inference import import_caffe
+    from gcnet.inference import import_caffe, load_net
     caffe = import_caffe()
     d = Path(model_dir)
     w = Path(weights) if Path(weights).is_absolute() else d / weights
@@ -29,7 +29,7 @@ def gradient_norms(model_dir, weights="init.caffemodel", batches: int = 4) -> di
         if not p.exists():
             raise OSError("%s does not exist" % p)
     caffe.set_mode_cpu()
-    net = caffe.Net(str(d / "train_val.prototxt"), caffe.TRAIN, weights=str(w))
+    net = load_net(d / "train_val.prototxt", w, "TRAIN")
     sums = OrderedDict((g, 0.0) for g, _ in GROUPS)
     totals, losses = [], OrderedDict()
     for _ in range(batches):

@@ -1,7 +1,8 @@
 """Where everything lives under a results folder: every module asks a ResultsLayout for its paths.
 
     <out>/<dataset>/lmdb/fold_K/{train,test,pretrain,test_index.json}   lmdb/manifest.json  lmdb/pretrain_webface
-    <out>/<dataset>/pretrain/{fold_K,webface}/{encdec,cnn_id}/          (fold_K -> webface when shared)
+    <out>/<dataset>/pretrain/fold_K/{encdec,cnn_id}/                    (a link to the shared one with WebFace)
+    <out>/pretrain/webface-<hash>/{encdec,cnn_id}/                      WebFace pretraining, shared under <out>
     <out>/<dataset>/generator/fold_K/                                   the per-fold generator (first step)
     <out>/<dataset>/<model>/fold_K/                                     one trained expression model
     <out>/<dataset>/{summary.json,summary.md,run_settings.json,run_report.json,figures/,slurm/}
@@ -17,9 +18,12 @@ WEBFACE = "webface"          # pretrain/<WEBFACE>: pretrained once on CASIA-WebF
 
 # files of a model folder (<model>/fold_K) and of a pretraining folder
 TRAIN_VAL, DEPLOY, SOLVER = "train_val.prototxt", "deploy.prototxt", "solver.prototxt"
+DEPLOY_REF = "deploy_ref.prototxt"   # GCNets: the deploy net with the person's reference X_r as input `xr`
+ONNX, ONNX_REF = "model.onnx", "model_ref.onnx"     # tools/export_onnx.py: deploy and deploy_ref in ONNX
 STAGE, META, TEST, TRAIN_LOG = "stage.json", "meta.json", "test.json", "train.log"
 INIT, TRAINED, FINAL = "init.caffemodel", "trained.caffemodel", "final.caffemodel"
 SURGERY_REPORT, BN_REPORT = "surgery.json", "bn_stats.json"
+REMOVAL = "expression_removal.json"    # a GCNet folder's expression removal, read by the fold's cnn
 SNAPSHOTS = "snapshots"      # caffe's snapshots/<model>_iter_N.{caffemodel,solverstate}
 
 
@@ -143,8 +147,14 @@ class ResultsLayout:
         """pretrain/fold_K/<net>; k = -1: pretrain/webface/<net>."""
         return self.pretrain_root / (WEBFACE if k < 0 else fold_name(k)) / net
 
+    def shared_pretrain_dir(self, tag: str, net: str) -> Path:
+        """<out>/pretrain/webface-<tag>/<net>: the pretraining on --pretrain-data (the paper's CASIA-WebFace step,
+        once for all data sets), shared by every dataset folder and profile under the same <out>; tag: the hash of
+        the pretraining data (LMDB manifest)."""
+        return self.root.parent / "pretrain" / ("%s-%s" % (WEBFACE, tag)) / net
+
     def pretrain_fold_link(self, k: int) -> Path:
-        """pretrain/fold_K, a link to webface/ when the pretraining is shared."""
+        """pretrain/fold_K, a link to the shared pretraining when there is one."""
         return self.pretrain_root / fold_name(k)
 
     def pretrained(self, nets: Optional[Iterable[str]] = None, folds: Optional[Iterable[int]] = None,

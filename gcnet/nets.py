@@ -30,12 +30,13 @@ from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
 from gcnet.config import (ALL_MODELS, CONTRASTIVE_DISTANCES, FINETUNE_OUTPUT_SCALE, NetOptions, has_contrastive,
-                          has_generator, has_reconstruction, has_true_reference)
+                          has_generator, has_reconstruction, has_reference_variant, has_true_reference)
 
 PY_MODULE = "gcnet_layers"          # python_layers/gcnet_layers.py
 WEIGHT_FILLER = dict(type="xavier")
 BIAS_FILLER = dict(type="constant", value=0)
 
+PHASES = ("train_val", "deploy", "deploy_ref")
 # decoder output blob -> name of the decoder's last deconvolution layer
 DECODER_OUTPUTS = {"gen_r": "de1r_deconv1", "rec_r": "de2r_deconv1", "rec_i": "de2i_deconv1"}
 
@@ -244,6 +245,16 @@ def _body(n, model: str, opts: NetOptions, deploy: bool) -> None:
         n.loss_rec_i = L.EuclideanLoss(n.rec_i, n.x, loss_weight=opts.lambda_rec_i)
 
 
+def _reference_input_body(n, model: str, opts: NetOptions) -> None:
+    """The deploy net with the person's own reference (phase "deploy_ref", inputs `x` and `xr`): En_2 on X and on
+    the given X_r in place of Generator(X) (the same layers, weights and BatchNorm statistics as `en2r_*` on the
+    generated reference), delta, classifier, `prob`.  No generator and no decoders: a reference is given."""
+    en2_x, _ = encoder(n, "en2", n.x, opts, masks=False)
+    en2_r, _ = encoder(n, "en2r", n.xr, opts, owner="en2", masks=False)
+    n.delta = L.Python(en2_x, en2_r, python_param=dict(module=PY_MODULE, layer="ElementwiseDistance"))
+    _head(n, classifier(n, n.delta, opts.n_classes, opts), "loss_cls", True)
+
+
 def _head(n, out, loss_name: str, deploy: bool) -> None:
     if deploy:
         n.prob = L.Softmax(out)
@@ -253,15 +264,18 @@ def _head(n, out, loss_name: str, deploy: bool) -> None:
 
 
 def build_net(model: str, opts: NetOptions = None, phase: str = "train_val") -> caffe_pb2.NetParameter:
-    """NetParameter of `model` (one of config.ALL_MODELS) for phase "train_val" or "deploy"."""
+    """NetParameter of `model` (one of config.ALL_MODELS) for phase "train_val", "deploy" or "deploy_ref" (the
+    deploy net of a GCNet with the person's reference as input `xr`, see _reference_input_body)."""
     opts = opts or NetOptions()
     if model not in ALL_MODELS:
         raise ValueError("unknown model %r; known: %s" % (model, ", ".join(ALL_MODELS)))
-    if phase not in ("train_val", "deploy"):
-        raise ValueError("phase must be train_val or deploy, not %r" % phase)
+    if phase not in PHASES:
+        raise ValueError("phase must be one of %s, not %r" % (", ".join(PHASES), phase))
+    if phase == "deploy_ref" and not has_reference_variant(model):
+        raise ValueError("%s has no generated reference to replace: no deploy_ref net" % model)
     check_options(opts)
     n = caffe.NetSpec()
-    deploy = phase == "deploy"
+    deploy = phase != "train_val"
     if deploy:
         n.x = L.Input(shape=dict(dim=[1, 1, opts.crop, opts.crop]))
         if has_true_reference(model):
@@ -275,7 +289,11 @@ def build_net(model: str, opts: NetOptions = None, phase: str = "train_val") -> 
             unused.append(n.label)
         if unused:
             n.silence = L.Silence(*unused, ntop=0)
-    _body(n, model, opts, deploy)
+    if phase == "deploy_ref":
+        n.xr = L.Input(shape=dict(dim=[1, 1, opts.crop, opts.crop]))
+        _reference_input_body(n, model, opts)
+    else:
+        _body(n, model, opts, deploy)
     net = n.to_proto()
     net.name = model
     # NetSpec names a layer after its top; the last deconvolution of a decoder has the output's name as top

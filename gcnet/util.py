@@ -1,11 +1,14 @@
 """Small helpers shared by every module: printing, hashes, atomic JSON/text files, durations, fold lists."""
 import datetime
+import errno
 import hashlib
 import json
 import math
 import os
 import re
+import shutil
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -78,7 +81,47 @@ def sha_text(*parts) -> str:
 
 # ----------------------------------------------------------------------------------------------- files
 def _tmp_name(path: str) -> str:
-    return "%s.partial%d.%d" % (path, os.getpid(), threading.get_ident())   # (build_lmdb removes *.partial*)
+    return "%s.partial%d.%d" % (path, os.getpid(), threading.get_ident())   # (removed at the next start)
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def cleanup_on_error(path, tmp):
+    """Remove the temporary file or folder `tmp` when the block fails (a full disk must not leave half-written
+    files behind); an OSError that names no file, or names `tmp`, is raised again naming `path`."""
+    try:
+        yield
+    except BaseException as e:
+        try:
+            if os.path.isdir(tmp) and not os.path.islink(tmp):
+                shutil.rmtree(tmp)
+            else:
+                os.remove(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError) and e.errno and e.filename in (None, str(tmp)):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise
+
+
+def os_error_line(e: OSError, path=None) -> str:
+    """One line for an OSError: "no space left on device: cannot write PATH" for a full disk (or quota), else
+    "PATH: reason"; `path` when the error names none."""
+    where = e.filename or path or "?"
+    if e.errno in NO_SPACE:
+        return "no space left on device: cannot write %s (free some space, then rerun the same command)" % where
+    return "%s: %s" % (where, e.strerror or e)
+
+
+def _atomic_write(path, mode: str, write) -> None:
+    path = str(path)
+    tmp = _tmp_name(path)
+    with cleanup_on_error(path, tmp):
+        with open(tmp, mode) as f:
+            write(f)
+        os.replace(tmp, path)
 
 
 def _json_default(o):
@@ -90,20 +133,34 @@ def _json_default(o):
 
 
 def write_json(path, data) -> None:
-    """Atomic: a reader sees the old file or the whole new one (numpy values and paths are converted)."""
-    path = str(path)
-    tmp = _tmp_name(path)
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, default=_json_default)
-    os.replace(tmp, path)
+    """Atomic: a reader sees the old file or the whole new one (numpy values and paths are converted); nothing is
+    left behind when the write fails (a full disk: OSError naming `path`)."""
+    _atomic_write(path, "w", lambda f: json.dump(data, f, indent=1, default=_json_default))
 
 
 def write_text(path, text: str) -> None:
-    path = str(path)
-    tmp = _tmp_name(path)
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    _atomic_write(path, "w", lambda f: f.write(text))
+
+
+def write_bytes(path, data: bytes) -> None:
+    _atomic_write(path, "wb", lambda f: f.write(data))
+
+
+def copy_file(src, dst) -> None:
+    """Copy `src` to `dst` atomically (as write_json)."""
+    def copy(f):
+        with open(str(src), "rb") as s:
+            shutil.copyfileobj(s, f, 1 << 20)
+    _atomic_write(dst, "wb", copy)
+
+
+def disk_free(path) -> int:
+    """Free bytes for an unprivileged writer on the file system of `path` (or of its nearest existing parent)."""
+    p = os.path.abspath(str(path))
+    while not os.path.exists(p) and os.path.dirname(p) != p:
+        p = os.path.dirname(p)
+    st = os.statvfs(p)
+    return st.f_bavail * st.f_frsize
 
 
 def read_json(path, default=None):
@@ -113,6 +170,34 @@ def read_json(path, default=None):
             return json.load(f)
     except (OSError, ValueError):
         return default
+
+
+# ----------------------------------------------------------------------------------------------- folder walks
+def walk_files(root, exts=None):
+    """Files under `root` whose names end in one of `exts` (all when None; hidden names left out), recursively in
+    sorted order, following symbolic links to folders; a folder reached a second time (a link loop, or two links
+    to one folder) is not walked again.  -> (files, [(path, why)] of what was not walked: loops, unlistable
+    folders), so that nothing is left out silently."""
+    files, left = [], []
+    seen = {os.path.realpath(str(root))}
+
+    def failed(e):
+        left.append((e.filename, "cannot list this folder (%s)" % e.strerror))
+
+    for cur, dirs, names in os.walk(str(root), onerror=failed, followlinks=True):
+        keep = []
+        for d in sorted(dirs):
+            real = os.path.realpath(os.path.join(cur, d))
+            if real in seen:
+                left.append((os.path.join(cur, d), "not followed: it leads to %s, which this walk already went "
+                                                   "through (a link loop or a second link)" % real))
+            else:
+                seen.add(real)
+                keep.append(d)
+        dirs[:] = keep
+        files += [os.path.join(cur, n) for n in sorted(names)
+                  if not n.startswith(".") and (exts is None or n.lower().endswith(tuple(exts)))]
+    return files, left
 
 
 # ----------------------------------------------------------------------------------------------- fold lists

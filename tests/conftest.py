@@ -4,6 +4,7 @@ The one Caffe gate: the `caffe` fixture (pycaffe imported, the `caffe` binary on
 asks for it FAILS when Caffe is missing (CI always has it: `source tools/env.sh`); with GCNET_ALLOW_NO_CAFFE=1 it
 is skipped instead, e.g. while working on numpy-only parts without a Caffe build.
 """
+import json
 import os
 import shutil
 import sys
@@ -70,3 +71,38 @@ def tiny_results(tmp_path_factory, caffe):
                        cwd=str(REPO))
     assert p.returncode == 0, p.stdout[-4000:]
     return {"layout": ResultsLayout(out, "synthetic"), "data": data, "log": p.stdout}
+
+
+NAMES = ["a", "b", "c", "d", "e", "f", "g"]      # class names of random_model_folder
+
+
+def random_model_folder(path, model, seed=0):
+    """A model folder as the runner writes it (deploy, deploy_ref for GCNets, train_val, meta.json), with random
+    weights and BatchNorm statistics of a trained net's scale (mean ~0, variance ~1, scale factor 7)."""
+    import caffe
+    import numpy as np
+    from gcnet import nets
+    from gcnet.config import NetOptions, has_reference_variant
+    path.mkdir(parents=True)
+    opts = NetOptions(n_classes=len(NAMES), batch_size=2, test_batch_size=2)
+    phases = ("train_val", "deploy") + (("deploy_ref",) if has_reference_variant(model) else ())
+    for phase in phases:
+        nets.write_net(model, opts, phase, str(path / ("%s.prototxt" % phase)))
+    (path / "meta.json").write_text(json.dumps({"model": model, "class_names": NAMES, "dataset": "synthetic"}))
+    caffe.set_random_seed(seed)                   # the fillers' draws
+    net = caffe.Net(str(path / "deploy.prototxt"), caffe.TEST)
+    rng = np.random.default_rng(seed)
+    for name, ps in net.params.items():
+        kind = net.layer_dict[name].type
+        if kind == "BatchNorm":
+            c = ps[0].data.shape[0]
+            ps[0].data[...] = 7 * rng.normal(0, 0.2, c)
+            ps[1].data[...] = 7 * rng.uniform(0.2, 2.0, c)
+            ps[2].data[...] = 7
+        elif kind == "Scale":
+            ps[0].data[...] = rng.uniform(0.5, 1.5, ps[0].data.shape)
+            ps[1].data[...] = rng.normal(0, 0.2, ps[1].data.shape)
+        elif len(ps) > 1:
+            ps[1].data[...] = rng.normal(0, 0.05, ps[1].data.shape)
+    net.save(str(path / "final.caffemodel"))
+    return path

@@ -310,3 +310,93 @@ def test_build_lmdb_exit_codes(tmp_path, monkeypatch):
         tool.main(["ck+", "--bogus"])
     assert e.value.code == 2
     assert count_reasons([("a", "x: 1"), ("b", "x: 2")], {"a": 2, "b": 3}) == {"x": 5}
+
+
+# ----------------------------------------------------------------------------------------------- issue 22
+def test_subject_ids_differing_only_in_case_stop_the_build(tmp_path):
+    """S005 and s005 (trees merged on a case-insensitive disk) would be two subjects in two folds: the same person
+    in training and test.  CK+, Oulu and MMI alike stop with exit 2 naming both folders; nothing is built."""
+    from gcnet.data.detect import read_dataset
+    from gcnet.util import DataError
+    root = make_ck_tree(str(tmp_path / "ck"), {("S001", "001"): (4, 3.0), ("S005", "001"): (4, 3.0),
+                                               ("s005", "002"): (4, 5.0), ("S007", "001"): (4, 3.0)})
+    out = tmp_path / "out"
+    line = one_line_error(build(root, out), "S005", "s005", os.path.join(root, IMG, "S005"),
+                          os.path.join(root, IMG, "s005"))
+    assert "differ only in letter case" in line
+    assert not (out / "manifest.json").exists() and not (out / "fold_0").exists()
+
+    oroot = str(tmp_path / "oulu")
+    base = make_oulu_tree(oroot, {("P001", "Anger"): 4, ("p001", "Happiness"): 4, ("P002", "Fear"): 4})
+    strong = os.path.join(base, "OriginalImg", "VL", "Strong")
+    with pytest.raises(DataError, match="P001 and p001 differ only in letter case") as e:
+        read_dataset("oulu", oroot)
+    assert os.path.join(strong, "P001") in str(e.value) and os.path.join(strong, "p001") in str(e.value)
+
+    mroot = str(tmp_path / "mmi")
+    make_mmi_tree(mroot, {1: dict(subject="S001"), 2: dict(subject="s001"), 3: dict(subject="S002")})
+    with pytest.raises(DataError, match="S001 and s001 differ only in letter case") as e:
+        read_dataset("mmi", mroot)
+    assert os.path.join(mroot, "Sessions", "1") in str(e.value) and os.path.join(mroot, "Sessions", "2") in str(e.value)
+
+
+def test_landmarks_outside_the_image_are_a_named_skip(tmp_path):
+    """A landmark file that does not fit its image (here: points of an image 10 times larger) is a named skip of
+    that frame, counted with the sample it cost; it used to give a blank aligned face with a label."""
+    from test_data_readers import face_points, pts68, write_points
+    root = make_ck_tree(str(tmp_path / "ck"), {(s, "001"): (5, 3.0) for s in ("S001", "S002")})
+    lm = os.path.join(root, "Landmarks", "S001", "001", "S001_001_00000004_landmarks.txt")
+    write_points(lm, pts68(face_points()) * 10)
+    edge = os.path.join(root, "Landmarks", "S002", "001", "S002_001_00000004_landmarks.txt")
+    write_points(edge, pts68(face_points() * [1, 1.3]))        # mouth corners at y ~ 53 of 56: inside, kept
+    out = tmp_path / "out"
+    p = build(root, out)
+    assert p.returncode == 0, p.stderr
+    rep, entries = report(out)
+    why, lost = entries[frame(root, "S001", "001", 4)]
+    assert why.startswith("bad landmarks: left eye point (220.0, 220.0) is outside the 64x56 image") and lm in why
+    assert lost == 1 and len(rep["skipped"]) == 1
+    assert json.load(open(os.path.join(str(out), "manifest.json")))["n_samples"] == 2 * 3 - 1
+
+
+def test_lmdb_write_error_on_a_full_disk_names_the_path(tmp_path, monkeypatch):
+    """LMDB reports a full disk as an I/O error of its commit (measured on a full tmpfs): write_lmdb turns it into
+    ENOSPC naming the LMDB when the disk has no room left (any other LMDB error: EIO naming it), and leaves no
+    half-written *.partial behind.  (The runner's one-line exit 1 on a real full disk: tests/experiment.)"""
+    import errno
+    import lmdb
+    from gcnet.data.lmdb_build import store
+    real_open = lmdb.open
+
+    class Txn:                               # LMDB's commit on a full disk, as measured on a full tmpfs
+        def __init__(self, txn):
+            self.txn = txn
+
+        def put(self, *a):
+            return self.txn.put(*a)
+
+        def commit(self):
+            self.txn.abort()
+            raise lmdb.Error("mdb_txn_commit: Input/output error")
+
+    class Env:
+        def __init__(self, *a, **k):
+            self.env = real_open(*a, **k)
+
+        def begin(self, write=False):
+            return Txn(self.env.begin(write=write))
+
+        def __getattr__(self, name):
+            return getattr(self.env, name)
+    monkeypatch.setattr(lmdb, "open", Env)
+    items = [(np.zeros((2, 66, 66), np.uint8), 0)] * 3
+    path = str(tmp_path / "train")
+    for free, code in ((0, errno.ENOSPC), (1 << 40, errno.EIO)):
+        monkeypatch.setattr(store, "disk_free", lambda p, free=free: free)
+        with pytest.raises(OSError) as e:
+            store.write_lmdb(path, iter(items), 3, "x")
+        assert e.value.errno == code and e.value.filename == path
+        assert os.listdir(str(tmp_path)) == []
+    from gcnet.util import os_error_line
+    assert os_error_line(OSError(errno.ENOSPC, "No space left on device", path)).startswith(
+        "no space left on device: cannot write %s" % path)

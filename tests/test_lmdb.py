@@ -266,6 +266,11 @@ def test_mmi_video_and_webface_pretrain(tmp_path):
     lines = []
     m2 = L.build_lmdbs("mmi", root, out, n_folds=3, augment_copies=0, pretrain_root=wf, progress=lines.append)
     assert any("pretraining LMDB" in ln and "up to date" in ln for ln in lines) and m2["pretrain"]["n"] == 6
+    # another --seed reshuffles the folds' LMDBs but keeps the shared pretraining LMDB (and so the pretraining)
+    lines = []
+    m3 = L.build_lmdbs("mmi", root, out, n_folds=3, augment_copies=0, seed=5, pretrain_root=wf, progress=lines.append)
+    assert any("pretraining LMDB" in ln and "up to date" in ln for ln in lines)
+    assert m3["inputs"]["pretrain_hash"] == m["inputs"]["pretrain_hash"] and m3["inputs"]["hash"] != m2["inputs"]["hash"]
 
 
 def test_cli_help_errors_and_build(tmp_path):

@@ -170,6 +170,36 @@ def test_deploy_nets_take_one_image(model, tmp_path, tiny_lmdb):
         assert net.blobs["rec_r"].data.shape == net.blobs["rec_i"].data.shape == (3, 1, 64, 64)
 
 
+def test_deploy_ref_takes_the_reference_as_input():
+    """deploy_ref (GCNets): inputs x and xr, no generator; every layer is the deploy net's layer of that name with
+    the same parameters (so final.caffemodel loads into it), and En_2's second branch reads xr instead of gen_r."""
+    from google.protobuf import text_format
+    from gcnet.config import ALL_MODELS, has_reference_variant
+    assert [m for m in ALL_MODELS if has_reference_variant(m)] == ["gcnet_s0r0", "gcnet_s1r0", "gcnet_s0r1",
+                                                                   "gcnet_s1r1"]
+    for model in ALL_MODELS:
+        if not has_reference_variant(model):
+            with pytest.raises(ValueError, match="no generated reference"):
+                nets.build_net(model, NetOptions(), "deploy_ref")
+            continue
+        ref, dep = nets.build_net(model, NetOptions(), "deploy_ref"), nets.build_net(model, NetOptions(), "deploy")
+        assert [l.top[0] for l in ref.layer if l.type == "Input"] == ["x", "xr"]
+        by_name = {l.name: l for l in dep.layer}
+        for layer in ref.layer:
+            if layer.type == "Input":
+                continue
+            same = caffe_pb2.LayerParameter()
+            same.CopyFrom(by_name[layer.name])
+            if layer.name == "en2r_conv1":
+                assert list(same.bottom) == ["gen_r"] and list(layer.bottom) == ["xr"]
+                same.bottom[0] = "xr"
+            if layer.type == "Pooling":         # no decoder here: no mask tops
+                del same.top[1:]
+            assert text_format.MessageToString(layer) == text_format.MessageToString(same), layer.name
+        assert not any(l.name.startswith(("en1_", "de1r_", "de2r_", "de2i_")) for l in ref.layer)
+        assert [l.top[0] for l in ref.layer][-1] == "prob"
+
+
 def test_contrastive_layer_gets_margin_and_neutral_label():
     net = nets.build_net("gcnet_s1r0", NetOptions(margin=2.5, neutral_label=0))
     layer = [l for l in net.layer if l.name == "loss_contr"][0]

@@ -45,8 +45,7 @@ def test_predict_arrays_matches_the_test_stage(tiny_results):
 
 
 def test_predict_alignment_is_the_lmdb_one(tiny_results):
-    sys.path.insert(0, str(REPO / "tools"))
-    import predict as P
+    from gcnet.predict import media as P
     index = json.loads(tiny_results["layout"].test_index(0).read_text())
     items = read_lmdb(str(tiny_results["layout"].lmdb(0, "test")))
     find = P.landmark_finder(str(_landmarks_root(tiny_results)), len(index))
@@ -125,3 +124,99 @@ def test_predict_detector_without_landmarks(tiny_results):
         assert out[0]["label"] in NAMES
     else:
         assert out[0]["error"] == "no face found"
+
+
+def test_image_folders_are_walked_through_links(tmp_path):
+    """Links to sub-folders are followed (they were skipped silently); a link loop is walked once and named."""
+    from gcnet.predict import media as P
+    photos, other = tmp_path / "photos", tmp_path / "elsewhere"
+    (photos / "day1").mkdir(parents=True)
+    other.mkdir()
+    for f in (photos / "a.png", photos / "day1" / "b.jpg", other / "c.png"):
+        f.write_bytes(b"x")
+    (photos / "linked").symlink_to(other, target_is_directory=True)
+    (photos / "day1" / "loop").symlink_to(photos, target_is_directory=True)
+    notes = []
+    items = P.collect_images([str(photos)], notes)
+    assert items == [(str(photos / "a.png"), None), (str(photos / "day1" / "b.jpg"), None),
+                     (str(photos / "linked" / "c.png"), None)]
+    assert len(notes) == 1 and notes[0].startswith(str(photos / "day1" / "loop") + ": not followed")
+    # a landmarks folder reached through a link is searched too
+    lms = tmp_path / "lms"
+    lms.mkdir()
+    (lms / "more").symlink_to(other, target_is_directory=True)
+    (other / "c_landmarks.txt").write_text("1 2\n")
+    assert P.landmark_finder(str(lms), 2)(str(photos / "linked" / "c.png")) == str(lms / "more" / "c_landmarks.txt")
+
+
+def test_data_readers_follow_linked_subject_folders(tmp_path):
+    """The readers reach subject folders that are links (CK+ here) exactly as real ones."""
+    from test_data_readers import make_ck_tree
+    from gcnet.data.detect import read_dataset
+    root = make_ck_tree(str(tmp_path / "ck"), {("S001", "001"): (4, 3.0), ("S002", "001"): (4, 5.0)})
+    images = Path(root) / "cohn-kanade-images"
+    shutil.move(str(images / "S002"), str(tmp_path / "S002"))
+    (images / "S002").symlink_to(tmp_path / "S002", target_is_directory=True)
+    assert {s.subject for s in read_dataset("ck+", root).samples} == {"S001", "S002"}
+
+
+def _mixed_folder(tiny_results, tmp_path, model, weights_of, drop_sha=False):
+    """A copy of <model>/fold_0 whose final.caffemodel is <weights_of>'s (meta.json's sha256 record removed when
+    drop_sha, so that the layer check is the one that speaks)."""
+    lay = tiny_results["layout"]
+    d = tmp_path / ("%s_with_%s" % (model, weights_of))
+    shutil.copytree(str(lay.model_dir(model, 0)), str(d))
+    shutil.copy(str(lay.model_dir(weights_of, 0) / "final.caffemodel"), str(d / "final.caffemodel"))
+    if drop_sha:
+        meta = read_json(d / "meta.json")
+        del meta["weights_sha256"]
+        (d / "meta.json").write_text(json.dumps(meta))
+    return d
+
+
+def _one_line_exit_2(p, *needles):
+    err = [line for line in p.stderr.splitlines() if line.startswith("predict:")]     # (tool_env: Caffe's log)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and p.stdout == "", (p.returncode, p.stderr[-2000:])
+    assert len(err) == 1, err
+    for n in needles:
+        assert n in err[0], (n, err[0])
+
+
+def test_predict_refuses_weights_of_another_model(tiny_results, tmp_path):
+    """A GCNet's deploy.prototxt beside a cnn's final.caffemodel (or the reverse) used to print confident labels
+    (exit 0) from a half-initialised net; now exit 2 naming the weights file."""
+    frame = read_json(tiny_results["layout"].model_dir("cnn", 0) / TEST)["frames"][0]
+    lm = ["--landmarks", _landmarks_root(tiny_results)]
+    for model, other in (("gcnet_s1r1", "cnn"), ("cnn", "gcnet_s1r1")):
+        d = _mixed_folder(tiny_results, tmp_path, model, other)          # meta.json records other weights
+        _one_line_exit_2(_predict(["--model", d] + lm + [frame]), str(d / "final.caffemodel"), "sha256 differs")
+        d = _mixed_folder(tiny_results, tmp_path / "nosha", model, other, drop_sha=True)
+        _one_line_exit_2(_predict(["--model", d] + lm + [frame]), str(d / "final.caffemodel"),
+                         "weights of net '%s', not of '%s'" % (other, model))
+    assert "weights_sha256" in read_json(tiny_results["layout"].model_dir("cnn", 0) / "meta.json")
+    # the test stage's load (python -m gcnet.experiment.evaluate) says the same, exit 2, one line
+    d = _mixed_folder(tiny_results, tmp_path / "ev", "gcnet_s1r1", "cnn", drop_sha=True)
+    lay = tiny_results["layout"]
+    p = subprocess.run([sys.executable, "-m", "gcnet.experiment.evaluate", "--dir", str(d), "--lmdb",
+                        str(lay.lmdb(0, "test")), "--n-classes", "7"], cwd=str(REPO), env=tool_env(),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=300)
+    err = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert len(err) == 1 and "weights of net 'cnn', not of 'gcnet_s1r1'" in err[0]
+    assert read_json(d / TEST) == read_json(lay.model_dir("gcnet_s1r1", 0) / TEST)     # test.json untouched
+
+
+def test_predict_on_damaged_weights_exits_2_not_134(tiny_results, tmp_path):
+    frame = read_json(tiny_results["layout"].model_dir("cnn", 0) / TEST)["frames"][0]
+    d = tmp_path / "cnn"
+    shutil.copytree(str(tiny_results["layout"].model_dir("cnn", 0)), str(d))
+    data = (d / "final.caffemodel").read_bytes()
+    for name, bad in (("truncated", data[: len(data) // 2]), ("empty", b"")):
+        (d / "final.caffemodel").write_bytes(bad)
+        _one_line_exit_2(_predict(["--model", d, "--landmarks", _landmarks_root(tiny_results), frame]),
+                         str(d / "final.caffemodel"))
+        meta = read_json(d / "meta.json")                      # without the sha256 record: the parse check
+        meta.pop("weights_sha256", None)
+        (d / "meta.json").write_text(json.dumps(meta))
+        _one_line_exit_2(_predict(["--model", d, "--landmarks", _landmarks_root(tiny_results), frame]),
+                         str(d / "final.caffemodel"), "damaged or not a Caffe .caffemodel")

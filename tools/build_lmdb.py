@@ -25,7 +25,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gcnet.config import DATASETS  # noqa: E402
-from gcnet.util import UsageError, parse_folds  # noqa: E402
+from gcnet.util import UsageError, os_error_line, parse_folds  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -66,8 +66,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("build_lmdb: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except OSError as e:
-        print("build_lmdb: failed: %s" % e, file=sys.stderr)
+    except OSError as e:                         # a full disk: one line naming the path
+        print("build_lmdb: failed: %s" % os_error_line(e), file=sys.stderr)
         return 1
     if not a.quiet:
         print("samples per class: %s" % ", ".join("%s %d" % kv for kv in m["counts"]["per_class"].items()))

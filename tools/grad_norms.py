@@ -17,6 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gcnet.gradnorms import gradient_norms  # noqa: E402
+from gcnet.inference import ModelError  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -28,7 +29,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         res = gradient_norms(a.model_dir, a.weights, a.batches)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ModelError) as e:
         print("error: %s" % e, file=sys.stderr)
         return 2
     total = res["total"]

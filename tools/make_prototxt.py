@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Write prototxt/<model>/{train_val,deploy,solver}.prototxt for every model from gcnet/nets.py.
+"""Write prototxt/<model>/{train_val,deploy,solver}.prototxt for every model from gcnet/nets.py (and
+deploy_ref.prototxt, the deploy net with the person's reference as an input, for the GCNets).
 
     python tools/make_prototxt.py             regenerate the committed files (paper defaults, CK+ 7 classes)
     python tools/make_prototxt.py --check     exit 1 and name each committed file that differs from the source
@@ -18,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gcnet.config import (ALL_MODELS, CONTRASTIVE_DISTANCES, FINETUNE_OUTPUT_SCALE, PRETRAIN_CLIP_GRADIENTS,  # noqa: E402
                           PRETRAIN_MODELS, NetOptions, SolverOptions)
+from gcnet.config import has_reference_variant  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,7 +69,7 @@ def generate(args, out_dir):
                               clip_gradients=args.pretrain_clip_gradients if pre else args.clip_gradients)
         d = os.path.join(out_dir, model)
         os.makedirs(d, exist_ok=True)
-        for phase in ("train_val", "deploy"):
+        for phase in ("train_val", "deploy") + (("deploy_ref",) if has_reference_variant(model) else ()):
             path = os.path.join(d, phase + ".prototxt")
             write_net(model, opts, phase, path)
             written.append(path)

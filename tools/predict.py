@@ -1,19 +1,29 @@
 #!/usr/bin/env python3
-"""Classify the facial expression of face images with a trained model folder.
+"""Classify the facial expression of face images and videos with a trained model folder.
 
-usage: tools/predict.py --model results/<dataset>/<model>/fold_K IMAGE_OR_DIR... [--json]
-                        [--save-reference DIR] [--landmarks FILE_OR_DIR]
+usage: tools/predict.py --model results/<dataset>/<model>/fold_K IMAGE_VIDEO_OR_DIR... [--json]
+                        [--backend caffe|onnx] [--reference IMG|first:K] [--every N] [--plot timeline.png]
+                        [--frame-folders [--fps F]] [--save-reference DIR] [--landmarks FILE_OR_DIR]
 
-Run `source tools/env.sh` first (pycaffe, OpenCV, mediapipe).  For each image: read it as grey, align the face
-to 66x66 with 5 points (eyes, nose tip, mouth corners) taken from its landmark file when --landmarks is given
-(.pts or CK+ *_landmarks.txt, 68 or 5 points; a folder is searched for <image stem>_landmarks.txt / .pts / .txt),
-else from the mediapipe face detector; then the centre 64x64 crop goes through the deploy net (no reference frame
-is needed: GCNet's generator makes it).  Prints the predicted label and the class probabilities (a table, or with
---json a list of {file, label, probs}).  --save-reference DIR writes, per image, the aligned input and the
-generated reference gen_r side by side (PNG; GCNet models only).
+Run `source tools/env.sh` first.  For each photo, and each frame of a video (.avi, .mp4, ... what OpenCV reads) or
+frame folder (--frame-folders: a folder is one video's frames in name order, else a folder of photos): read it as
+grey, align the face to 66x66 with 5 points (eyes, nose tip, mouth corners) from its landmark file when --landmarks
+is given (.pts or *_landmarks.txt, 68 or 5 points; a folder is searched for <image stem>_landmarks.txt / .pts /
+.txt, and for frame i of video V, V/<i>.pts or V/<i>_landmarks.txt), else from the mediapipe face detector; then
+the centre 64x64 crop goes through the deploy net (a GCNet's generator makes the reference).  Prints the label and
+the class probabilities (a table, or with --json a list of records {file, [video, frame, time], label, probs,
+...}); a video frame's time is its index / the video's frame rate (--fps for frame folders, else null).
 
-A file that cannot be read or has no face is reported and the others are still processed.  Exit status: 0 ok,
-1 when any file failed, 2 bad usage or a model folder that cannot be loaded, 130 interrupted.
+--backend: caffe (default where pycaffe imports) or onnx (onnxruntime on the folder's model.onnx, written by
+tools/export_onnx.py; --model may also name the .onnx file); the records are the same.
+--reference IMG uses the person's own neutral face IMG as X_r in place of the generated one (GCNets; the
+deploy_ref net / model_ref.onnx); --reference first:K uses, per video, the mean of its first K aligned frames.
+Each record then also carries `with_reference` {label, probs}.  A model without a generator (cnn) has no
+reference: exit 2.  --every N keeps frames 0, N, 2N, ...; --plot FILE draws each video's probabilities over time.
+--save-reference DIR writes, per image, the aligned input and the generated reference gen_r side by side.
+
+A file that cannot be read, a frame with no face, is an error record and the others are still processed.  Exit
+status: 0 ok, 1 when any record has an error, 2 bad usage or a model that cannot be loaded, 130 interrupted.
 """
 import argparse
 import json
@@ -24,114 +34,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ.setdefault("GLOG_minloglevel", "2")           # keep Caffe's net-construction log out of the output
 
-import numpy as np  # noqa: E402
-
-from gcnet.util import IMAGE_EXTS  # noqa: E402
-from gcnet.inference import DeployModel, ModelError, crop_scale, predict_arrays  # noqa: E402,F401  (re-exported)
-
-__all__ = ["predict_arrays", "read_image", "align_image", "load_aligned", "collect_images", "landmark_finder", "main"]
-
-
-def collect_images(paths):
-    """[(file, None)] for files given and image files found (recursively, sorted) in folders given, [(path,
-    reason)] for what is neither, in the order of `paths`."""
-    out = []
-    for p in paths:
-        if os.path.isdir(p):
-            found = []
-            for root, dirs, names in os.walk(p):
-                dirs.sort()
-                found += [os.path.join(root, n) for n in sorted(names)
-                          if n.lower().endswith(IMAGE_EXTS) and not n.startswith(".")]
-            out += [(f, None) for f in found] or [(p, "no image files (%s) in this folder" % " ".join(IMAGE_EXTS))]
-        elif os.path.exists(p):
-            out.append((p, None))
-        else:
-            out.append((p, "no such file or folder"))
-    return out
-
-
-def _stem_key(name):
-    stem = os.path.splitext(os.path.basename(name))[0]
-    return stem[:-len("_landmarks")] if stem.endswith("_landmarks") else stem
-
-
-def landmark_finder(spec, n_images):
-    """-> function(image path) -> landmark file or None.  spec: None, one file (one image only) or a folder
-    (searched recursively for <stem>_landmarks.txt, <stem>.pts, <stem>.txt)."""
-    if not spec:
-        return lambda image: None
-    if os.path.isfile(spec):
-        if n_images != 1:
-            raise SystemExit("predict: --landmarks %s is one file but %d images were given; pass a folder of "
-                             "landmark files named after the images instead" % (spec, n_images))
-        return lambda image: spec
-    if not os.path.isdir(spec):
-        raise SystemExit("predict: --landmarks %s does not exist" % spec)
-    index = {}
-    rank = {".pts": 0, ".txt": 1}
-    for root, _, names in os.walk(spec):
-        for n in names:
-            ext = os.path.splitext(n)[1].lower()
-            if ext not in rank:
-                continue
-            key = _stem_key(n)
-            prio = (0 if n.endswith("_landmarks.txt") else 1 + rank[ext])
-            if key not in index or prio < index[key][0]:
-                index[key] = (prio, os.path.join(root, n))
-    return lambda image: index.get(_stem_key(image), (None, None))[1]
-
-
-def read_image(path):
-    """(grey uint8 image, None) or (None, reason); the decoder of the LMDB build (records.imread_gray)."""
-    from gcnet.data.records import imread_gray
-    try:
-        return imread_gray(path), None
-    except ValueError as e:
-        return None, "cannot read the image (%s)" % e
-
-
-def align_image(gray, landmarks=None):
-    """(aligned 66x66 uint8 face, None) or (None, reason): exactly the test-LMDB path of gcnet.data.lmdb_build
-    (5-point alignment onto its margin canvas, centre 66x66 crop)."""
-    from gcnet.data import align as A
-    from gcnet.data.lmdb_build import CANVAS_MARGIN, SIZE, crop
-    canvas, why = A.align_frame(gray, landmarks, SIZE, CANVAS_MARGIN)
-    if canvas is None:
-        return None, why
-    return np.ascontiguousarray(crop(canvas)), None
-
-
-def load_aligned(path, landmarks=None):
-    """An image file -> (aligned 66x66 uint8 face, None) or (None, reason), as the test LMDB holds it."""
-    gray, why = read_image(path)
-    return (None, why) if gray is None else align_image(gray, landmarks)
-
-
-def save_reference(out_dir, image_path, aligned, model, gen_r):
-    """PNG with the aligned input (centre crop, as the net sees it) and the generated reference side by side."""
-    import cv2
-    os.makedirs(out_dir, exist_ok=True)
-    x = crop_scale(aligned[None, None], model.crop, 1.0)[0, 0]
-    g = np.asarray(gen_r, np.float32).reshape(model.crop, model.crop) / model.scale + model.mean
-    g = np.clip(np.rint(g), 0, 255)
-    sep = np.full((model.crop, 2), 255, np.float32)
-    pair = np.hstack([x, sep, g]).astype(np.uint8)
-    pair = cv2.resize(pair, (pair.shape[1] * 4, pair.shape[0] * 4), interpolation=cv2.INTER_NEAREST)
-    out = os.path.join(out_dir, os.path.splitext(os.path.basename(image_path))[0] + "_reference.png")
-    if not cv2.imwrite(out, pair):
-        raise OSError("cannot write %s" % out)
-    return out
-
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="\n\n".join(__doc__.split("\n\n")[2:]))
     ap.add_argument("--model", required=True, help="a trained model folder results/<dataset>/<model>/fold_K "
-                                                   "(deploy.prototxt, final.caffemodel, meta.json)")
-    ap.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
-    ap.add_argument("--json", action="store_true", help="print a JSON list of {file, label, probs}")
+                                                   "(deploy.prototxt, final.caffemodel, meta.json; model.onnx)")
+    ap.add_argument("inputs", nargs="+", metavar="IMAGE_VIDEO_OR_DIR")
+    ap.add_argument("--backend", choices=("caffe", "onnx"), help="default: caffe where pycaffe imports, else onnx")
+    ap.add_argument("--json", action="store_true", help="print a JSON list of records")
+    ap.add_argument("--reference", metavar="IMG|first:K", help="the person's own reference X_r (GCNets)")
+    ap.add_argument("--every", type=int, default=1, metavar="N", help="keep every N-th video frame (default 1)")
+    ap.add_argument("--frame-folders", action="store_true", help="each folder is one video's frames")
+    ap.add_argument("--fps", type=float, metavar="F", help="frame rate of --frame-folders (time = index / F)")
+    ap.add_argument("--plot", metavar="FILE", help="write the videos' probabilities over time (PNG, PDF, SVG)")
     ap.add_argument("--save-reference", metavar="DIR", help="write aligned input | generated reference PNGs here")
     ap.add_argument("--landmarks", metavar="FILE_OR_DIR", help="landmark file (one image) or folder of them")
     a = ap.parse_args(argv)
@@ -141,68 +58,33 @@ def main(argv=None):
     except ImportError:
         print("predict: OpenCV (cv2) cannot be imported; run `source tools/env.sh` first", file=sys.stderr)
         return 1
+    from gcnet.inference import ModelError
+    from gcnet.predict.run import RECORD_KEYS, PredictOptions, format_table, run_predict
+    from gcnet.util import UsageError
+    opts = PredictOptions(a.model, a.inputs, a.backend, a.landmarks, a.reference, a.every, a.frame_folders, a.fps,
+                          a.save_reference, a.plot)
     try:
-        model = DeployModel(a.model)
-    except ModelError as e:
+        res = run_predict(opts)
+    except (UsageError, ModelError) as e:
         print("predict: %s" % e, file=sys.stderr)
         return 2
-    if a.save_reference and not model.has("gen_r"):
-        print("predict: --save-reference: %s has no generator (gen_r); only GCNet models make a reference"
-              % a.model, file=sys.stderr)
-    items = collect_images(a.images)
-    lm_of = landmark_finder(a.landmarks, len([p for p, why in items if why is None]))
-    results = []
-    for path, why in items:
-        if why:
-            results.append({"file": path, "error": why})
-            continue
-        gray, why = read_image(path)
-        if gray is None:
-            results.append({"file": path, "error": why})
-            continue
-        lm = lm_of(path)
-        if a.landmarks and lm is None:
-            results.append({"file": path, "error": "no landmark file for it in %s" % a.landmarks})
-            continue
-        aligned, why = align_image(gray, lm)
-        if aligned is None:
-            results.append({"file": path, "error": why})
-            continue
-        out = model.forward(aligned[None], ("prob", "gen_r"))
-        probs = out["prob"].reshape(-1)
-        k = int(np.argmax(probs))
-        res = {"file": path, "label": model.class_names[k],
-               "probs": {n: round(float(p), 6) for n, p in zip(model.class_names, probs)}}
-        if lm:
-            res["landmarks"] = lm
-        if a.save_reference and "gen_r" in out:
-            try:
-                res["reference"] = save_reference(a.save_reference, path, aligned, model, out["gen_r"][0])
-            except OSError as e:
-                res["error"] = str(e)
-        results.append(res)
-
-    failed = [r for r in results if r.get("error")]
+    except OSError as e:                   # --plot or --save-reference cannot be written
+        print("predict: %s" % e, file=sys.stderr)
+        return 1
+    for n in res.notes:
+        print("predict: %s" % n, file=sys.stderr)
     if a.json:
-        print(json.dumps([{k: r.get(k) for k in ("file", "label", "probs", "error", "reference") if k in r}
-                          for r in results], indent=1))
+        print(json.dumps([{k: r[k] for k in RECORD_KEYS if k in r} for r in res.records], indent=1))
     else:
-        names = model.class_names
-        width = max([len("file")] + [len(os.path.basename(r["file"])) for r in results])
-        short = [n[:8] for n in names]
-        print("%-*s  %-10s %s" % (width, "file", "label", " ".join("%8s" % n for n in short)))
-        for r in results:
-            name = os.path.basename(r["file"])
-            if "probs" in r and not (r.get("error") and "label" not in r):
-                print("%-*s  %-10s %s" % (width, name, r["label"],
-                                          " ".join("%8.4f" % r["probs"][n] for n in names)))
-            if r.get("error"):
-                print("%-*s  ERROR: %s" % (width, name, r["error"]))
-    for r in failed:
-        print("predict: %s: %s" % (r["file"], r["error"]), file=sys.stderr)
-    if failed:
-        print("predict: %d of %d file(s) failed" % (len(failed), len(results)), file=sys.stderr)
-    return 1 if failed else 0
+        print("\n".join(format_table(res)))
+    if res.plot:
+        print("predict: timeline written to %s" % res.plot, file=sys.stderr)
+    for r in res.failed:
+        where = r["file"] + ("#%d" % r["frame"] if "frame" in r and "video" not in r else "")
+        print("predict: %s: %s" % (where, r["error"]), file=sys.stderr)
+    if res.failed:
+        print("predict: %d of %d record(s) failed" % (len(res.failed), len(res.records)), file=sys.stderr)
+    return 1 if res.failed else 0
 
 
 if __name__ == "__main__":

@@ -162,11 +162,30 @@ def detector() -> FaceDetector:
     return _DETECTOR
 
 
+POINT_NAMES = ("left eye", "right eye", "nose tip", "left mouth corner", "right mouth corner")
+OUTSIDE_MARGIN = 0.05        # how far (fraction of the image's longer side) a point may lie outside the image
+
+
+def check_points_fit(pts5: np.ndarray, shape, path: str) -> None:
+    """ValueError naming the landmark file when one of the 5 alignment points lies outside the image by more than
+    OUTSIDE_MARGIN of its longer side: such a file belongs to another image (the aligned face would be blank or
+    border pixels, and still get a confident label)."""
+    h, w = shape[:2]
+    m = OUTSIDE_MARGIN * max(h, w)
+    for name, (x, y) in zip(POINT_NAMES, np.asarray(pts5, dtype=np.float64)):
+        if not (-m <= x <= w - 1 + m and -m <= y <= h - 1 + m):
+            raise ValueError("%s point (%.1f, %.1f) is outside the %dx%d image (margin %.0f px): %s does not "
+                             "fit this image" % (name, x, y, w, h, m, path))
+
+
 def get_points(gray: np.ndarray, landmarks: Optional[str]) -> Tuple[Optional[np.ndarray], Optional[str]]:
-    """5 points of a face: from its landmark file, else from the detector.  -> (pts5, None) or (None, reason)."""
+    """5 points of a face: from its landmark file (which must fit the image), else from the detector.
+    -> (pts5, None) or (None, reason)."""
     if landmarks:
         try:
-            return five_points(load_points(landmarks)), None
+            pts = five_points(load_points(landmarks))
+            check_points_fit(pts, gray.shape, landmarks)
+            return pts, None
         except ValueError as e:
             return None, "bad landmarks: %s" % e
     pts = detector().detect(gray)

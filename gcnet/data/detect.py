@@ -2,7 +2,7 @@
 import importlib
 import os
 
-from gcnet.data.records import DataError, check_root
+from gcnet.data.records import DataError, check_root, check_subject_case
 
 LOOKED_FOR = [
     ("ckplus", "cohn-kanade-images/ (CK+), with Emotion/ or Emotion_labels/"),
@@ -47,4 +47,7 @@ def read_dataset(dataset_name: str, root: str, landmarks_root=None, **opts):
         got = detect_layout(a)          # raises the full "no known layout" message when nothing fits
         raise DataError("dataset '%s' needs the %s layout (%s), but %s looks like %s"
                         % (dataset_name, want, dict(LOOKED_FOR)[want], a, got))
-    return mod.read(a, dataset_name, landmarks_root=landmarks_root, **opts)
+    res = mod.read(a, dataset_name, landmarks_root=landmarks_root, **opts)
+    if want != "webface":               # (an identity split in pretraining puts no test face in training)
+        check_subject_case(res)
+    return res

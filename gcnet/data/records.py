@@ -305,6 +305,36 @@ def check_root(root: str) -> str:
     return a
 
 
+def subject_folder(subject: str, frame: str) -> str:
+    """The folder named after `subject` above a frame (CK+ Sxxx/, Oulu Pxxx/), else the frame's own folder (MMI
+    sessions, whose subject comes from the XML)."""
+    d = os.path.dirname(split_frame(frame)[0])
+    p = d
+    while p and os.path.dirname(p) != p:
+        if os.path.basename(p) == subject:
+            return p
+        p = os.path.dirname(p)
+    return d
+
+
+def check_subject_case(res: "ReadResult") -> None:
+    """DataError naming both folders when two subject ids differ only in letter case (S005 and s005, e.g. after
+    trees were merged on a case-insensitive disk): the same person would land in two folds, in training and in
+    test.  Stopping is the one safe choice: which spelling is right, and whether two same-named sequences are one,
+    only the user can tell."""
+    first: Dict[str, Tuple[str, str]] = {}
+    for subject, frame in [(s.subject, s.frame) for s in res.samples] + [
+            (q.subject, q.frames[0]) for q in res.sequences if q.frames]:
+        key = subject.casefold()
+        if key not in first:
+            first[key] = (subject, frame)
+        elif first[key][0] != subject:
+            a, b = sorted([first[key], (subject, frame)])
+            raise DataError("subject ids %s and %s differ only in letter case (%s, %s): they would be two subjects "
+                            "in different folds, the same person in training and test; rename one folder (or its "
+                            "subject id) so that they match" % (a[0], b[0], subject_folder(*a), subject_folder(*b)))
+
+
 def class_index(dataset_name: str, class_name: str) -> int:
     """Index of `class_name` in the dataset's class list, -1 when the protocol has no such class."""
     from gcnet.config import dataset_spec

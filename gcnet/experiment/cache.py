@@ -11,7 +11,7 @@ from typing import Iterable, Optional
 
 from gcnet.config import has_generator
 from gcnet.experiment.plan import Context, Job, portable
-from gcnet.layout import FINAL, META, STAGE, TEST, TRAIN_LOG, TRAINED
+from gcnet.layout import FINAL, META, REMOVAL, STAGE, TEST, TRAIN_LOG, TRAINED
 from gcnet.util import read_json, sha256_file, sha_text
 
 
@@ -61,17 +61,18 @@ def bnstats_key(ctx: Context, job: Job, fingerprint: str) -> str:
 def test_key(ctx: Context, job: Job, fingerprint: str) -> str:
     s = ctx.s
     parts = [portable(job.texts["deploy"], s), portable(job.texts["train_val"], s), sha256_file(job.dir / FINAL),
-             fingerprint, s.bn_samples, s.batch]
+             fingerprint, s.bn_samples, s.batch, portable(job.texts.get("deploy_ref", ""), s)]
     if "encdec" in job.pretrained and has_generator(job.model):       # the blurred-copy baseline's autoencoder
         parts.append(sha256_file(job.pretrained["encdec"] / FINAL))
-    return sha_text("test-v3", *parts)
+    return sha_text("test-v4", *parts)
 
 
 def figures_key(root: Path) -> str:
-    """What the figures are made from: logs, weights and test results (size + mtime), and the figure code."""
+    """What the figures are made from: logs, weights, test results and expression removal (size + mtime; the summary
+    that the mechanism figure reads is derived from them), and the figure code."""
     h = hashlib.sha256()
     for p in sorted(root.rglob("*")):
-        if p.name in (TEST, TRAIN_LOG, FINAL, META, "summary.json") and "figures" not in p.parts:
+        if p.name in (TEST, TRAIN_LOG, FINAL, META, REMOVAL) and "figures" not in p.parts:
             st = p.stat()
             h.update(("%s %d %d\n" % (p.relative_to(root), st.st_size, st.st_mtime_ns)).encode())
     code = Path(__file__).resolve().parents[1] / "figures"

@@ -4,6 +4,7 @@ Exit status: 0 all requested folds done, 1 some fold failed (the summary says wh
 130 interrupted (snapshots kept: rerun the same command to resume).
 """
 import argparse
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from typing import List, Optional
 from gcnet import config as C
 from gcnet.experiment.procs import REPO, Interrupted, Supervisor, n_cores
 from gcnet.layout import ResultsLayout
-from gcnet.util import UsageError, parse_folds, say
+from gcnet.util import NO_SPACE, UsageError, os_error_line, parse_folds, say
 
 # The paper's schedule (section 4.1): 3e5 iterations, mini-batch 64, ten folds.  Pretraining iterations are not
 # given in the paper; they default to --iters.
@@ -247,6 +248,18 @@ def default_synthetic_root(subjects: int, seed: int) -> Path:
     return REPO / "data" / "synthetic" / ("ck+_%dsubjects_seed%d" % (subjects, seed))
 
 
+def _given(value, default):
+    """The option's value when it was given (0 included), else the default: never `value or default`."""
+    return default if value is None else value
+
+
+def _check_range(flag: str, value, low, above: bool = False) -> None:
+    """UsageError (exit 2, one line) unless value >= low (> low with `above`) and finite."""
+    ok = math.isfinite(value) and (value > low if above else value >= low)
+    if not ok:
+        raise UsageError("%s must be %s %s, got %s" % (flag, ">" if above else ">=", low, value))
+
+
 def results_name(dataset: str, profile: Optional[str]) -> str:
     """The results folder under --out: the dataset's name; a synthetic profile other than the default gets its
     own (`synthetic-ablation`), so that its larger set never replaces the main job's results."""
@@ -266,52 +279,56 @@ def resolve_settings(a) -> Settings:
                          "--iters/--batch/--folds say otherwise" % (a.profile, a.dataset))
     profile_name = a.profile or ("synthetic-cpu" if synthetic and a.max_iter is None else None)
     prof = PROFILES[profile_name] if profile_name else {}
-    n_folds = a.n_folds or prof.get("n_folds") or PAPER_SCHEDULE["n_folds"]
-    if n_folds < 2:
-        raise UsageError("--n-folds must be >= 2")
-    folds_text = a.folds or prof.get("folds") or "0-%d" % (n_folds - 1)
-    folds = parse_folds(folds_text, n_folds)
+    n_folds = _given(a.n_folds, prof.get("n_folds", PAPER_SCHEDULE["n_folds"]))
+    _check_range("--n-folds", n_folds, 2)
+    folds = parse_folds(_given(a.folds, prof.get("folds", "0-%d" % (n_folds - 1))), n_folds)
     models = parse_models(a.models)
-    max_iter = a.max_iter if a.max_iter is not None else prof.get("max_iter", PAPER_SCHEDULE["max_iter"])
-    if max_iter < 1:
-        raise UsageError("--iters must be >= 1")
-    pretrain_max_iter = a.pretrain_max_iter if a.pretrain_max_iter is not None else \
-        prof.get("pretrain_max_iter") or max_iter
-    if pretrain_max_iter < 1:
-        raise UsageError("--pretrain-iters must be >= 1")
-    generator_max_iter = a.generator_max_iter if a.generator_max_iter is not None else \
-        prof.get("generator_max_iter", max_iter // 10)
-    if generator_max_iter < 0:
-        raise UsageError("--generator-iters must be >= 0")
-    batch = a.batch or prof.get("batch") or PAPER_SCHEDULE["batch"]
-    if batch < 1:
-        raise UsageError("--batch must be >= 1")
-    augment = a.augment if a.augment is not None else prof.get("augment")
-    if augment is not None and augment < 0:
-        raise UsageError("--augment must be >= 0")
+    max_iter = _given(a.max_iter, prof.get("max_iter", PAPER_SCHEDULE["max_iter"]))
+    _check_range("--iters", max_iter, 1)
+    pretrain_max_iter = _given(a.pretrain_max_iter, prof.get("pretrain_max_iter", max_iter))
+    _check_range("--pretrain-iters", pretrain_max_iter, 1)
+    generator_max_iter = _given(a.generator_max_iter, prof.get("generator_max_iter", max_iter // 10))
+    _check_range("--generator-iters", generator_max_iter, 0)
+    batch = _given(a.batch, prof.get("batch", PAPER_SCHEDULE["batch"]))
+    _check_range("--batch", batch, 1)
+    augment = _given(a.augment, prof.get("augment"))
+    if augment is not None:
+        _check_range("--augment", augment, 0)
     gpus = parse_gpus(a.gpu)
-    jobs = a.jobs or (len(gpus) if gpus else prof.get("jobs", 1))
-    if jobs < 1:
-        raise UsageError("--jobs must be >= 1")
-    threads = a.threads if a.threads is not None else max(1, n_cores() // jobs)
-    if threads < 1:
-        raise UsageError("--threads must be >= 1")
-    display = a.display or prof.get("display") or min(100, max(1, max_iter // 20))
-    snapshot = a.snapshot or min(10000, max(display, max_iter // 4))
-    test_interval = a.test_interval or min(1000, max(display, max_iter // 5))
-    margin = a.margin if a.margin is not None else C.DEFAULT_MARGIN[a.contrastive_distance]
-    if margin <= 0:
-        raise UsageError("--margin must be > 0")
-    bn_samples = a.bn_samples if a.bn_samples is not None else prof.get("bn_samples", 1024)
-    if bn_samples < 1:
-        raise UsageError("--bn-samples must be >= 1")
+    jobs = _given(a.jobs, len(gpus) if gpus else prof.get("jobs", 1))
+    _check_range("--jobs", jobs, 1)
+    threads = _given(a.threads, max(1, n_cores() // jobs))
+    _check_range("--threads", threads, 1)
+    display = _given(a.display, prof.get("display", min(100, max(1, max_iter // 20))))
+    _check_range("--display", display, 1)
+    snapshot = _given(a.snapshot, min(10000, max(display, max_iter // 4)))
+    _check_range("--snapshot", snapshot, 1)
+    test_interval = _given(a.test_interval, min(1000, max(display, max_iter // 5)))
+    _check_range("--test-interval", test_interval, 1)
+    margin = _given(a.margin, C.DEFAULT_MARGIN[a.contrastive_distance])
+    _check_range("--margin", margin, 0, above=True)
+    bn_samples = _given(a.bn_samples, prof.get("bn_samples", 1024))
+    _check_range("--bn-samples", bn_samples, 1)
+    _check_range("--base-lr", a.base_lr, 0, above=True)
+    for flag, value in (("--gamma", a.gamma), ("--power", a.power), ("--clip-gradients", a.clip_gradients),
+                        ("--pretrain-clip-gradients", a.pretrain_clip_gradients), ("--seed", a.seed)):
+        _check_range(flag, value, 0)
+    _check_range("--keep-snapshots", a.keep_snapshots, 1)
+    synthetic_subjects = _given(a.synthetic_subjects, prof.get("subjects", SYNTHETIC_PROFILE["subjects"])
+                                if synthetic else None)
+    if synthetic_subjects is not None:
+        _check_range("--synthetic-subjects", synthetic_subjects, 1)
 
+    if a.data is not None and not a.data.strip():
+        raise UsageError("--data is empty: give the dataset root")
     data_root = a.data
     if getattr(a, "collect", False):
         data_root = data_root and os.path.abspath(data_root)
     elif synthetic:
-        data_root = os.path.abspath(data_root or str(default_synthetic_root(
-            a.synthetic_subjects or prof.get("subjects", SYNTHETIC_PROFILE["subjects"]), a.seed)))
+        data_root = os.path.abspath(_given(data_root, str(default_synthetic_root(synthetic_subjects, a.seed))))
+        if os.path.exists(data_root) and not os.path.isdir(data_root):
+            raise UsageError("--data %s is a file: the synthetic set is read from, or generated in, a folder"
+                             % data_root)
     elif not data_root:
         raise UsageError("--data ROOT is required for %s (the dataset root in its original layout); only "
                          "`synthetic` has a default" % a.dataset)
@@ -352,9 +369,8 @@ def resolve_settings(a) -> Settings:
         landmarks=a.landmarks and os.path.abspath(a.landmarks),
         mmi_peaks=a.mmi_peaks and os.path.abspath(a.mmi_peaks),
         figures=not (a.no_figures or a.no_summary), summary=not a.no_summary, synthetic=synthetic,
-        synthetic_subjects=a.synthetic_subjects or (prof.get("subjects", SYNTHETIC_PROFILE["subjects"])
-                                                    if synthetic else None),
-        profile=profile, stop_after=a.stop_after, keep_snapshots=max(1, a.keep_snapshots),
+        synthetic_subjects=synthetic_subjects,
+        profile=profile, stop_after=a.stop_after, keep_snapshots=a.keep_snapshots,
         models_explicit=a.models != ",".join(C.EXPRESSION_MODELS), lmdb_folds=list(folds))
 
 
@@ -392,6 +408,11 @@ def main(argv=None) -> int:
     except FileExistsError as e:             # the synthetic generator refusing to overwrite a folder
         print("error: %s" % e, file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:
+        if e.errno not in NO_SPACE:
+            raise
+        print("error: %s" % os_error_line(e), file=sys.stderr)   # a full disk: one line, the finished work kept
+        return EXIT_FAILED
     except (Interrupted, KeyboardInterrupt):
         say("Interrupted; rerun the same command to resume.")
         return EXIT_INTERRUPTED

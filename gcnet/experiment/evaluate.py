@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from gcnet.layout import META, STAGE, TEST
+from gcnet.layout import DEPLOY_REF, META, STAGE, TEST
 from gcnet.util import read_json, write_json
 
 def evaluate(model_dir: str, lmdb_path: str, index_path: Optional[str], n_classes: int, gpu: Optional[int] = None,
@@ -45,6 +45,12 @@ def evaluate(model_dir: str, lmdb_path: str, index_path: Optional[str], n_classe
         correct = sum(int(t == p) for t, p in zip(labels, pred))
         res.update({"accuracy": correct / n if n else 0.0, "ci95": D.wilson_interval(correct, n), "confusion": conf,
                     "labels": labels, "predictions": pred, "probs": probs.round(6).tolist()})
+        if gen is not None and n and (Path(model_dir) / DEPLOY_REF).exists():
+            # where the gain is lost: the same classifier given the TRUE reference X_r instead of G(X)
+            ref = DeployModel(model_dir, gpu=gpu, deploy=DEPLOY_REF).forward(pairs, ("prob",), batch)["prob"]
+            ref_pred = ref.reshape(n, -1)[:, :n_classes].argmax(1)
+            k = int(np.sum(ref_pred == np.asarray(labels)))
+            res["true_reference"] = dict(D.accuracy_entry(k, n), predictions=ref_pred.tolist())
     if train_lmdb:
         from gcnet.bnstats import training_samples
         tx, ty = training_samples(train_lmdb, bn_samples, train_batch)
@@ -99,8 +105,14 @@ def main(argv=None) -> int:
     # batch statistics do not depend on the stored ones: the re-estimation pass already scored these samples
     known = bn.get("train_accuracy_batch_stats") if bn.get("n_samples") and bn.get("batch") == min(
         a.batch, bn.get("n_samples")) else None
-    res = evaluate(a.dir, a.lmdb, a.index, a.n_classes, a.gpu, train_lmdb=a.train_lmdb, bn_samples=a.bn_samples,
-                   train_batch=a.batch, train_acc_batch_stats=known, autoencoder=a.autoencoder)
+    from gcnet.inference import ModelError
+    try:
+        res = evaluate(a.dir, a.lmdb, a.index, a.n_classes, a.gpu, train_lmdb=a.train_lmdb,
+                       bn_samples=a.bn_samples, train_batch=a.batch, train_acc_batch_stats=known,
+                       autoencoder=a.autoencoder)
+    except ModelError as e:             # damaged weights, or weights of another net: one line, exit 2
+        print("error: %s" % e, file=sys.stderr)
+        return 2
     meta = read_json(Path(a.dir) / META, {}) or {}
     res.update(n_train=a.n_train, inputs_hash=a.hash, seconds=round(time.time() - t0, 2))
     res["class_names"] = meta.get("class_names")

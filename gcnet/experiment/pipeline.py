@@ -1,6 +1,7 @@
 """run(): the stages of tools/run_folds.sh in order (paper section 4: 10-fold subject-independent CV);
 collect(): the summary (+ figures) of what is on disk.  Every stage skips what is cached (gcnet.experiment.cache);
 rerunning the same command resumes."""
+import os
 import shlex
 import sys
 import time
@@ -13,8 +14,11 @@ from gcnet.experiment.plan import Context, Job, generator_jobs, model_jobs, pret
 from gcnet.experiment.procs import Supervisor, caffe_binary, python_layer_kernels
 from gcnet.experiment.scheduler import run_jobs
 from gcnet.experiment.summary import collect_summary, settings_record, summary_table, write_summary
-from gcnet.layout import WEBFACE
+from gcnet.experiment.verify import remove_leftovers
 from gcnet.util import UsageError, fmt_duration, now, say, write_json
+
+
+LEFTOVER_AGE = 600      # s: older temporary files in the shared results root are leftovers, not writes under way
 
 
 def run(s: Settings, sup: Supervisor) -> int:
@@ -22,6 +26,8 @@ def run(s: Settings, sup: Supervisor) -> int:
     caffe_binary()                      # fail early, before any work, when caffe is missing
     python_layer_kernels()              # ... or the Python layers' C kernels do not compile
     t_start, tag = time.time(), "[%s]" % s.dataset
+    for d in (ctx.layout.root, ctx.layout.figures_dir):   # (job folders: under their locks, by their stages)
+        remove_leftovers(d, tag, min_age=LEFTOVER_AGE)
     say("%s models %s, folds %s, %d iterations (pretraining %d), batch %d, %s, %d job(s); profile %s -> %s"
         % (tag, ",".join(s.models), ",".join(map(str, s.folds)), s.max_iter, s.pretrain_max_iter, s.batch,
            "GPU " + ",".join(map(str, s.gpus)) if s.gpus else "CPU", s.jobs, s.profile, ctx.layout.root))
@@ -112,15 +118,19 @@ def _run_stage(ctx: Context, tag: str, what: str, jobs: List[Job], fn) -> None:
 
 
 def _link_shared_pretraining(ctx: Context) -> None:
-    """pretrain/fold_K -> webface for each fold when the pretraining is shared."""
+    """pretrain/fold_K -> the shared WebFace pretraining (relative) for each fold when there is one."""
     if not ctx.shared_pretrain:
         return
+    shared = ctx.pretrain_dir(-1, C.PRETRAIN_MODELS[0]).parent
     for k in ctx.s.folds:
         link = ctx.layout.pretrain_fold_link(k)
+        target = os.path.relpath(shared, link.parent)
+        if link.is_symlink() and os.readlink(link) != target:
+            link.unlink()                       # another pretraining data set than the previous run's
         if not link.exists():
             link.parent.mkdir(parents=True, exist_ok=True)
             try:
-                link.symlink_to(WEBFACE)
+                link.symlink_to(target)
             except OSError:
                 pass
 

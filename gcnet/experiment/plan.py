@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 from gcnet import config as C
 from gcnet.experiment.cli import Settings
 from gcnet.experiment.procs import Supervisor
-from gcnet.layout import DEPLOY, SNAPSHOTS, SOLVER, TRAIN_VAL, ResultsLayout
+from gcnet.layout import DEPLOY, DEPLOY_REF, SNAPSHOTS, SOLVER, TRAIN_VAL, ResultsLayout
 from gcnet.util import UsageError, sha_text, write_text
 
 
@@ -25,6 +25,13 @@ class Context:
     def shared_pretrain(self) -> bool:
         """Pretrained once on --pretrain-data (WebFace) and shared by the folds."""
         return bool(self.man.get("pretrain"))
+
+    def pretrain_dir(self, k: int, net: str) -> Path:
+        """Fold K's pretraining folder of `net`: the shared WebFace one (<out>/pretrain/webface-<data hash>, every
+        dataset folder and profile under <out> uses it: the paper pretrains once) or pretrain/fold_K/<net>."""
+        if self.shared_pretrain:
+            return self.layout.shared_pretrain_dir(self.man["inputs"]["pretrain_hash"][:12], net)
+        return self.layout.pretrain_dir(k, net)
 
 
 @dataclass
@@ -54,7 +61,7 @@ def pretrain_jobs(ctx: Context) -> Dict[tuple, Job]:
     for k in ([-1] if shared else s.folds):
         for net in C.PRETRAIN_MODELS:
             lab = "[%s %s pretrain %s]" % (s.dataset, "webface" if shared else "fold %d" % k, net)
-            jobs[(k, net)] = Job("pretrain", net, k, ctx.layout.pretrain_dir(k, net), lab)
+            jobs[(k, net)] = Job("pretrain", net, k, ctx.pretrain_dir(k, net), lab)
     return jobs
 
 
@@ -69,7 +76,7 @@ def generator_jobs(ctx: Context) -> Dict[int, Job]:
     if not uses_generator_stage(s):
         return {}
     return {k: Job("generator", "generator", k, ctx.layout.generator_dir(k), "[%s fold %d generator]" % (s.dataset, k),
-                   pretrained={"encdec": ctx.layout.pretrain_dir(-1 if ctx.shared_pretrain else k, "encdec")})
+                   pretrained={"encdec": ctx.pretrain_dir(k, "encdec")})
             for k in s.folds}
 
 
@@ -77,7 +84,7 @@ def model_jobs(ctx: Context) -> List[Job]:
     s = ctx.s
     jobs = []
     for k in s.folds:
-        pre = {net: ctx.layout.pretrain_dir(-1 if ctx.shared_pretrain else k, net) for net in C.PRETRAIN_MODELS}
+        pre = {net: ctx.pretrain_dir(k, net) for net in C.PRETRAIN_MODELS}
         for m in s.models:
             src = dict(pre)
             if C.has_generator(m) and uses_generator_stage(s):
@@ -101,9 +108,9 @@ def data_fingerprint(man: dict, k: int, what: str) -> str:
     keys = {"train": ("n_train", "n_train_unique", "augment_copies", "n_test", "train_per_class", "test_per_class",
                       "test_subjects"),
             "pretrain": ("n_pretrain", "n_identities", "pretrain_source")}[what]
-    src = man.get("inputs", {}).get("pretrain_hash") if (what == "pretrain" and man.get("pretrain")) else \
-        man.get("inputs", {}).get("hash")
-    return sha_text(src, k, {x: info.get(x) for x in keys})
+    shared = what == "pretrain" and man.get("pretrain")      # the WebFace pretraining: the same for every fold
+    src = man.get("inputs", {}).get("pretrain_hash") if shared else man.get("inputs", {}).get("hash")
+    return sha_text(src, -1 if shared else k, {x: info.get(x) for x in keys})
 
 
 def pretrain_source(man: Optional[dict]) -> str:
@@ -163,16 +170,22 @@ def write_prototxts(ctx: Context, job: Job) -> dict:
     tv = header + net_text(build_net(job.model, opts, "train_val"))
     dp = header + net_text(build_net(job.model, opts, "deploy"))
     sv = make_solver(TRAIN_VAL, so, "%s/%s" % (SNAPSHOTS, job.model), with_test=(job.kind == "model"))
+    files = [(TRAIN_VAL, tv), (DEPLOY, dp), (SOLVER, sv)]
+    if job.kind == "model" and C.has_reference_variant(job.model):
+        # the deploy net with the person's reference as input (tools/predict.py --reference, export_onnx.py, and
+        # the test stage's accuracy with the TRUE reference): an input of the test stage only
+        files.append((DEPLOY_REF, header + net_text(build_net(job.model, opts, "deploy_ref"))))
     job.dir.mkdir(parents=True, exist_ok=True)
-    for name, text in ((TRAIN_VAL, tv), (DEPLOY, dp), (SOLVER, sv)):
+    for name, text in files:
         p = job.dir / name
         if not p.exists() or p.read_text() != text:
             write_text(p, text)
     job.texts = {"train_val": tv, "deploy": dp, "solver": sv, "opts": asdict(opts), "solver_opts": asdict(so)}
+    job.texts.update({"deploy_ref": text for name, text in files if name == DEPLOY_REF})
     return job.texts
 
 
-def clean_outputs(d: Path, keep=(TRAIN_VAL, DEPLOY, SOLVER, ".lock")) -> None:
+def clean_outputs(d: Path, keep=(TRAIN_VAL, DEPLOY, DEPLOY_REF, SOLVER, ".lock")) -> None:
     """Remove everything of a job folder but its prototxts and lock (its inputs changed)."""
     for p in d.iterdir():
         if p.name in keep:

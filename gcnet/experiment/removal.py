@@ -11,10 +11,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from gcnet.layout import FINAL
+from gcnet.layout import FINAL, REMOVAL
 from gcnet.util import sha256_file, sha_text, write_json
-
-REMOVAL = "expression_removal.json"
 
 
 def removal_key(cnn_dir, model_dir, encdec_dir, bn_samples: int, batch: int) -> str:

@@ -9,7 +9,7 @@ from gcnet.experiment.plan import Context, Job
 from gcnet.experiment.procs import Interrupted, JobError
 from gcnet.layout import TRAIN_LOG
 from gcnet.logparse import last_lines
-from gcnet.util import UsageError, say
+from gcnet.util import NO_SPACE, UsageError, os_error_line, say
 
 
 def run_jobs(ctx: Context, jobs: List[Job], fn: Callable[[Context, Job], None]) -> None:
@@ -32,6 +32,9 @@ def run_jobs(ctx: Context, jobs: List[Job], fn: Callable[[Context, Job], None]) 
             job.status = "interrupted"
         except (JobError, UsageError) as e:
             job.status, job.error = "failed", str(e)
+        except OSError as e:    # a full disk: one line naming the path
+            job.status, job.error = "failed", os_error_line(e, job.dir) if e.errno in NO_SPACE else \
+                "%s: %s" % (type(e).__name__, e)
         except Exception as e:  # anything else: report, keep the other folds going
             job.status, job.error = "failed", "%s: %s" % (type(e).__name__, e)
         finally:

@@ -14,14 +14,14 @@ import sys
 import time
 
 from gcnet import config as C
-from gcnet.experiment import cache
+from gcnet.experiment import cache, verify
 from gcnet.experiment.evaluate import generator_line, result_line
 from gcnet.experiment.plan import (Context, Job, clean_outputs, data_fingerprint, fold_info, pretrain_source,
                                    write_prototxts)
 from gcnet.experiment.procs import FileLock, Interrupted, child_env
 from gcnet.experiment.train import finalize, train_with_caffe
-from gcnet.layout import (BN_REPORT, DEPLOY, FINAL, INIT, META, SOLVER, STAGE, SURGERY_REPORT, TEST, TRAIN_LOG,
-                          TRAIN_VAL, TRAINED)
+from gcnet.layout import (BN_REPORT, DEPLOY, FINAL, INIT, META, REMOVAL, SOLVER, STAGE, SURGERY_REPORT, TEST,
+                          TRAIN_LOG, TRAIN_VAL, TRAINED)
 from gcnet.logparse import last_lines
 from gcnet.util import fmt_duration, now, read_json, say, sha256_file, write_json
 
@@ -72,6 +72,7 @@ def run_lmdb(ctx: Context) -> dict:
 def run_pretrain(ctx: Context, job: Job) -> None:
     s, d = ctx.s, job.dir
     with FileLock(d, stop=ctx.sup.stop):
+        verify.remove_leftovers(d, job.label)
         write_prototxts(ctx, job)
         meta = {"model": job.model, "kind": "pretrain", "fold": job.fold, "dataset": s.dataset,
                 "iters": s.pretrain_max_iter, "pretrain_source": pretrain_source(ctx.man)}
@@ -80,6 +81,8 @@ def run_pretrain(ctx: Context, job: Job) -> None:
         fp = data_fingerprint(ctx.man, job.fold if job.fold >= 0 else s.folds[0], "pretrain")
         key, legacy = cache.pretrain_keys(ctx, job, fp)
         st = cache.read_state(d)
+        if st.get("status") == "done":
+            verify.remove_damaged(d, {FINAL: st.get("weights_sha256")}, [FINAL], job.label)
         if st.get("status") == "done" and any(cache.fresh(st, k, [d / FINAL]) for k in (key, legacy)):
             if st["hash"] != key:
                 write_json(d / STAGE, dict(st, hash=key))
@@ -88,7 +91,8 @@ def run_pretrain(ctx: Context, job: Job) -> None:
         if st.get("hash") not in (key, legacy):
             clean_outputs(d, keep=(TRAIN_VAL, DEPLOY, SOLVER, META, ".lock"))
         job.state = {"hash": key, "status": "running", "kind": "pretrain", "model": job.model, "fold": job.fold,
-                     "iters": s.pretrain_max_iter, "started": now(), "host": os.uname().nodename}
+                     "iters": s.pretrain_max_iter, "started": now(), "host": os.uname().nodename,
+                     "resumed": (st.get("resumed") or []) if st.get("hash") in (key, legacy) else []}
         write_json(d / STAGE, job.state)
         t0 = time.time()
         try:
@@ -123,12 +127,15 @@ def run_generator(ctx: Context, job: Job) -> None:
     identities beside copy X -> generator/fold_K/{final.caffemodel,test.json}; the GCNets of the fold start from it."""
     s, d, k = ctx.s, job.dir, job.fold
     with FileLock(d, stop=ctx.sup.stop):
+        verify.remove_leftovers(d, job.label)
         write_prototxts(ctx, job)
         fp = data_fingerprint(ctx.man, k, "train")
         encdec = job.pretrained["encdec"]
         key = cache.generator_key(ctx, job, fp, cache.read_state(encdec).get("weights_sha256")
                                   or sha256_file(encdec / FINAL))
         st = cache.read_state(d)
+        if st.get("status") == "done":
+            verify.remove_damaged(d, {FINAL: st.get("weights_sha256")}, [FINAL], job.label)
         if st.get("status") == "done" and cache.fresh(st, key, [d / FINAL, d / TEST]):
             job.status, job.action = "cached", "cached"
             return
@@ -207,6 +214,7 @@ def run_surgery(ctx: Context, job: Job) -> None:
     if "generator" in job.pretrained:
         cmd += ["--generator", str(job.pretrained["generator"] / FINAL)]
     ctx.sup.run_step(cmd, d, "surgery", "net surgery", child_env(ctx.s.threads, quiet_glog=True))
+    verify.record_output(job.state, d, INIT)
     rep = read_json(d / SURGERY_REPORT, {})
     job.state["init"] = {"copied": len(rep.get("copied", [])), "random": [r["layer"] for r in rep.get("random", [])],
                          "bn_stats": rep.get("bn_stats")}
@@ -219,6 +227,7 @@ def run_train(ctx: Context, job: Job) -> None:
     if not ("train" in job.state["stages"] and (d / TRAINED).exists()):
         t0 = time.time()
         job.action = train_with_caffe(ctx, job, ctx.s.max_iter, INIT, TRAINED)
+        verify.record_output(job.state, d, TRAINED)
         job.state.update(status="trained", train_seconds=round(time.time() - t0, 1), diverged=job.diverged)
         if job.diverged:
             say("%s WARNING: training diverged (%s)" % (job.label, job.diverged))
@@ -231,6 +240,7 @@ def run_recalibrate(ctx: Context, job: Job) -> None:
     s, d = ctx.s, job.dir
     key = cache.bnstats_key(ctx, job, job.fingerprint)
     if cache.fresh(job.state.get("bnstats"), key, [d / FINAL]):
+        verify.record_final_in_meta(job.state, d)
         return
     if s.recalibrate_bn:
         say("%s re-estimating BatchNorm statistics on up to %d training samples" % (job.label, s.bn_samples))
@@ -240,7 +250,9 @@ def run_recalibrate(ctx: Context, job: Job) -> None:
         rep = {"skipped": "--no-recalibrate-bn: the running averages of training are used"}
     job.state["bnstats"] = dict(rep, hash=key, recalibrated=s.recalibrate_bn)
     job.state["stages"]["bnstats"] = now()
+    verify.record_output(job.state, d, FINAL)
     write_json(d / STAGE, job.state)
+    verify.record_final_in_meta(job.state, d)
 
 
 def run_test(ctx: Context, job: Job) -> None:
@@ -269,12 +281,15 @@ def run_model(ctx: Context, job: Job) -> None:
     """MODEL_STAGES of one model and fold, under its folder lock; skipped when every key is unchanged."""
     d = job.dir
     with FileLock(d, stop=ctx.sup.stop):
+        verify.remove_leftovers(d, job.label)
         write_prototxts(ctx, job)
         init_sha = {net: (cache.read_state(p).get("weights_sha256") or sha256_file(p / FINAL))
                     for net, p in job.pretrained.items()}
         fp = data_fingerprint(ctx.man, job.fold, "train")
         key = cache.train_key(ctx, job, fp, init_sha)
         st = cache.read_state(d)
+        if st.get("hash") == key:
+            verify.remove_damaged(d, st.get("outputs_sha256") or {}, (INIT, TRAINED, FINAL), job.label)
         trained = cache.fresh(st, key, [d / TRAINED]) and "train" in (st.get("stages") or {})
         if trained and (d / FINAL).exists() and cache.fresh(st.get("bnstats"), cache.bnstats_key(ctx, job, fp)) \
                 and st.get("status") == "done" \
@@ -287,7 +302,8 @@ def run_model(ctx: Context, job: Job) -> None:
         job.state = {"hash": key, "status": "running", "kind": "model", "model": job.model, "fold": job.fold,
                      "iters": ctx.s.max_iter, "started": st.get("started") or now(), "host": os.uname().nodename,
                      "init": st.get("init"), "stages": st.get("stages", {}), "bnstats": st.get("bnstats"),
-                     "train_seconds": st.get("train_seconds"), "diverged": st.get("diverged")}
+                     "train_seconds": st.get("train_seconds"), "diverged": st.get("diverged"),
+                     "outputs_sha256": st.get("outputs_sha256") or {}, "resumed": st.get("resumed") or []}
         write_json(d / STAGE, job.state)
         job.fingerprint = fp
         stage = MODEL_STAGES[0][0]
@@ -329,7 +345,7 @@ def make_meta(ctx: Context, job: Job) -> dict:
 def run_removal(ctx: Context, fold: int, jobs) -> None:
     """The fold's cnn reads X, X_r, the blurred copy A(X) and each GCNet's G(X) (gcnet.experiment.removal, in a
     subprocess) -> <gcnet>/fold_K/expression_removal.json; skipped when cached, or when the cnn is not trained."""
-    from gcnet.experiment.removal import REMOVAL, removal_key
+    from gcnet.experiment.removal import removal_key
     s, lay = ctx.s, ctx.layout
     done = {j.model: j for j in jobs if j.fold == fold and j.status in ("done", "cached")}
     gcnets = [j for m, j in done.items() if C.has_generator(m)]

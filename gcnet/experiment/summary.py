@@ -13,9 +13,8 @@ from gcnet.experiment.cache import read_state
 from gcnet.experiment.cli import Settings
 from gcnet.experiment.plan import pretrain_source
 from gcnet.experiment.procs import caffe_version, git_commit
-from gcnet.experiment.removal import REMOVAL
 from gcnet.stats import significant
-from gcnet.layout import TEST, TRAIN_LOG, ResultsLayout
+from gcnet.layout import REMOVAL, TEST, TRAIN_LOG, ResultsLayout
 from gcnet.logparse import last_lines, parse_log
 from gcnet.util import fmt_num, now, read_json, write_json, write_text
 
@@ -40,6 +39,8 @@ def fold_entry(tj: dict, st: dict, d: Path) -> dict:
         D.wilson_interval(int(round(tj["accuracy"] * n)), n) if n else None), "n_train": tj.get("n_train"),
         "confusion": tj.get("confusion"), "train": tj.get("train"),
         "final_losses": D.final_losses(parse_log(d / TRAIN_LOG)["train"]) if (d / TRAIN_LOG).exists() else {}}
+    if tj.get("true_reference"):
+        fe["true_reference"] = {k: v for k, v in tj["true_reference"].items() if k != "predictions"}
     if tj.get("generator"):
         fe["generator"] = tj["generator"]
         removal = read_json(d / REMOVAL)
@@ -51,6 +52,8 @@ def fold_entry(tj: dict, st: dict, d: Path) -> dict:
         fe["bn_stale_mean_shift_max"] = max(bn["stale_mean_shift"].values())
     if st.get("diverged"):
         fe["diverged"] = st["diverged"]
+    if st.get("resumed"):
+        fe["resumed_from"] = [r["from_iteration"] for r in st["resumed"]]
     return fe
 
 
@@ -77,6 +80,7 @@ def collect_summary(lay: ResultsLayout, models: Optional[Sequence[str]] = None,
                 entry["folds"][str(k)] = fe
                 if st.get("diverged"):
                     summary.setdefault("diverged", []).append({"model": m, "fold": k, "what": st["diverged"]})
+                _note_resumed(summary, st, m, k)
                 if (fe.get("generator") or {}).get("dead"):
                     summary.setdefault("dead_generators", []).append({"model": m, "fold": k, "what": D.DEAD_NOTE})
                 accs.append(tj["accuracy"])
@@ -102,11 +106,20 @@ def collect_summary(lay: ResultsLayout, models: Optional[Sequence[str]] = None,
     # pretraining failures
     for st_path in lay.pretrain_stage_files():
         st = read_json(st_path, {}) or {}
+        if st.get("status") == "done":
+            _note_resumed(summary, st, "pretrain %s" % st.get("model"), st.get("fold"))
         if st.get("status") in ("failed", "interrupted"):
             summary["failures"].append({"model": st.get("model"), "fold": st.get("fold"), "status": st.get("status"),
                                         "stage": "pretrain", "error": st.get("error", ""),
                                         "log_tail": st.get("log_tail", [])})
     return summary
+
+
+def _note_resumed(summary: dict, st: dict, what: str, fold) -> None:
+    """summary["resumed"]: every training resumed from a snapshot (not bit-identical to an uninterrupted one)."""
+    if st.get("resumed"):
+        summary.setdefault("resumed", []).append({"model": what, "fold": fold, "from_iterations": [
+            r["from_iteration"] for r in st["resumed"]]})
 
 
 # the generator's measures pooled over folds (means weighted by each fold's test images)
@@ -129,6 +142,10 @@ def pooled_generator(folds: dict) -> dict:
     out["beats_copy_x_every_fold"] = all(g.get("beats_copy_x", g["l_gen_r"] < g["baseline_copy_x"]) for g, _ in gens)
     out["beats_copy_x"] = out["l_gen_r"] is not None and out["l_gen_r"] < out["baseline_copy_x"]
     out["folds"] = len(gens)
+    refs = [f["true_reference"] for f in folds.values() if f.get("true_reference")]
+    if refs:                    # the same classifier given the TRUE reference X_r instead of G(X)
+        k = sum(int(round(r["accuracy"] * r["n"])) for r in refs)
+        out["accuracy_true_reference"] = D.accuracy_entry(k, sum(r["n"] for r in refs))
     rem = [(f["expression_removal"], f["expression_removal"].get("n")) for f in folds.values()
            if f.get("expression_removal")]
     if rem:
@@ -225,6 +242,12 @@ def summary_markdown(sm: dict) -> str:
         lines += ["## Diverged trainings (non-finite loss at the end; their accuracy is not meaningful)", ""]
         lines += ["* %s fold %s: %s" % (d["model"], d["fold"], d["what"]) for d in sm["diverged"]]
         lines.append("")
+    if sm.get("resumed"):
+        lines += ["## Resumed trainings (continued from a snapshot: close to, not bit-identical with, an "
+                  "uninterrupted training)", ""]
+        lines += ["* %s fold %s: from iteration %s" % (r["model"], r["fold"], ", ".join(map(str, r["from_iterations"])))
+                  for r in sm["resumed"]]
+        lines.append("")
     if sm.get("failures"):
         lines += ["## Failed / unfinished", ""]
         for f in sm["failures"]:
@@ -282,17 +305,21 @@ def mechanism_markdown(sm: dict) -> List[str]:
                   "folds' test images: the generator against copy X (no reference), the autoencoder's blurred copy "
                   "A(X) and the mean training reference; its fidelity on the reference itself L(G(X_r), X_r); and "
                   "the fold's cnn's probability of the true class on X, G(X), A(X) and X_r (a generator that "
-                  "removes the expression moves it from X's towards X_r's).", "",
+                  "removes the expression moves it from X's towards X_r's); last, the GCNet's classifier given the "
+                  "TRUE reference X_r in place of G(X) (deploy_ref): what a perfect generator would give it.", "",
                   "| model | L_Gen,r | copy X | beats copy X | blurred copy (G better on) | mean ref | G(X_r) | "
-                  "p(true): X / G(X) / A(X) / X_r |", "|---|---|---|---|---|---|---|---|"]
+                  "p(true): X / G(X) / A(X) / X_r | accuracy with G(X) / with the TRUE X_r |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for m, g in gens.items():
             rem = g.get("expression_removal") or {}
-            lines.append("| %s | %s | %s | %s | %s (%s) | %s | %s | %s |" % (
+            tr, acc = g.get("accuracy_true_reference"), sm["models"][m].get("pooled") or {}
+            lines.append("| %s | %s | %s | %s | %s (%s) | %s | %s | %s | %s / %s |" % (
                 m, fmt_num(g["l_gen_r"]), fmt_num(g["baseline_copy_x"]),
                 ("**yes**" if g["beats_copy_x_every_fold"] else "yes (pooled; not every fold)") if g["beats_copy_x"]
                 else "**no**", fmt_num(g.get("baseline_blurred_copy")), _fmt_frac(g.get("fraction_beats_blurred_copy")),
                 fmt_num(g.get("baseline_mean_reference")), fmt_num(g.get("l_gen_r_on_reference")),
-                " / ".join(fmt_num(rem.get(k)) for k in _REMOVAL_MEANS) if rem else "-"))
+                " / ".join(fmt_num(rem.get(k)) for k in _REMOVAL_MEANS) if rem else "-",
+                _fmt_frac(acc.get("accuracy")), _fmt_pooled(tr) if tr else "-"))
         lines.append("")
     return lines
 

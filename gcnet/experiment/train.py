@@ -4,7 +4,6 @@ import glob
 import math
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -13,7 +12,7 @@ from gcnet.experiment.plan import Context, Job
 from gcnet.experiment.procs import Interrupted, JobError, caffe_binary, child_env
 from gcnet.layout import SNAPSHOTS, SOLVER, TRAIN_LOG
 from gcnet.logparse import LogParser
-from gcnet.util import fmt_duration, fmt_num, say
+from gcnet.util import copy_file, disk_free, fmt_duration, fmt_num, now, say
 
 _SNAP_RE = re.compile(r"_iter_(\d+)\.solverstate$")
 
@@ -29,6 +28,47 @@ def snapshots(d: Path) -> List[Tuple[int, Path, Path]]:
     return sorted(out)
 
 
+def usable_snapshots(d: Path, label: str) -> List[Tuple[int, Path, Path]]:
+    """snapshots(d), after removing (and saying so) the weights of snapshots without solver state and each latest
+    pair whose files do not parse (a snapshot cut short by a full disk or a kill): resuming from it would end in a
+    Caffe abort at every rerun.  Call it only while no caffe trains in `d` (under the job's lock)."""
+    from gcnet.caffe_io import WeightsError, load_net_param
+    paired = {str(cm) for _, _, cm in snapshots(d)}
+    for cm in glob.glob(str(d / SNAPSHOTS / "*_iter_*.caffemodel")):
+        if cm not in paired:            # a snapshot whose solver state was never written (killed, disk full)
+            say("%s removed %s (an incomplete snapshot)" % (label, cm))
+            os.remove(cm)
+    snaps = snapshots(d)
+    while snaps:
+        it, st, cm = snaps[-1]
+        try:
+            load_net_param(cm)
+            _check_solverstate(st)
+            return snaps
+        except WeightsError as e:
+            say("%s snapshot at iteration %d is damaged (%s): removed" % (label, it, e))
+            for p in (st, cm):
+                try:
+                    p.unlink()
+                except FileNotFoundError:
+                    pass
+            snaps = snaps[:-1]
+    return snaps
+
+
+def _check_solverstate(path: Path) -> None:
+    """WeightsError naming a .solverstate that does not parse or names no iteration."""
+    from caffe.proto import caffe_pb2
+    from gcnet.caffe_io import WeightsError
+    st = caffe_pb2.SolverState()
+    try:
+        st.ParseFromString(path.read_bytes())
+    except Exception as e:
+        raise WeightsError("%s is damaged (%s)" % (path, e))
+    if not len(st.history):
+        raise WeightsError("%s is damaged (no solver history)" % path)
+
+
 def prune_snapshots(d: Path, keep: int) -> None:
     for _, st, cm in snapshots(d)[:-keep] if keep > 0 else []:
         for p in (st, cm):
@@ -40,9 +80,7 @@ def prune_snapshots(d: Path, keep: int) -> None:
 
 def finalize(d: Path, weights: Path, final: Path, keep: int) -> None:
     """Copy `weights` to `final` atomically and keep the last `keep` snapshots."""
-    tmp = str(final) + ".tmp"
-    shutil.copyfile(str(weights), tmp)
-    os.replace(tmp, str(final))
+    copy_file(weights, final)
     prune_snapshots(d, keep)
 
 
@@ -100,13 +138,25 @@ class Progress:
         return None
 
 
+def disk_full_note(d: Path, weights: Optional[str]) -> Optional[str]:
+    """"no space left on device ..." when the disk of job folder `d` has no room for another snapshot (caffe's
+    own message for a failed snapshot write is a CHECK failure that does not say so), else None."""
+    files = glob.glob(str(d / SNAPSHOTS / "*.caffemodel")) + ([str(d / weights)] if weights else [])
+    snapshot = max([os.path.getsize(p) for p in files if os.path.isfile(p)] + [1 << 20])
+    free = disk_free(d)
+    if free < 2 * snapshot:
+        return "no space left on device: %s has %d KiB free, a snapshot needs about %d KiB" % (
+            d, free >> 10, snapshot >> 10)
+    return None
+
+
 def train_with_caffe(ctx: Context, job: Job, max_iter: int, weights: Optional[str], final_name: str) -> str:
     """caffe train in job.dir (resuming from the latest snapshot), the last weights copied to `final_name`; returns
     "trained" | "resumed" | "finalized"; JobError / Interrupted."""
     s, d = ctx.s, job.dir
     (d / SNAPSHOTS).mkdir(exist_ok=True)
     final = d / final_name
-    snaps = snapshots(d)
+    snaps = usable_snapshots(d, job.label)
     action = "trained"
     cmd = [caffe_binary(), "train", "--solver=" + SOLVER, "--sigint_effect=stop", "--sighup_effect=snapshot"]
     if job.gpu is not None:
@@ -120,8 +170,12 @@ def train_with_caffe(ctx: Context, job: Job, max_iter: int, weights: Optional[st
         say("%s resuming from %s (iteration %d of %d)" % (job.label, st.relative_to(d), it, max_iter))
         cmd.append("--snapshot=%s" % st.relative_to(d))
         action = "resumed"
-    elif weights:
-        cmd.append("--weights=%s" % weights)
+        # (a resumed training is not bit-identical to an uninterrupted one: the summary says which were resumed)
+        job.state.setdefault("resumed", []).append({"from_iteration": it, "max_iter": max_iter, "at": now()})
+    else:
+        job.state["resumed"] = []          # a training from the start: earlier resumptions no longer apply
+        if weights:
+            cmd.append("--weights=%s" % weights)
     prog = Progress(job.label, max_iter)
 
     def on_line(line):
@@ -137,6 +191,9 @@ def train_with_caffe(ctx: Context, job: Job, max_iter: int, weights: Optional[st
         why = prog.fatal[0] if prog.fatal else (res["errors"][0] if res["errors"] else "")
         if job.diverged:
             why = (why + "; " if why else "") + "training diverged: " + job.diverged
+        full = disk_full_note(d, weights)
+        if full:
+            why = (why + "; " if why else "") + full
         raise JobError("caffe train exited with status %d%s" % (rc, (": " + why) if why else ""))
     if not snaps or snaps[-1][0] < max_iter or res["stopped_early"]:
         if ctx.sup.stop.is_set() or res["stopped_early"]:

@@ -70,6 +70,72 @@ def test_bad_settings(args, needle):
         settings(*args)
 
 
+@pytest.mark.parametrize("flag, zero_ok", [
+    ("--batch", False), ("--n-folds", False), ("--jobs", False), ("--display", False), ("--snapshot", False),
+    ("--test-interval", False), ("--synthetic-subjects", False), ("--iters", False), ("--pretrain-iters", False),
+    ("--threads", False), ("--bn-samples", False), ("--keep-snapshots", False), ("--margin", False),
+    ("--base-lr", False), ("--augment", True), ("--gamma", True), ("--power", True), ("--clip-gradients", True),
+    ("--pretrain-clip-gradients", True), ("--seed", True)])
+def test_zero_is_never_replaced_by_the_default(flag, zero_ok):
+    """A 0 given to an option is either used as 0 (where 0 means something) or refused with one line naming the
+    option; it is never silently replaced by the default (`--batch 0` used to train at 64).  Negative and
+    non-finite values are refused everywhere."""
+    attr = {"--iters": "max_iter", "--pretrain-iters": "pretrain_max_iter", "--augment": "augment",
+            "--clip-gradients": "clip_gradients", "--pretrain-clip-gradients": "pretrain_clip_gradients"}.get(
+        flag, flag[2:].replace("-", "_"))
+    if zero_ok:
+        assert getattr(settings("synthetic", flag, "0"), attr) == 0
+    else:
+        with pytest.raises(UsageError, match="^%s must be >?=? ?[0-9]+, got 0" % flag):
+            settings("synthetic", flag, "0")
+    for bad in ("-1",) + (("nan", "inf") if flag in FLOAT_FLAGS else ()):
+        with pytest.raises(UsageError, match="^%s must be" % flag):
+            settings("synthetic", flag, bad)
+
+
+FLOAT_FLAGS = ("--margin", "--base-lr", "--gamma", "--power", "--clip-gradients", "--pretrain-clip-gradients")
+
+
+def test_given_values_are_recorded_as_given():
+    s = settings("synthetic", "--batch", "3", "--jobs", "1", "--display", "1", "--snapshot", "2",
+                 "--test-interval", "2", "--n-folds", "3", "--synthetic-subjects", "7", "--iters", "5")
+    assert (s.batch, s.jobs, s.display, s.snapshot, s.test_interval, s.n_folds, s.synthetic_subjects) == (
+        3, 1, 1, 2, 2, 3, 7)
+    assert settings_record(s, None)["batch"] == 3 and s.data_root.endswith("ck+_7subjects_seed0")
+    with pytest.raises(UsageError, match="selects no fold"):
+        settings("synthetic", "--folds", "")
+    with pytest.raises(UsageError, match="--data is empty"):
+        settings("synthetic", "--data", "")
+
+
+def _no_run(monkeypatch):
+    """main() must stop before any work: running would fail the test (not train at a replaced value)."""
+    import gcnet.experiment.pipeline as P
+    monkeypatch.setattr(P, "run", lambda s, sup: pytest.fail("ran (batch %s, data %s)" % (s.batch, s.data_root)))
+
+
+def test_cli_exit_2_one_line_for_a_zero(capsys, monkeypatch, tmp_path):
+    """Through main(): exit 2, one line naming the option, nothing else printed."""
+    _no_run(monkeypatch)
+    assert cli.main(["synthetic", "--batch", "0", "--out", str(tmp_path)]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --batch must be >= 1, got 0"]
+
+
+def test_synthetic_data_that_is_a_file(tmp_path, capsys, monkeypatch):
+    """`synthetic --data FILE` names the real problem (a file, not a folder) before generating anything; it used
+    to say it was generating the set there and then complain about a --force option run_folds.sh does not have."""
+    import gcnet.experiment.pipeline as P
+    monkeypatch.setattr(P.stages, "run_lmdb", lambda ctx: pytest.fail("went on to the LMDB stage"))
+    f = tmp_path / "notes.txt"
+    f.write_text("x")
+    assert cli.main(["synthetic", "--data", str(f), "--out", str(tmp_path / "out")]) == cli.EXIT_USAGE
+    cap = capsys.readouterr()
+    err = cap.err.strip().splitlines()
+    assert len(err) == 1 and str(f) in err[0] and "is a file" in err[0] and "--force" not in err[0], err
+    assert "generating" not in cap.out and f.read_text() == "x" and not (tmp_path / "out").exists()
+
+
 def test_threads_per_job():
     """--threads N sets the BLAS/OpenMP threads of every job (child env) and is recorded in the summary settings;
     the default is cores // jobs (one per job when the jobs fill the cores)."""

@@ -20,6 +20,7 @@ import pytest
 from gcnet.caffe_io import read_caffemodel
 from gcnet.layout import ResultsLayout
 from gcnet.logparse import parse_log
+from gcnet.util import sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("caffe")]
@@ -48,6 +49,18 @@ def first_run(work):
     p = run(MAIN + ["--data", str(data), "--out", str(out)])
     print(p.stdout[-4000:], p.stderr[-4000:])
     return {"proc": p, "data": data, "out": out, "ds": out / "synthetic", "seconds": time.time() - t0}
+
+
+def copied_context(first_run, out):
+    """The runner's Context of MAIN on a copy of the first run's results under `out` (another <out>)."""
+    import shutil
+    from gcnet.experiment import cli
+    from gcnet.experiment.plan import Context
+    from gcnet.experiment.procs import Supervisor
+    shutil.copytree(str(first_run["ds"]), str(out / "synthetic"), symlinks=True)
+    s = cli.resolve_settings(cli.build_parser().parse_args(MAIN + ["--data", str(first_run["data"]),
+                                                                   "--out", str(out)]))
+    return Context(s, s.layout, Supervisor(), man=json.loads(s.layout.lmdb_manifest().read_text()))
 
 
 # ================================================================================================ e2e
@@ -88,6 +101,8 @@ def test_pipeline_summary(first_run):
                 lo, hi = g["gain_over_copy_x"]["ci95"]
                 assert lo <= g["gain_over_copy_x"]["mean"] <= hi
                 assert g["gain_over_copy_x"]["mean"] == pytest.approx(g["baseline_copy_x"] - g["l_gen_r"])
+                tr = f["true_reference"]            # the same classifier given the TRUE X_r (deploy_ref)
+                assert tr["n"] == f["n_test"] and tr["ci95"][0] <= tr["accuracy"] <= tr["ci95"][1]
                 r = f["expression_removal"]
                 assert r["n"] == f["n_test"] and all(0 <= r[k] <= 1 for k in ("p_true_x", "p_true_generated",
                                                                               "p_true_blurred_copy",
@@ -111,6 +126,7 @@ def test_pipeline_summary(first_run):
         assert pr["n_subjects"] == 10                            # 10 synthetic subjects, all tested once
     gen = sm["models"]["gcnet_s1r1"]["generator"]
     assert gen["folds"] == 2 and isinstance(gen["beats_copy_x_every_fold"], bool)
+    assert gen["accuracy_true_reference"]["n"] == sm["models"]["gcnet_s1r1"]["pooled"]["n"]
     assert set(gen["expression_removal"]) == {"p_true_x", "p_true_generated", "p_true_blurred_copy",
                                               "p_true_reference"}
     md = (ds / "summary.md").read_text()
@@ -240,10 +256,21 @@ def test_second_run_is_cached(first_run):
     assert len(logs) == 12                       # 3 models + the generator stage, 2 pretraining nets; 2 folds
     before = {str(p): p.stat().st_mtime_ns for p in logs}
     init_before = {str(p): p.stat().st_mtime_ns for p in ds.glob("*/fold_*/init.caffemodel")}
+    # leftovers of writes cut short (a full disk, a kill) are removed at the next start: in the job folders (under
+    # their locks) whatever their age, in the shared results root once older than a write can take
+    stale = [ds / "run_report.json.partial4242.1", ds / "cnn" / "fold_0" / "stage.json.partial4242.1",
+             ds / "pretrain" / "fold_1" / "encdec" / "final.caffemodel.tmp"]
+    fresh = ds / "summary.json.partial4243.1"
+    for f in stale + [fresh]:
+        f.write_text("")
+    os.utime(str(stale[0]), (time.time() - 3600, time.time() - 3600))
     t0 = time.time()
     p = run(MAIN + ["--data", str(first_run["data"]), "--out", str(first_run["out"])])
     secs = time.time() - t0
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert not any(f.exists() for f in stale) and fresh.exists(), p.stdout[-3000:]
+    assert "removed %s (left by an interrupted write)" % stale[1] in p.stdout
+    fresh.unlink()
     assert {str(q): q.stat().st_mtime_ns for q in logs} == before          # caffe train did not run again
     assert {str(q): q.stat().st_mtime_ns for q in ds.glob("*/fold_*/init.caffemodel")} == init_before
     rep = json.loads((ds / "run_report.json").read_text())
@@ -257,17 +284,13 @@ def test_second_run_is_cached(first_run):
 def test_moved_results_cached_and_a_failing_stage_summarised(first_run, tmp_path, monkeypatch):
     """The production stages on a copy of the first run under another <out>: still cached (the keys hash the
     prototxts with <out> replaced); then a stage that fails is recorded in stage.json and in the summary."""
-    import shutil
     from gcnet.experiment import cli, stages
     from gcnet.experiment.plan import Context, model_jobs
     from gcnet.experiment.procs import JobError, Supervisor
     from gcnet.experiment.summary import collect_summary, summary_markdown
     out = tmp_path / "moved"
-    shutil.copytree(str(first_run["ds"]), str(out / "synthetic"), symlinks=True)
-    s = cli.resolve_settings(cli.build_parser().parse_args(MAIN + ["--data", str(first_run["data"]),
-                                                                   "--out", str(out)]))
-    lay = s.layout
-    ctx = Context(s, lay, Supervisor(), man=json.loads(lay.lmdb_manifest().read_text()))
+    ctx = copied_context(first_run, out)
+    s, lay = ctx.s, ctx.layout
     jobs = {(j.model, j.fold): j for j in model_jobs(ctx)}
     stages.run_model(ctx, jobs[("gcnet_s1r1", 0)])
     assert jobs[("gcnet_s1r1", 0)].status == "cached"
@@ -357,6 +380,10 @@ def test_interrupt_then_resume(first_run, work):
     assert (d / "final.caffemodel").exists() and (d / "test.json").exists()
     sm = json.loads((out / "synthetic" / "summary.json").read_text())
     assert sm["models"]["cnn"]["n_folds_done"] == 1
+    # the summary says the training was resumed, and from where (not bit-identical to an uninterrupted one)
+    assert sm["models"]["cnn"]["folds"]["0"]["resumed_from"] == [it_stop]
+    assert sm["resumed"] == [{"model": "cnn", "fold": 0, "from_iterations": [it_stop]}]
+    assert "* cnn fold 0: from iteration %d" % it_stop in (out / "synthetic" / "summary.md").read_text()
 
 
 def test_bad_input_exits_2(work):
@@ -416,3 +443,136 @@ def test_figures_stage_redraws_only_when_inputs_change(first_run, tmp_path, monk
     (s.layout.figures_dir / "fig.png").unlink()                 # a figure deleted: drawn again
     stages.run_figures(ctx)
     assert len(calls) == 3
+
+
+def test_damaged_outputs_are_redone(first_run, tmp_path, capsys):
+    """A damaged init/trained/final.caffemodel or pretraining final.caffemodel under a finished stage used to be
+    reused forever (every rerun failed at the test stage with a glog abort).  Each is verified against the sha256
+    recorded when it was written, removed saying so, and its stage redone: surgery is seeded and the trained and
+    pretrained weights are copies of the last snapshot, so they come back byte for byte.  A damaged latest snapshot
+    is removed too (resuming from it would abort), and a snapshot's weights without its solver state."""
+    from gcnet.experiment import stages
+    from gcnet.experiment.plan import model_jobs, pretrain_jobs
+    from gcnet.experiment.train import usable_snapshots
+    ctx = copied_context(first_run, tmp_path / "damaged")
+    lay = ctx.layout
+    d, pre = lay.model_dir("gcnet_s1r1", 0), lay.pretrain_dir(0, "encdec")
+    good = {p: p.read_bytes() for p in (d / "init.caffemodel", d / "trained.caffemodel", pre / "final.caffemodel")}
+    test_before = json.loads((d / "test.json").read_text())
+    (d / "init.caffemodel").write_bytes(b"")
+    data = (d / "trained.caffemodel").read_bytes()
+    (d / "trained.caffemodel").write_bytes(data[:1000] + bytes([data[1000] ^ 1]) + data[1001:])   # one bit
+    (d / "final.caffemodel").write_bytes((d / "final.caffemodel").read_bytes()[:5000])
+    (pre / "final.caffemodel").write_bytes(b"\0" * 100)
+    stages.run_pretrain(ctx, pretrain_jobs(ctx)[(0, "encdec")])
+    job = {(j.model, j.fold): j for j in model_jobs(ctx)}[("gcnet_s1r1", 0)]
+    stages.run_model(ctx, job)
+    said = capsys.readouterr().out
+    for p in list(good) + [d / "final.caffemodel"]:
+        assert "%s is damaged (its sha256 differs from the one recorded when it was written): removed, its stage " \
+               "runs again" % p in said, said
+    assert job.status == "done" and "net surgery" in said and "training already complete" in said
+    for p, b in good.items():
+        if p.name == "init.caffemodel":   # (the same weights; the file also names the LMDBs, moved with the copy)
+            (tmp_path / "init_before").write_bytes(b)
+            was, now = read_caffemodel(str(tmp_path / "init_before")), read_caffemodel(str(p))
+            assert set(was) == set(now) and all(np.array_equal(x, y) for k in was for x, y in zip(was[k], now[k]))
+        else:
+            assert p.read_bytes() == b, p
+    st, meta = json.loads((d / "stage.json").read_text()), json.loads((d / "meta.json").read_text())
+    assert meta["weights_sha256"] == st["outputs_sha256"]["final.caffemodel"] == sha256_file(d / "final.caffemodel")
+    assert json.loads((d / "test.json").read_text())["n_test"] == test_before["n_test"]
+    # snapshots: a damaged latest pair is dropped (the previous one is used), an unpaired .caffemodel removed
+    snaps = usable_snapshots(d, "[t]")
+    assert len(snaps) >= 2, snaps
+    it, st_path, cm = snaps[-1]
+    cm.write_bytes(cm.read_bytes()[:2000])
+    orphan = d / "snapshots" / "gcnet_s1r1_iter_99.caffemodel"
+    orphan.write_bytes(b"x")
+    assert usable_snapshots(d, "[t]") == snaps[:-1] and not cm.exists() and not st_path.exists()
+    assert not orphan.exists()
+    said = capsys.readouterr().out
+    assert "[t] snapshot at iteration %d is damaged" % it in said and "%s (an incomplete snapshot)" % orphan in said
+
+
+def test_full_disk_is_one_line_and_loses_nothing(first_run, tmp_path, monkeypatch, capsys):
+    """A full disk while writing the summary: exit 1, one line naming the file and "no space left", no traceback;
+    the summary of the previous run is intact and no half-written file is left."""
+    import errno
+    import shutil
+    import gcnet.util
+    from gcnet.experiment import cli
+    out = tmp_path / "full"
+    shutil.copytree(str(first_run["ds"]), str(out / "synthetic"), symlinks=True)
+    ds = out / "synthetic"
+    before = (ds / "summary.json").read_bytes()
+    real_dump = json.dump
+
+    def dump(obj, f, **kw):
+        f.write("{")                    # some bytes, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(gcnet.util.json, "dump", dump)
+    try:
+        rc = cli.main(["synthetic", "--collect", "--no-figures", "--out", str(out)])
+    finally:
+        monkeypatch.setattr(gcnet.util.json, "dump", real_dump)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err == ["error: no space left on device: cannot write %s (free some space, then rerun the "
+                               "same command)" % (ds / "summary.json")], err
+    assert (ds / "summary.json").read_bytes() == before
+    assert not [p for p in ds.rglob("*") if ".partial" in p.name]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1.5 MB tmpfs (root only; skipped, saying why, where it cannot be mounted); unmounted afterwards."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(mnt)], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, universal_newlines=True)
+    if p.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs to fill (needs root): %s" % p.stdout.strip())
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_full_disk_real(first_run, small_disk):
+    """A real full disk under the runner (it used to end in a traceback from an LMDB commit or the run report and
+    leave empty *.partial* files): exit 1, one line naming the path and "no space left", nothing half-written;
+    after space is freed the same command runs to the end."""
+    args = ["synthetic", "--models", "cnn", "--folds", "0", "--iters", "2", "--test-interval", "2", "--no-figures",
+            "--data", str(first_run["data"]), "--out", str(small_disk)] + TINY
+    p = run(args)
+    err = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stdout[-2000:] + p.stderr[-2000:]
+    assert len(err) == 1 and err[0].startswith("error: no space left on device: cannot write %s/" % small_disk), err
+    assert not [f for f in small_disk.rglob("*") if ".partial" in f.name]
+    subprocess.run(["mount", "-o", "remount,size=200m", str(small_disk)], check=True)
+    p = run(args)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert json.loads((small_disk / "synthetic" / "summary.json").read_text())["models"]["cnn"]["n_folds_done"] == 1
+
+
+def test_webface_pretraining_is_shared_by_results_folders(work):
+    """The pretraining on a WebFace root runs once under <out> (pretrain/webface-<data hash>): a second results
+    folder (another profile: synthetic-ablation) and another --seed reuse it; pretrain/fold_K links to it."""
+    from gcnet.data.synthetic import make_synthetic
+    wf = work / "wf"
+    make_synthetic("webface", str(wf), subjects=4, seed=0, frames=4)
+    out = work / "shared_out"
+    common = ["--data", str(work / "synth_shared"), "--out", str(out), "--pretrain-data", str(wf), "--models", "cnn",
+              "--folds", "0", "--iters", "2", "--generator-iters", "0", "--no-figures", "--jobs", "1"] + TINY
+    p1 = run(["synthetic"] + common)
+    assert p1.returncode == 0, p1.stdout[-3000:] + p1.stderr[-3000:]
+    shared = sorted((out / "pretrain").glob("webface-*/encdec/final.caffemodel"))
+    assert len(shared) == 1
+    p2 = run(["synthetic", "--profile", "ablation", "--seed", "1"] + common)
+    assert p2.returncode == 0, p2.stdout[-3000:] + p2.stderr[-3000:]
+    rep = json.loads((out / "synthetic-ablation" / "run_report.json").read_text())
+    assert set(rep["stages"]["pretrain"].values()) == {"cached"}
+    assert sorted((out / "pretrain").glob("webface-*/encdec/final.caffemodel")) == shared
+    for name in ("synthetic", "synthetic-ablation"):
+        link = out / name / "pretrain" / "fold_0"
+        assert link.is_symlink() and link.resolve() == shared[0].parent.parent.resolve(), link
+        st = json.loads((out / name / "cnn" / "fold_0" / "stage.json").read_text())
+        assert st["status"] == "done"

@@ -17,7 +17,12 @@ from gcnet.data.lmdb_build.augment import CANVAS_MARGIN, SIZE, crop
 from gcnet.data.lmdb_build.store import Progress
 from gcnet.data.records import Sample, count_reasons, iter_gray_frames, natural_key, split_frame
 from gcnet.layout import LmdbLayout
-from gcnet.util import DataError
+from gcnet.util import DataError, cleanup_on_error
+
+
+# what the cached alignments were checked for: a cache made before a check was added is redone when a build runs
+# (the LMDB manifests' key, align_version, is not changed by it: finished builds are not rebuilt for a check)
+CACHE_CHECKS = "+points-fit-image"
 
 
 def file_stat(path: Optional[str]):
@@ -36,6 +41,16 @@ def align_version() -> str:
     return hashlib.sha1(A.TEMPLATE_66.tobytes() + b"m%d" % CANVAS_MARGIN).hexdigest()[:12]
 
 
+def write_npz(path: str, **arrays) -> None:
+    """np.savez's file (read by np.load), with the zip closed on every path: a failed write (a full disk) raises
+    here, instead of np.savez's half-open zip complaining again when it is garbage-collected."""
+    import zipfile
+    with open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        for name, a in arrays.items():
+            with z.open(name + ".npy", "w", force_zip64=True) as fid:
+                np.lib.format.write_array(fid, np.asanyarray(a), allow_pickle=False)
+
+
 class AlignCache:
     """Aligned canvases (sample frames) and 66x66 crops (other frames), keyed by frame + file stats + landmarks."""
 
@@ -45,7 +60,7 @@ class AlignCache:
         self.crops: Dict[str, np.ndarray] = {}
         self.failed: Dict[str, str] = {}
         self.dirty = False
-        self.version = align_version()
+        self.version = align_version() + CACHE_CHECKS
         if path and os.path.isfile(path):
             try:
                 with np.load(path, allow_pickle=False) as z:
@@ -67,14 +82,15 @@ class AlignCache:
         rk = sorted(self.crops)
         fk = sorted(self.failed)
         tmp = self.path + ".partial.npz"
-        np.savez(tmp, version=np.array(self.version),
-                 canvas_keys=np.array(ck, dtype=str).reshape(-1),
-                 canvas=np.stack([self.canvas[k] for k in ck]) if ck else np.zeros((0, m, m), np.uint8),
-                 crop_keys=np.array(rk, dtype=str).reshape(-1),
-                 crops=np.stack([self.crops[k] for k in rk]) if rk else np.zeros((0, SIZE, SIZE), np.uint8),
-                 failed_keys=np.array(fk, dtype=str).reshape(-1),
-                 failed_reasons=np.array([self.failed[k] for k in fk], dtype=str).reshape(-1))
-        os.replace(tmp, self.path)
+        with cleanup_on_error(self.path, tmp):
+            write_npz(tmp, version=np.array(self.version),
+                      canvas_keys=np.array(ck, dtype=str).reshape(-1),
+                      canvas=np.stack([self.canvas[k] for k in ck]) if ck else np.zeros((0, m, m), np.uint8),
+                      crop_keys=np.array(rk, dtype=str).reshape(-1),
+                      crops=np.stack([self.crops[k] for k in rk]) if rk else np.zeros((0, SIZE, SIZE), np.uint8),
+                      failed_keys=np.array(fk, dtype=str).reshape(-1),
+                      failed_reasons=np.array([self.failed[k] for k in fk], dtype=str).reshape(-1))
+            os.replace(tmp, self.path)
         self.dirty = False
 
     def run(self, need_canvas: Dict[str, Optional[str]], need_crop: Dict[str, Optional[str]],

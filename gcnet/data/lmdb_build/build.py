@@ -107,7 +107,7 @@ def build_lmdbs(dataset: str, data_root: str, out_dir: str, n_folds: int = 10, f
     write_folds(str(lay.folds_json), foldmap, n_folds, dataset=dataset, data_root=data_root)
     pre_info = None
     if pre is not None:
-        pre_info = build_webface(lay, pre, pre_hash, seed, say)
+        pre_info = build_webface(lay, pre, pre_hash, say)
         for f, why in pre_info.pop("skipped"):
             res.skip(f, why)
     fold_info = {}

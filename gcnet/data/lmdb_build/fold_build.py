@@ -135,8 +135,12 @@ def build_fold(lay: LmdbLayout, k: int, *, dataset: str, spec, res, usable: List
     return info
 
 
-def build_webface(lay: LmdbLayout, pre, pre_hash: str, seed: int, say) -> dict:
-    """Shared pretraining LMDB of WebFace faces, [X, X], label = identity index; rebuilt only when its inputs change."""
+WEBFACE_SHUFFLE_SEED = 0     # the shared pretraining LMDB's order: fixed, so that every --seed shares the pretraining
+
+
+def build_webface(lay: LmdbLayout, pre, pre_hash: str, say) -> dict:
+    """Shared pretraining LMDB of WebFace faces, [X, X], label = identity index; rebuilt only when its inputs change.
+    Its order does not depend on --seed (WEBFACE_SHUFFLE_SEED): the pretraining is shared by every run."""
     path, meta_path = str(lay.webface), str(lay.webface_meta)
     if os.path.isfile(meta_path):
         try:
@@ -152,7 +156,7 @@ def build_webface(lay: LmdbLayout, pre, pre_hash: str, seed: int, say) -> dict:
         except (OSError, ValueError):
             pass
     n_ids = max(s.label for s in pre.samples) + 1
-    rng = np.random.RandomState([seed, 7])
+    rng = np.random.RandomState([WEBFACE_SHUFFLE_SEED, 7])
     samples = [pre.samples[j] for j in rng.permutation(len(pre.samples))]
     skipped = list(pre.skipped)
 

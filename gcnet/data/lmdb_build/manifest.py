@@ -60,7 +60,8 @@ def input_hashes(res, pre, options: dict, augment_copies: int, fold_list: List[i
         pf = list(pre.sources)
         for s in pre.samples:
             pf += [s.frame, s.landmarks]
-        pre_hash, _ = inputs_hash(pf, {k: options[k] for k in ("build_version", "align", "seed", "pretrain_root",
+        # (not the --seed: the shared pretraining LMDB, and so the pretraining, stays the same across seeds)
+        pre_hash, _ = inputs_hash(pf, {k: options[k] for k in ("build_version", "align", "pretrain_root",
                                                                 "pretrain_landmarks")})
     return data_hash, n_files, in_hash, pre_hash
 

@@ -1,4 +1,5 @@
 """LMDB files of a build: atomic writing, the wholeness check, progress lines, leftovers of interrupted builds."""
+import errno
 import os
 import shutil
 import time
@@ -9,7 +10,7 @@ import numpy as np
 from gcnet.caffe_io import encode_datum
 from gcnet.data.lmdb_build.augment import SIZE
 from gcnet.layout import LmdbLayout
-from gcnet.util import fmt_duration
+from gcnet.util import cleanup_on_error, disk_free, fmt_duration
 
 COMMIT_EVERY = 512
 
@@ -86,22 +87,27 @@ def write_lmdb(path: str, items: Iterable[Tuple[np.ndarray, int]], n: int, what:
     rm(tmp)
     datum_bytes = 2 * SIZE * SIZE + 64
     map_size = max(n, 1) * (datum_bytes + 4096 + 256) * 2 + (64 << 20)
-    env = lmdb.open(tmp, map_size=map_size, subdir=True, meminit=False)
     count = 0
     pg = Progress(n, what, progress)
-    try:
-        txn = env.begin(write=True)
-        for data, label in items:
-            txn.put(b"%08d" % count, encode_datum(data, label))
-            count += 1
-            pg.step()
-            if count % COMMIT_EVERY == 0:
-                txn.commit()
-                txn = env.begin(write=True)
-        txn.commit()
-        env.sync(True)
-    finally:
-        env.close()
+    with cleanup_on_error(path, tmp):
+        env = lmdb.open(tmp, map_size=map_size, subdir=True, meminit=False)
+        try:
+            txn = env.begin(write=True)
+            for data, label in items:
+                txn.put(b"%08d" % count, encode_datum(data, label))
+                count += 1
+                pg.step()
+                if count % COMMIT_EVERY == 0:
+                    txn.commit()
+                    txn = env.begin(write=True)
+            txn.commit()
+            env.sync(True)
+        except lmdb.Error as e:
+            # LMDB reports a full disk as an I/O error of the commit: say which it was
+            full = disk_free(tmp) < 2 * COMMIT_EVERY * (datum_bytes + 4096)
+            raise OSError(errno.ENOSPC if full else errno.EIO, "No space left on device" if full else str(e), path)
+        finally:
+            env.close()
     pg.done()
     rm(path)
     os.rename(tmp, path)

@@ -218,13 +218,13 @@ def make_synthetic(layout: str, out: str, subjects: int, seed: int = 0, frames: 
     W, H = _parse_size(size)
     out = os.path.abspath(os.path.expanduser(str(out)))
     side = sidecar_dir(out) if lay != "ck+" else None
+    for pth in (out, side):
+        if pth and os.path.exists(pth) and not os.path.isdir(pth):
+            raise FileExistsError("%s exists and is not a folder" % pth)
     if not force:
         for pth in (out, side):
             if pth and _nonempty(pth):
                 raise FileExistsError("%s exists and is not empty (use force / --force to replace it)" % pth)
-    for pth in (out, side):
-        if pth and os.path.exists(pth) and not os.path.isdir(pth):
-            raise FileExistsError("%s exists and is not a folder" % pth)
     for pth in (out, side):
         if pth:
             check_writable(os.path.dirname(pth), "folder")    # DataError naming it, before any work
