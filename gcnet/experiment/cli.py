@@ -223,10 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-snapshots", type=int, default=2, help="snapshots kept per training (default 2)")
     g = ap.add_argument_group("Slurm arrays (tools/slurm/)")
     g.add_argument("--task-index", type=int, metavar="I", help="run only task I of the selected models x folds "
-                   "(I = fold position * number of models + model position); with --stop-after pretrain, "
+                   "(I = fold position * number of models + model position); with --stop-after pretrain or generator, "
                    "task I = the I-th selected fold")
     g.add_argument("--count-tasks", action="store_true", help="print the number of tasks (models x folds, or "
-                   "folds with --stop-after pretrain) and exit")
+                   "folds with --stop-after pretrain or generator) and exit")
     return ap
 
 
@@ -375,7 +375,7 @@ def resolve_settings(a) -> Settings:
 
 
 def select_task(s: Settings, index: int) -> None:
-    """Narrow s to Slurm array task `index`: (fold, model), or the fold alone with --stop-after pretrain."""
+    """Narrow s to Slurm array task `index`: (fold, model), or the fold alone with --stop-after pretrain/generator."""
     tasks = array_tasks(s)
     if not 0 <= index < len(tasks):
         raise UsageError("--task-index %d out of range: %d task(s) (0-%d)" % (index, len(tasks), len(tasks) - 1))
@@ -386,7 +386,9 @@ def select_task(s: Settings, index: int) -> None:
 
 
 def array_tasks(s: Settings) -> list:
-    return [(k, None) for k in s.folds] if s.stop_after == "pretrain" else [(k, m) for k in s.folds for m in s.models]
+    if s.stop_after in ("pretrain", "generator"):
+        return [(k, None) for k in s.folds]
+    return [(k, m) for k in s.folds for m in s.models]
 
 
 def main(argv=None) -> int:

@@ -104,13 +104,15 @@ def collect_summary(lay: ResultsLayout, models: Optional[Sequence[str]] = None,
         summary["models"][m] = entry
     summary["paired"] = paired_statistics(lay, summary["models"], folds)
     # pretraining failures
-    for st_path in lay.pretrain_stage_files():
+    # pretraining (a shared one once, however many fold links name it) and the generator stage
+    for st_path in sorted({p.resolve() for p in lay.pretrain_stage_files() + lay.generator_stage_files()}):
         st = read_json(st_path, {}) or {}
+        stage = "generator" if st.get("kind") == "generator" else "pretrain"
         if st.get("status") == "done":
-            _note_resumed(summary, st, "pretrain %s" % st.get("model"), st.get("fold"))
+            _note_resumed(summary, st, "%s %s" % (stage, st.get("model")), st.get("fold"))
         if st.get("status") in ("failed", "interrupted"):
             summary["failures"].append({"model": st.get("model"), "fold": st.get("fold"), "status": st.get("status"),
-                                        "stage": "pretrain", "error": st.get("error", ""),
+                                        "stage": stage, "error": st.get("error", ""),
                                         "log_tail": st.get("log_tail", [])})
     return summary
 
@@ -305,8 +307,9 @@ def mechanism_markdown(sm: dict) -> List[str]:
                   "folds' test images: the generator against copy X (no reference), the autoencoder's blurred copy "
                   "A(X) and the mean training reference; its fidelity on the reference itself L(G(X_r), X_r); and "
                   "the fold's cnn's probability of the true class on X, G(X), A(X) and X_r (a generator that "
-                  "removes the expression moves it from X's towards X_r's); last, the GCNet's classifier given the "
-                  "TRUE reference X_r in place of G(X) (deploy_ref): what a perfect generator would give it.", "",
+                  "removes the expression moves it from X's towards X_r's); last, the GCNet's trained weights given the "
+                  "TRUE reference X_r in place of G(X) (deploy_ref; the reference branch's BatchNorm statistics "
+                  "re-estimated on true references): what its classifier makes of a perfect reference.", "",
                   "| model | L_Gen,r | copy X | beats copy X | blurred copy (G better on) | mean ref | G(X_r) | "
                   "p(true): X / G(X) / A(X) / X_r | accuracy with G(X) / with the TRUE X_r |",
                   "|---|---|---|---|---|---|---|---|---|"]
