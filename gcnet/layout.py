@@ -181,6 +181,9 @@ class ResultsLayout:
         return sorted(self.pretrain_root.glob("*/*/" + STAGE))
 
     # ------------------------------------------------------------------------------------------- generator stage
+    def generator_stage_files(self) -> List[Path]:
+        return sorted(self.root.glob("generator/fold_*/" + STAGE))
+
     def generator_dir(self, k: int) -> Path:
         """generator/fold_K: the per-fold generator of the paper's first step (X -> X_r), GCNets start from it."""
         return self.root / "generator" / fold_name(k)

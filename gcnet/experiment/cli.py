@@ -113,10 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-snapshots", type=int, default=2, help="snapshots kept per training (default 2)")
     g = ap.add_argument_group("Slurm arrays (tools/slurm/)")
     g.add_argument("--task-index", type=int, metavar="I", help="run only task I of the selected models x folds "
-                   "(I = fold position * number of models + model position); with --stop-after pretrain, "
-                   "task I = the I-th selected fold")
+                   "(I = fold position * number of models + model position); with --stop-after pretrain or "
+                   "generator, task I = the I-th selected fold")
     g.add_argument("--count-tasks", action="store_true", help="print the number of tasks (models x folds, or "
-                   "folds with --stop-after pretrain) and exit")
+                   "folds with --stop-after pretrain or generator) and exit")
     return ap
 
 

@@ -52,8 +52,7 @@ def run(s: Settings, sup: Supervisor) -> int:
     if sup.stop.is_set():
         return _interrupted(ctx, report)
     if s.stop_after == "pretrain":
-        write_json(ctx.layout.run_report, report)
-        return EXIT_FAILED if any(j.status == "failed" for j in pre.values()) else EXIT_OK
+        return _stopped_after(ctx, report, pre.values())
 
     gen = generator_jobs(ctx)
     if gen:
@@ -64,8 +63,7 @@ def run(s: Settings, sup: Supervisor) -> int:
         if sup.stop.is_set():
             return _interrupted(ctx, report)
     if s.stop_after == "generator":
-        write_json(ctx.layout.run_report, report)
-        return EXIT_FAILED if any(j.status == "failed" for j in gen.values()) else EXIT_OK
+        return _stopped_after(ctx, report, gen.values())
 
     say("%s stages 4-7/8: surgery, training, BatchNorm statistics, test" % tag)
     jobs = model_jobs(ctx)
@@ -168,6 +166,12 @@ def _summarise(ctx: Context, sm: dict) -> None:
     if s.figures:
         say("[%s] figures" % s.dataset)
         stages.run_figures(ctx)
+
+
+def _stopped_after(ctx: Context, report: dict, jobs) -> int:
+    """--stop-after: the run report written; exit 1 when a job of the last stage failed."""
+    write_json(ctx.layout.run_report, report)
+    return EXIT_FAILED if any(j.status == "failed" for j in jobs) else EXIT_OK
 
 
 def _finish(tag: str, jobs: List[Job], t_start: float) -> int:

@@ -227,7 +227,7 @@ def resolve_settings(a) -> Settings:
 
 
 def select_task(s: Settings, index: int) -> None:
-    """Narrow s to Slurm array task `index`: (fold, model), or the fold alone with --stop-after pretrain."""
+    """Narrow s to Slurm array task `index`: (fold, model), or the fold alone with --stop-after pretrain/generator."""
     tasks = array_tasks(s)
     if not 0 <= index < len(tasks):
         raise UsageError("--task-index %d out of range: %d task(s) (0-%d)" % (index, len(tasks), len(tasks) - 1))
@@ -238,4 +238,6 @@ def select_task(s: Settings, index: int) -> None:
 
 
 def array_tasks(s: Settings) -> list:
-    return [(k, None) for k in s.folds] if s.stop_after == "pretrain" else [(k, m) for k in s.folds for m in s.models]
+    if s.stop_after in ("pretrain", "generator"):
+        return [(k, None) for k in s.folds]
+    return [(k, m) for k in s.folds for m in s.models]

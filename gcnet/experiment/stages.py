@@ -9,6 +9,7 @@
     recalibrate  BatchNorm statistics for the final weights (gcnet.bnstats, in a subprocess) -> final.caffemodel
     test       gcnet.experiment.evaluate in a subprocess -> test.json
 """
+import contextlib
 import os
 import sys
 import time
@@ -68,6 +69,20 @@ def run_lmdb(ctx: Context) -> dict:
     return ctx.man
 
 
+@contextlib.contextmanager
+def _recorded(job: Job):
+    """An interruption or a failure inside is recorded in the job's stage.json (with its training log's tail)."""
+    try:
+        yield
+    except Interrupted:
+        write_json(job.dir / STAGE, dict(job.state, status="interrupted"))
+        raise
+    except Exception as e:
+        write_json(job.dir / STAGE, dict(job.state, status="failed", error=str(e),
+                                         log_tail=last_lines(str(job.dir / TRAIN_LOG), 15)))
+        raise
+
+
 # ----------------------------------------------------------------------------------------------- pretraining
 def run_pretrain(ctx: Context, job: Job) -> None:
     s, d = ctx.s, job.dir
@@ -95,7 +110,7 @@ def run_pretrain(ctx: Context, job: Job) -> None:
                      "resumed": (st.get("resumed") or []) if st.get("hash") in (key, legacy) else []}
         write_json(d / STAGE, job.state)
         t0 = time.time()
-        try:
+        with _recorded(job):
             if job.model == "encdec" and s.fit_output_scale:
                 # the autoencoder's BatchNorm statistics and output Scale fitted for its final weights (to X)
                 job.action = train_with_caffe(ctx, job, None, TRAINED)
@@ -104,13 +119,6 @@ def run_pretrain(ctx: Context, job: Job) -> None:
                                                                  job.fold >= 0 else ctx.layout.webface_lmdb(ctx.man)))
             else:
                 job.action = train_with_caffe(ctx, job, None, FINAL)
-        except Interrupted:
-            write_json(d / STAGE, dict(job.state, status="interrupted"))
-            raise
-        except Exception as e:
-            write_json(d / STAGE, dict(job.state, status="failed", error=str(e),
-                                       log_tail=last_lines(str(d / TRAIN_LOG), 15)))
-            raise
         job.state.update(status="done", finished=now(), seconds=round(time.time() - t0, 1),
                          weights_sha256=sha256_file(d / FINAL), pretrain_source=pretrain_source(ctx.man),
                          n_identities=job.texts["opts"]["n_identities"], diverged=job.diverged)
@@ -148,7 +156,7 @@ def run_generator(ctx: Context, job: Job) -> None:
         write_json(d / STAGE, job.state)
         write_json(d / META, {"model": job.model, "kind": "generator", "fold": k, "dataset": s.dataset,
                               "iters": solver_iters(job), "init": str(encdec / FINAL)})
-        try:
+        with _recorded(job):
             if not (d / INIT).exists():
                 say("%s net surgery -> %s (En_1, De_1r from encdec)" % (job.label, INIT))
                 _surgery(ctx, job, "zero")
@@ -166,13 +174,6 @@ def run_generator(ctx: Context, job: Job) -> None:
                               "--batch", str(s.batch), "--autoencoder", str(encdec)]
                              + (["--gpu", str(job.gpu)] if job.gpu is not None else []),
                              d, "test", "generator test", child_env(s.threads, job.gpu, quiet_glog=True))
-        except Interrupted:
-            write_json(d / STAGE, dict(job.state, status="interrupted"))
-            raise
-        except Exception as e:
-            write_json(d / STAGE, dict(job.state, status="failed", error=str(e),
-                                       log_tail=last_lines(str(d / TRAIN_LOG), 15)))
-            raise
         g = (read_json(d / TEST, {}) or {}).get("generator") or {}
         job.state.update(status="done", finished=now(), weights_sha256=sha256_file(d / FINAL), generator=g)
         write_json(d / STAGE, job.state)

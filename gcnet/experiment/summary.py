@@ -104,13 +104,15 @@ def collect_summary(lay: ResultsLayout, models: Optional[Sequence[str]] = None,
         summary["models"][m] = entry
     summary["paired"] = paired_statistics(lay, summary["models"], folds)
     # pretraining failures
-    for st_path in lay.pretrain_stage_files():
+    # pretraining (a shared one once, however many fold links name it) and the generator stage
+    for st_path in sorted({p.resolve() for p in lay.pretrain_stage_files() + lay.generator_stage_files()}):
         st = read_json(st_path, {}) or {}
+        stage = "generator" if st.get("kind") == "generator" else "pretrain"
         if st.get("status") == "done":
-            _note_resumed(summary, st, "pretrain %s" % st.get("model"), st.get("fold"))
+            _note_resumed(summary, st, "%s %s" % (stage, st.get("model")), st.get("fold"))
         if st.get("status") in ("failed", "interrupted"):
             summary["failures"].append({"model": st.get("model"), "fold": st.get("fold"), "status": st.get("status"),
-                                        "stage": "pretrain", "error": st.get("error", ""),
+                                        "stage": stage, "error": st.get("error", ""),
                                         "log_tail": st.get("log_tail", [])})
     return summary
 

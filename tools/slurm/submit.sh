@@ -4,7 +4,7 @@
 #   tools/slurm/submit.sh ck+ --data /data/CK+ --out /scratch/gcnet/results --gpu 0 --cpus-per-task 4 --mem 16G
 #
 #   1 prep      one job: the per-fold LMDBs
-#   2 pretrain  array, one task per fold: encdec + cnn_id
+#   2 pretrain  array, one task per fold: encdec + cnn_id (a shared WebFace one once), then the fold's generator stage
 #   3 train     array, one task per (model, fold): surgery, caffe train, test
 #   4 collect   summary.{md,json} + figures, after the array (also when some tasks failed)
 #
