@@ -228,6 +228,7 @@ def _pair(n, w: dict, opts: NetOptions, deploy: bool) -> None:
 
 
 def _contrast_with(n, reference, w: dict, opts: NetOptions, deploy: bool) -> None:
+    """En_2 on X and on `reference` (shared weights, own BatchNorm statistics), delta, classifier."""
     en2_x, _ = encoder(n, "en2", n.x, opts, masks=False)
     en2_r, _ = encoder(n, "en2r", reference, opts, owner="en2", masks=False)
     n.delta = L.Python(en2_x, en2_r, python_param=dict(module=PY_MODULE, layer="ElementwiseDistance"))

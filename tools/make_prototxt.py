@@ -70,7 +70,8 @@ def main(argv=None):
     models = [m for m in args.models.split(",") if m]
     try:
         files = committed_files(models, args.dataset, schedule, args.results, args.classes, args.neutral_label,
-                                args.data_root, n_identities=args.identities, margin=args.margin,
+                                args.data_root, os.path.abspath(args.out), n_identities=args.identities,
+                                margin=args.margin,
                                 decoder_lr_mult=args.decoder_lr_mult, pool_stride=args.pool_stride,
                                 finetune_output_scale=args.finetune_output_scale,
                                 contrastive_distance=args.contrastive_distance, batch_size=args.batch)
