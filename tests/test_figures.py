@@ -180,12 +180,13 @@ def test_mechanism_figure_from_a_summary(tmp_path):
     with pytest.raises(Skip, match="summary.json"):
         mechanism.fig_mechanism(lay)
     pooled = lambda a: {"accuracy": a, "n": 258, "ci95": [a - 0.05, a + 0.04]}
-    gen = {"l_gen_r": 4.3, "baseline_copy_x": 5.8, "baseline_blurred_copy": 9.1, "l_gen_r_on_reference": 3.5}
+    gen = {"l_gen_r": 4.3, "baseline_copy_x": 5.8, "baseline_blurred_copy": 9.1, "l_gen_r_on_reference": 3.5,
+           "accuracy_true_reference": pooled(0.95)}
     write_json(lay.summary_json, {
         "settings": {"synthetic": True},
         "models": {"cnn": {"pooled": pooled(0.8)}, "cnn_pair": {"pooled": pooled(0.97)},
                    "gcnet_s0r0": {"pooled": pooled(0.82), "generator": gen}},
-        "paired": {"cnn_pair": {"difference": 0.17, "mcnemar_p": 1e-6},
-                   "gcnet_s0r0": {"difference": 0.02, "mcnemar_p": 0.5}}})
+        "paired": {"cnn_pair": {"difference": 0.17, "difference_ci95": [0.1, 0.25], "mcnemar_p": 1e-6},
+                   "gcnet_s0r0": {"difference": 0.02, "difference_ci95": [-0.05, 0.08], "mcnemar_p": 0.5}}})
     files = mechanism.fig_mechanism(lay)
     _check_png_pdf(files, "mechanism")

@@ -64,7 +64,7 @@ def test_key(ctx: Context, job: Job, fingerprint: str) -> str:
              fingerprint, s.bn_samples, s.batch, portable(job.texts.get("deploy_ref", ""), ctx)]
     if "encdec" in job.pretrained and has_generator(job.model):       # the blurred-copy baseline's autoencoder
         parts.append(sha256_file(job.pretrained["encdec"] / FINAL))
-    return sha_text("test-v4", *parts)
+    return sha_text("test-v5", *parts)
 
 
 def figures_key(root: Path) -> str:

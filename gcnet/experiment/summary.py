@@ -307,8 +307,9 @@ def mechanism_markdown(sm: dict) -> List[str]:
                   "folds' test images: the generator against copy X (no reference), the autoencoder's blurred copy "
                   "A(X) and the mean training reference; its fidelity on the reference itself L(G(X_r), X_r); and "
                   "the fold's cnn's probability of the true class on X, G(X), A(X) and X_r (a generator that "
-                  "removes the expression moves it from X's towards X_r's); last, the GCNet's classifier given the "
-                  "TRUE reference X_r in place of G(X) (deploy_ref): what a perfect generator would give it.", "",
+                  "removes the expression moves it from X's towards X_r's); last, the GCNet's trained weights given the "
+                  "TRUE reference X_r in place of G(X) (deploy_ref; the reference branch's BatchNorm statistics "
+                  "re-estimated on true references): what its classifier makes of a perfect reference.", "",
                   "| model | L_Gen,r | copy X | beats copy X | blurred copy (G better on) | mean ref | G(X_r) | "
                   "p(true): X / G(X) / A(X) / X_r | accuracy with G(X) / with the TRUE X_r |",
                   "|---|---|---|---|---|---|---|---|---|"]

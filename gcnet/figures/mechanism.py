@@ -28,17 +28,23 @@ def fig_mechanism(layout, models=None, folds=None, log=print):
     ax.bar(range(len(names)), acc, color=colors, yerr=[acc - lo, hi - acc], capsize=4)
     if "cnn" in entries:
         ax.axhline(100 * entries["cnn"]["pooled"]["accuracy"], color="#555555", ls="--", lw=1, label="cnn")
+    true_ref = [(i, 100 * entries[m]["generator"]["accuracy_true_reference"]["accuracy"]) for i, m in enumerate(names)
+                if (entries[m].get("generator") or {}).get("accuracy_true_reference")]
+    if true_ref:        # a GCNet's classifier given the TRUE reference in place of G(X)
+        ax.plot(*zip(*true_ref), "D", color="black", ms=6, label="GCNet given the TRUE X_r")
+        ax.legend(loc="lower right", fontsize=8)
     for i, m in enumerate(names):
         p = paired.get(m)
-        note = "" if not p else "%+.1f\np=%.2g" % (100 * p["difference"], p["mcnemar_p"])
+        note = "" if not p else "%+.1f [%+.1f, %+.1f]\np=%.2g" % (
+            100 * p["difference"], 100 * p["difference_ci95"][0], 100 * p["difference_ci95"][1], p["mcnemar_p"])
         ax.text(i, hi[i] + 1, "%.1f%%%s" % (acc[i], "\n" + note if note else ""), ha="center", va="bottom",
-                fontsize=8)
+                fontsize=7)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize=9)
     ax.set_ylim(0, 115)
     ax.set_ylabel("accuracy on all test images (%), 95% Wilson interval")
     n = entries[names[0]]["pooled"]["n"]
-    ax.set_title("accuracy (n %d); difference vs cnn and McNemar p above the bars" % n, fontsize=10)
+    ax.set_title("accuracy (n %d); difference vs cnn [subject-bootstrap 95%% CI] and McNemar p" % n, fontsize=10)
     gens = {m: e["generator"] for m, e in entries.items() if e.get("generator")}
     if gens:
         width = 0.8 / len(BASELINES)
@@ -49,7 +55,7 @@ def fig_mechanism(layout, models=None, folds=None, log=print):
         bx.set_xticks(range(len(gens)))
         bx.set_xticklabels(list(gens), rotation=30, ha="right", fontsize=9)
         bx.set_ylabel("per image 0.5 ||. - X_r||^2 (64x64, pixels / 256)")
-        bx.legend(fontsize=8)
+        bx.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
         bx.set_title("how close the reference is to the true X_r (lower is better)", fontsize=10)
     else:
         bx.set_axis_off()
@@ -57,5 +63,5 @@ def fig_mechanism(layout, models=None, folds=None, log=print):
     synthetic = (sm.get("settings") or {}).get("synthetic")
     fig.suptitle("%s: the generated reference and what it is worth%s" % (
         layout.dataset, " (SYNTHETIC data: not the paper's numbers)" if synthetic else ""), fontsize=11)
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.2, top=0.88, wspace=0.25)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.28, top=0.88, wspace=0.25)
     return save(fig, layout.figures_dir, "mechanism")
