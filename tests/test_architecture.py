@@ -1,6 +1,6 @@
 """The shape of the code (docs/ARCHITECTURE.md): no import cycle among the modules of gcnet/ and python_layers/
 (function-local imports included), no module of them over 400 lines, one helper puts the repository on sys.path
-for the tools.  No Caffe."""
+for the tools, the picture names every module.  No Caffe."""
 import ast
 import re
 from pathlib import Path
@@ -123,3 +123,24 @@ def test_one_helper_puts_the_repository_on_sys_path():
         first = next((i for i, s in enumerate(lines) if re.match(r"\s*(from|import) gcnet\b", s)), None)
         if first is not None:
             assert any(re.match(r"(from _repo import|import _repo)", s) for s in lines[:first]), p.name
+
+
+def test_the_picture_matches_the_code():
+    """docs/ARCHITECTURE.md: its picture names every module of gcnet/ and python_layers/ and only files that exist;
+    each arrow of the runner's import order is an import of the code."""
+    doc = (REPO / "docs" / "ARCHITECTURE.md").read_text()
+    picture = doc.split("```")[1]
+    mods = module_files(REPO)
+    assert [m for m, p in mods.items() if (p.parent.name if p.stem == "__init__" else p.stem) not in picture] == []
+    named = set(re.findall(r"([\w/]+)\.(?:py|c)\b", picture))
+    assert [n for n in named if not list(REPO.glob("**/%s.*" % n.split("/")[-1]))] == []
+    order = re.search(r"tests/test_architecture.py\):\n(.*?)\(", doc, re.S).group(1)
+    graph, arrows = import_graph(mods), 0
+    for part in order.replace("\n", " ").split(";"):
+        steps = [[m.strip() for m in s.split(",")] for s in part.split("->")]
+        for sources, targets in zip(steps, steps[1:]):
+            for a in sources:
+                for b in targets:
+                    assert "gcnet.experiment." + b in graph["gcnet.experiment." + a], (a, b)
+                    arrows += 1
+    assert arrows >= 10
