@@ -291,6 +291,7 @@ def test_partial_leftovers_are_removed_at_the_start_of_a_build(tmp_path):
 
 def test_build_lmdb_exit_codes(tmp_path, monkeypatch):
     import importlib.util
+    monkeypatch.syspath_prepend(os.path.dirname(BUILD))         # the tool imports tools/_repo.py first
     spec = importlib.util.spec_from_file_location("build_lmdb_tool", BUILD)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
