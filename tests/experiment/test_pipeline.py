@@ -575,3 +575,43 @@ def test_webface_pretraining_is_shared_by_results_folders(work):
         assert link.is_symlink() and link.resolve() == shared[0].parent.parent.resolve(), link
         st = json.loads((out / name / "cnn" / "fold_0" / "stage.json").read_text())
         assert st["status"] == "done"
+
+
+def test_reference_value_retrains_cnn_pair_on_generated_references(first_run, tmp_path):
+    """gcnet.experiment.reference_value: cnn_pair retrained on G(X_r) / G(X) (computed here with a plain caffe.Net
+    of the generator stage), tested on the cnn's test images, paired statistics written."""
+    import shutil
+    import caffe
+    from gcnet.caffe_io import read_lmdb
+    ds = tmp_path / "synthetic"
+    shutil.copytree(str(first_run["ds"]), str(ds), symlinks=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "python_layers"),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    bad = subprocess.run([sys.executable, "-m", "gcnet.experiment.reference_value", str(ds), "--references", "xr"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=env)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--references" in bad.stderr
+    p = subprocess.run([sys.executable, "-m", "gcnet.experiment.reference_value", str(ds), "--folds", "0"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lay = ResultsLayout.at(ds)
+    res = json.loads(lay.reference_value_json.read_text())
+    n = json.loads((ds / "cnn" / "fold_0" / "test.json").read_text())["n_test"]
+    assert set(res["paired"]) == {"blurred-true_vs_cnn", "blurred-true_vs_cnn_pair", "generated_vs_cnn",
+                                  "generated_vs_cnn_pair", "blurred-true_vs_generated"}
+    assert all(v["n"] == n for v in res["paired"].values())
+    gen = caffe.Net(str(lay.generator_dir(0) / "deploy.prototxt"), str(lay.generator_dir(0) / "final.caffemodel"),
+                    caffe.TEST)
+    orig = np.stack([a for _, a, _ in read_lmdb(str(lay.lmdb(0, "test")))])
+    for ref, channel in (("blurred-true", 1), ("generated", 0)):
+        d = lay.reference_value_dir(ref, 0)
+        new = np.stack([a for _, a, _ in read_lmdb(str(d / "lmdb_test"))])
+        x = orig[:, channel:channel + 1, 1:65, 1:65].astype(np.float32) / 256
+        gen.blobs["x"].reshape(*x.shape)
+        gen.blobs["x"].data[...] = x
+        g = np.clip(np.rint(gen.forward()["gen_r"][:, 0] * 256), 0, 255)
+        assert np.array_equal(new[:, 0], orig[:, 0])                      # X untouched
+        assert np.abs(new[:, 1, 1:65, 1:65].astype(int) - g).max() <= 1   # the reference is G(.)
+        assert np.array_equal(new[:, 1, 0], orig[:, 1, 0])                # border: X_r's
+        assert str(d / "lmdb_train") in (d / "train_val.prototxt").read_text()
+        t = json.loads((d / "test.json").read_text())
+        assert t["n_test"] == n and 0 <= t["accuracy"] <= 1
