@@ -15,6 +15,9 @@ from typing import Dict, Iterable, List, Optional
 from gcnet.config import DATASETS, EXPRESSION_MODELS, PRETRAIN_MODELS
 from gcnet.util import read_json
 
+REPO = Path(__file__).resolve().parents[1]     # the repository root, where Caffe runs the committed prototxt/
+RESULTS = "results"          # the default results root (<repository>/results: run_folds.sh --out, the LMDB and snapshot
+                             # paths of the committed prototxt/*/solver.prototxt and train_val.prototxt)
 WEBFACE = "webface"          # pretrain/<WEBFACE>: pretrained once on CASIA-WebFace, shared by the folds (fold -1)
 
 # files of a model folder (<model>/fold_K) and of a pretraining folder

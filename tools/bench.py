@@ -45,8 +45,7 @@ import tempfile
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from _repo import REPO
 
 TYPES = ["Convolution", "Deconvolution", "Pooling", "ReLU", "BatchNorm", "Scale", "Python"]
 ALL = "encdec,cnn_id,cnn,gcnet_s0r0,gcnet_s1r0,gcnet_s0r1,gcnet_s1r1"
