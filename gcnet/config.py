@@ -1,12 +1,13 @@
-"""Single place for the paper's constants and for every choice the paper leaves open.
+"""Single place for the paper's constants and for every choice the paper leaves open: the datasets, the paper's
+numbers, the model table MODELS, the net options, the schedule table SCHEDULES and the solver options.
 
 Every choice below is documented (with its reason) in docs/choices.md and can be changed with a flag of
 tools/make_prototxt.py / tools/run_folds.sh.  Nothing here imports caffe.
 """
-from dataclasses import dataclass
-from typing import Dict, Tuple
+from dataclasses import dataclass, fields, replace
+from typing import Dict, Optional, Tuple
 
-from gcnet.util import DataError
+from gcnet.util import DataError, given
 
 # ----------------------------------------------------------------------------------------------- datasets
 CKPLUS_EMOTIONS = ["neutral", "anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"]  # CK+ codes 0-7
@@ -64,29 +65,73 @@ PAPER_RESULTS: Dict[str, Dict[str, float]] = {
 # ----------------------------------------------------------------------------------------------- models
 @dataclass(frozen=True)
 class ModelFacts:
+    """One network: a row of MODELS.  nets.py builds it with BODIES[body], surgery.py initialises it by `sources`,
+    its loss layers carry the weights of `losses`; the runner, figures and predict read the facts below."""
     kind: str                       # "pretrain": a pretraining net (section 4.1, CASIA-WebFace); "stage": the per-fold
                                     # generator of the paper's first step; "expression": a model of Tables 2-5
-    generator: bool = False         # Generator(X) = De_1r(En_1(X)) estimates the reference X_r (GCNets, the stage)
-    contrastive: bool = False       # L_Contr on En_2(X), En_2(X_r hat) (S1)
-    reconstruction: bool = False    # De_2r, De_2i reconstruct X_r and X (R1)
+    body: str                       # its builder in gcnet/nets.py BODIES
+    losses: Tuple[Tuple[str, float], ...]   # (loss layer, weight lambda), Eq. 4-10; Caffe's default 1 stays implicit
+                                            # for the softmax losses
+    # net surgery (gcnet/surgery.py): (target layer prefix, pretrained net, its layer prefix), the first match applies;
+    # a layer that no rule matches keeps its filler's random values.  A rule from "generator" (the stage) takes
+    # the stage's own source when the stage does not run (--generator-iters 0).
+    sources: Tuple[Tuple[str, str, str], ...] = ()
     true_reference: bool = False    # En_2 compares X with the TRUE reference X_r (Fig. 2b): the bound of a reference
 
     @property
     def pretrain(self) -> bool:
         return self.kind == "pretrain"
 
+    @property
+    def loss_weights(self) -> Dict[str, float]:
+        return dict(self.losses)
 
-# the one table of what each network has (nets, surgery, figures and the runner read it)
+    @property
+    def generator(self) -> bool:
+        """Generator(X) = De_1r(En_1(X)) estimates the reference X_r (L_Gen,r: the GCNets and the stage)."""
+        return "loss_gen_r" in self.loss_weights
+
+    @property
+    def contrastive(self) -> bool:
+        """L_Contr on En_2(X), En_2(X_r hat) (S1)."""
+        return "loss_contr" in self.loss_weights
+
+    @property
+    def reconstruction(self) -> bool:
+        """De_2r, De_2i reconstruct X_r and X (R1)."""
+        return "loss_rec_r" in self.loss_weights
+
+    @property
+    def source_nets(self) -> Tuple[str, ...]:
+        """The nets its initial weights come from, in rule order."""
+        return tuple(dict.fromkeys(net for _, net, _ in self.sources))
+
+
+# surgery rules shared by the rows (section 4.1: "En_1, De_1r from the encoder-decoder, En_2 from the identity CNN")
+EN1_DE1R_FROM_ENCDEC = (("en1_", "encdec", "en1_"), ("de1r_", "encdec", "de1r_"))
+EN1_DE1R_FROM_GENERATOR = (("en1_", "generator", "en1_"), ("de1r_", "generator", "de1r_"))
+EN2_FROM_CNN_ID = (("en2_", "cnn_id", "en2_"),)
+EN2_TWICE_FROM_CNN_ID = (("en2r_", "cnn_id", "en2_"),) + EN2_FROM_CNN_ID     # En_2 on X and on the reference
+DE2_FROM_ENCDEC = (("de2r_", "encdec", "de1r_"), ("de2i_", "encdec", "de1r_"))
+# loss weights, section 4.1: "We arbitrarily set lambda_S = 1, lambda_G,r = 1, lambda_R,r = 0.25, lambda_R,i = 0.25"
+GCNET_S0R0_LOSSES = (("loss_cls", 1.0), ("loss_gen_r", 1.0))
+CONTRASTIVE_LOSS = (("loss_contr", 1.0),)
+RECONSTRUCTION_LOSSES = (("loss_rec_r", 0.25), ("loss_rec_i", 0.25))
+
+# the one table of the networks (nets, surgery, figures and the runner read it); docs/ARCHITECTURE.md "Add a model"
 MODELS: Dict[str, ModelFacts] = {
-    "encdec": ModelFacts("pretrain"),
-    "cnn_id": ModelFacts("pretrain"),
-    "generator": ModelFacts("stage", generator=True),
-    "cnn": ModelFacts("expression"),
-    "cnn_pair": ModelFacts("expression", true_reference=True),
-    "gcnet_s0r0": ModelFacts("expression", generator=True),
-    "gcnet_s1r0": ModelFacts("expression", generator=True, contrastive=True),
-    "gcnet_s0r1": ModelFacts("expression", generator=True, reconstruction=True),
-    "gcnet_s1r1": ModelFacts("expression", generator=True, contrastive=True, reconstruction=True),
+    "encdec": ModelFacts("pretrain", "autoencoder", (("loss_rec", 1.0),)),
+    "cnn_id": ModelFacts("pretrain", "identity", (("loss_id", 1.0),)),
+    "generator": ModelFacts("stage", "generator", (("loss_gen_r", 1.0),), EN1_DE1R_FROM_ENCDEC),
+    "cnn": ModelFacts("expression", "cnn", (("loss_cls", 1.0),), EN2_FROM_CNN_ID),
+    "cnn_pair": ModelFacts("expression", "pair", (("loss_cls", 1.0),), EN2_TWICE_FROM_CNN_ID, true_reference=True),
+    "gcnet_s0r0": ModelFacts("expression", "gcnet", GCNET_S0R0_LOSSES, EN1_DE1R_FROM_GENERATOR + EN2_TWICE_FROM_CNN_ID),
+    "gcnet_s1r0": ModelFacts("expression", "gcnet", GCNET_S0R0_LOSSES + CONTRASTIVE_LOSS,
+                             EN1_DE1R_FROM_GENERATOR + EN2_TWICE_FROM_CNN_ID),
+    "gcnet_s0r1": ModelFacts("expression", "gcnet", GCNET_S0R0_LOSSES + RECONSTRUCTION_LOSSES,
+                             EN1_DE1R_FROM_GENERATOR + EN2_TWICE_FROM_CNN_ID + DE2_FROM_ENCDEC),
+    "gcnet_s1r1": ModelFacts("expression", "gcnet", GCNET_S0R0_LOSSES + CONTRASTIVE_LOSS + RECONSTRUCTION_LOSSES,
+                             EN1_DE1R_FROM_GENERATOR + EN2_TWICE_FROM_CNN_ID + DE2_FROM_ENCDEC),
 }
 EXPRESSION_MODELS = tuple(m for m, f in MODELS.items() if f.kind == "expression")
 PRETRAIN_MODELS = tuple(m for m, f in MODELS.items() if f.kind == "pretrain")
@@ -157,10 +202,6 @@ class NetOptions:
     # S of Eq. 4-5: "l2" = ||En_2(X) - En_2(X_r hat)||_2 (the paper), "rms" = the same divided by sqrt(p), p the
     # feature size (4704), so that a margin is on the scale of one feature (docs/choices.md).
     contrastive_distance: str = "rms"
-    lambda_s: float = 1.0
-    lambda_gen_r: float = 1.0
-    lambda_rec_r: float = 0.25
-    lambda_rec_i: float = 0.25
     n_classes: int = 7
     neutral_label: int = -1
     n_identities: int = 100              # cnn_id output size (set from the pretraining data)
@@ -199,3 +240,93 @@ class SolverOptions:
 PRETRAIN_CLIP_GRADIENTS = 10.0
 # default contrastive margin m per NetOptions.contrastive_distance (docs/choices.md)
 DEFAULT_MARGIN = {"l2": 100.0, "rms": 2.0}
+
+# augmented copies per training sample in the LMDBs (gcnet.data.lmdb_build; --augment)
+DEFAULT_AUGMENT = 4
+
+
+# ----------------------------------------------------------------------------------------------- schedules
+# The one table of training schedules (tools/run_folds.sh --profile NAME; "paper" also for tools/make_prototxt.py).
+# A row sets what it names; Schedule.resolved() derives the rest from `iters`; the command line overrides any.
+SCHEDULES: Dict[str, dict] = {
+    # section 4.1: 3e5 iterations, mini-batch 64, ten folds; the pretraining iterations are not given (= iters)
+    "paper": dict(n_folds=10, iters=300000, batch=64),
+    # `synthetic` without --iters: a CPU-sized profile that shows the paper's mechanism (README "Results"): 100
+    # identities give about 39 labelled sequences (about 120 test images) per fold; the encoder-decoder and En_2 are
+    # pretrained once on a synthetic WebFace set of 300 other identities (the paper's CASIA-WebFace step, cached for
+    # every later run), the generator is trained per fold on X -> X_r (the paper's first step), then the models.
+    "synthetic-cpu": dict(
+        subjects=100,             # synthetic identities written by gcnet.data.synthetic.make_synthetic
+        n_folds=10,               # the paper's protocol (subject-independent 10 folds) ...
+        folds="0-1",              # ... of which these are run (their LMDBs only are built)
+        webface_identities=300,   # the synthetic WebFace set of the pretraining (other identities)
+        pretrain_iters=3000,      # encdec / cnn_id iterations on it (once; cached)
+        generator_iters=1000,     # the per-fold generator stage (X -> X_r)
+        iters=200,                # expression-model iterations
+        batch=16,
+        augment=2,                # augmented copies per training sample in the LMDB
+        display=20,
+        jobs=2,                   # two trainings side by side, one BLAS thread each
+        bn_samples=512,           # training samples of the BatchNorm re-estimation and of the training-set scores
+    ),
+}
+# `--profile ablation`: the six models at a larger equal budget on a larger synthetic set (about 600 test images
+# over folds 0-1), for paired statistics with n >= 500 (README "Results")
+SCHEDULES["ablation"] = dict(SCHEDULES["synthetic-cpu"], subjects=250, generator_iters=2000, iters=1000, display=50,
+                             bn_samples=1024)
+SYNTHETIC_PROFILES = ("synthetic-cpu", "ablation")     # schedules of the synthetic set (--profile)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long and how each net trains: iterations of the expression models (`iters`, --iters), of encdec and
+    cnn_id (`pretrain_iters`) and of the generator stage (`generator_iters`), Caffe's display / snapshot / test
+    intervals and the learning-rate policy.  None: derived from `iters` by resolved()."""
+    iters: int = 300000
+    pretrain_iters: Optional[int] = None       # None: iters (the paper gives none)
+    generator_iters: Optional[int] = None      # None: iters // 10; 0: no generator stage
+    display: Optional[int] = None              # None: min(100, iters / 20)
+    snapshot: Optional[int] = None             # None: min(10000, iters / 4)
+    test_interval: Optional[int] = None        # None: min(1000, iters / 5)
+    base_lr: float = SolverOptions.base_lr
+    gamma: float = SolverOptions.gamma
+    power: float = SolverOptions.power
+    clip_gradients: float = SolverOptions.clip_gradients
+    pretrain_clip_gradients: float = PRETRAIN_CLIP_GRADIENTS
+
+    def resolved(self) -> "Schedule":
+        """Every None replaced by its value derived from iters (a given 0 stays 0)."""
+        it = self.iters
+        display = given(self.display, min(100, max(1, it // 20)))
+        return replace(self, pretrain_iters=given(self.pretrain_iters, it),
+                       generator_iters=given(self.generator_iters, it // 10), display=display,
+                       snapshot=given(self.snapshot, min(10000, max(display, it // 4))),
+                       test_interval=given(self.test_interval, min(1000, max(display, it // 5))))
+
+    def iters_of(self, model: str) -> int:
+        """The iterations of `model`: pretraining nets, the generator stage, expression models."""
+        kind = MODELS[model].kind
+        return self.pretrain_iters if kind == "pretrain" else self.generator_iters if kind == "stage" else self.iters
+
+
+def make_schedule(name: str = "paper", **options) -> Schedule:
+    """The resolved Schedule of SCHEDULES[name] with the values in `options` (None: not given) in place of the
+    row's."""
+    row = SCHEDULES[name]
+    names = [f.name for f in fields(Schedule)]
+    values = {k: row[k] for k in names if k in row}
+    values.update({k: v for k, v in options.items() if v is not None})
+    return Schedule(**values).resolved()
+
+
+def solver_options(schedule: Schedule, model: str, gpu: bool = False,
+                   test_iter: int = SolverOptions.test_iter) -> SolverOptions:
+    """The SolverOptions of `model` under `schedule` (the runner's solver.prototxt and tools/make_prototxt.py's):
+    its iterations, the intervals clipped to them, the pretraining nets' clipping."""
+    max_iter = schedule.iters_of(model)
+    return SolverOptions(base_lr=schedule.base_lr, gamma=schedule.gamma, power=schedule.power, max_iter=max_iter,
+                         display=min(schedule.display, max(1, max_iter)), snapshot=min(schedule.snapshot, max_iter),
+                         test_interval=min(schedule.test_interval, max_iter), test_iter=test_iter,
+                         solver_mode="GPU" if gpu else "CPU",
+                         clip_gradients=schedule.pretrain_clip_gradients if MODELS[model].pretrain
+                         else schedule.clip_gradients)

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gcnet.layout import DEPLOY, DEPLOY_REF, FINAL, META, ONNX, ONNX_REF, TRAIN_VAL, ResultsLayout, fold_of
+from gcnet.layout import DEPLOY, DEPLOY_REF, FINAL, META, ONNX, ONNX_REF, REPO, TRAIN_VAL, ResultsLayout, fold_of
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SCALE = 0.00390625       # transform_param.scale of the Data layers (docs/ARCHITECTURE.md, LMDB format)
 DEFAULT_CROP = 64
 REFERENCE_INPUT = "xr"           # the deploy input of a net that is given the person's reference face (deploy_ref,

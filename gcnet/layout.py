@@ -5,6 +5,7 @@
     <out>/pretrain/webface-<hash>/{encdec,cnn_id}/                      WebFace pretraining, shared under <out>
     <out>/<dataset>/generator/fold_K/                                   the per-fold generator (first step)
     <out>/<dataset>/<model>/fold_K/                                     one trained expression model
+    <out>/<dataset>/reference_value/<reference>/fold_K/                 cnn_pair given G(X_r) or G(X) (diagnostic)
     <out>/<dataset>/{summary.json,summary.md,run_settings.json,run_report.json,figures/,slurm/}
 """
 import re
@@ -14,6 +15,9 @@ from typing import Dict, Iterable, List, Optional
 from gcnet.config import DATASETS, EXPRESSION_MODELS, PRETRAIN_MODELS
 from gcnet.util import read_json
 
+REPO = Path(__file__).resolve().parents[1]     # the repository root, where Caffe runs the committed prototxt/
+RESULTS = "results"          # the default results root (<repository>/results: run_folds.sh --out, the LMDB and snapshot
+                             # paths of the committed prototxt/*/solver.prototxt and train_val.prototxt)
 WEBFACE = "webface"          # pretrain/<WEBFACE>: pretrained once on CASIA-WebFace, shared by the folds (fold -1)
 
 # files of a model folder (<model>/fold_K) and of a pretraining folder
@@ -207,6 +211,14 @@ class ResultsLayout:
                 if all((fdir / n).exists() for n in need):
                     out.setdefault(m, {})[k] = fdir
         return out
+
+    def reference_value_dir(self, reference: str, k: int) -> Path:
+        """cnn_pair retrained with a generated reference (gcnet.experiment.reference_value)."""
+        return self.root / "reference_value" / reference / fold_name(k)
+
+    @property
+    def reference_value_json(self) -> Path:
+        return self.root / "reference_value" / "reference_value.json"
 
     def class_names(self, n_classes: Optional[int] = None) -> List[str]:
         """Class names from a meta.json of the results, else the dataset's (gcnet.config), else 'class k'."""

@@ -29,8 +29,8 @@ from caffe import params as P
 from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
-from gcnet.config import (ALL_MODELS, CONTRASTIVE_DISTANCES, FINETUNE_OUTPUT_SCALE, NetOptions, has_contrastive,
-                          has_generator, has_reconstruction, has_reference_variant, has_true_reference)
+from gcnet.config import (ALL_MODELS, CONTRASTIVE_DISTANCES, FINETUNE_OUTPUT_SCALE, MODELS, NetOptions,
+                          has_reference_variant, has_true_reference)
 
 PY_MODULE = "gcnet_layers"          # python_layers/gcnet_layers.py
 WEIGHT_FILLER = dict(type="xavier")
@@ -185,40 +185,61 @@ def _data_layer(source: str, batch: int, opts: NetOptions, phase: int):
                   include=dict(phase=phase))
 
 
-def _body(n, model: str, opts: NetOptions, deploy: bool) -> None:
-    """Everything after the inputs `x` (and `xr`, `label` when training)."""
-    if model == "encdec":
-        en1, masks = encoder(n, "en1", n.x, opts)
-        n.gen_r = decoder(n, "de1r", en1, masks, opts, lr=1.0)
-        if not deploy:
-            n.loss_rec = L.EuclideanLoss(n.gen_r, n.x, loss_weight=1.0)
-        return
-    out_lr = 0.0 if opts.finetune_output_scale == "frozen" else opts.decoder_lr_mult
-    if model == "generator":
-        # the first of the paper's two steps (section 1): Generator(X) = De_1r(En_1(X)) learned alone on X -> X_r
-        # (L_Gen,r, Eq. 7-8), trained as inside the GCNets: decoder at the fine-tuning rate, output Scale frozen
-        en1, masks = encoder(n, "en1", n.x, opts)
-        n.gen_r = decoder(n, "de1r", en1, masks, opts, lr=opts.decoder_lr_mult, output_scale_lr=out_lr)
-        if not deploy:
-            n.loss_gen_r = L.EuclideanLoss(n.gen_r, n.xr, loss_weight=1.0)
-        return
-    if has_true_reference(model):
-        # Fig. 2(b): En_2 on X and on the TRUE reference X_r (one encoder, shared weights), d(.,.), classifier
-        en2_x, _ = encoder(n, "en2", n.x, opts, masks=False)
-        en2_r, _ = encoder(n, "en2r", n.xr, opts, owner="en2", masks=False)
-        n.delta = L.Python(en2_x, en2_r, python_param=dict(module=PY_MODULE, layer="ElementwiseDistance"))
-        _head(n, classifier(n, n.delta, opts.n_classes, opts), "loss_cls", deploy)
-        return
-    if model in ("cnn", "cnn_id"):
-        en2, _ = encoder(n, "en2", n.x, opts, masks=False)
-        prefix = "id_" if model == "cnn_id" else ""
-        out = classifier(n, en2, opts.n_identities if model == "cnn_id" else opts.n_classes, opts, prefix)
-        loss = "loss_id" if model == "cnn_id" else "loss_cls"
-        _head(n, out, loss, deploy)
-        return
+# ----------------------------------------------------------------------------------------------- bodies
+# A body builds everything after the inputs `x` (and `xr`, `label` when training) of a model (config.MODELS[m].body);
+# `w` is the row's loss weights.  Each returns nothing; the loss layers exist only when not `deploy`.
+def _autoencoder(n, w: dict, opts: NetOptions, deploy: bool) -> None:
+    """encdec (section 4.1): En_1 + De_1r reconstructing X."""
+    en1, masks = encoder(n, "en1", n.x, opts)
+    n.gen_r = decoder(n, "de1r", en1, masks, opts, lr=1.0)
+    if not deploy:
+        n.loss_rec = L.EuclideanLoss(n.gen_r, n.x, loss_weight=w["loss_rec"])
 
-    contrastive, recon = has_contrastive(model), has_reconstruction(model)
-    dec_lr = opts.decoder_lr_mult
+
+def _output_scale_lr(opts: NetOptions) -> float:
+    """Rate of the decoders' single-channel output Scale while fine-tuning (NetOptions.finetune_output_scale)."""
+    return 0.0 if opts.finetune_output_scale == "frozen" else opts.decoder_lr_mult
+
+
+def _generator(n, w: dict, opts: NetOptions, deploy: bool) -> None:
+    """The first of the paper's two steps (section 1): Generator(X) = De_1r(En_1(X)) learned alone on X -> X_r
+    (L_Gen,r, Eq. 7-8), trained as inside the GCNets: decoder at the fine-tuning rate, output Scale frozen."""
+    en1, masks = encoder(n, "en1", n.x, opts)
+    n.gen_r = decoder(n, "de1r", en1, masks, opts, lr=opts.decoder_lr_mult, output_scale_lr=_output_scale_lr(opts))
+    if not deploy:
+        n.loss_gen_r = L.EuclideanLoss(n.gen_r, n.xr, loss_weight=w["loss_gen_r"])
+
+
+def _identity(n, w: dict, opts: NetOptions, deploy: bool) -> None:
+    """cnn_id (section 4.1): En_2 + 2 FC on the identities of the pretraining set."""
+    en2, _ = encoder(n, "en2", n.x, opts, masks=False)
+    _head(n, classifier(n, en2, opts.n_identities, opts, "id_"), "loss_id", w, deploy)
+
+
+def _cnn(n, w: dict, opts: NetOptions, deploy: bool) -> None:
+    """The baseline CNN (Tables 2-5): En_2 + 2 FC on the expression classes."""
+    en2, _ = encoder(n, "en2", n.x, opts, masks=False)
+    _head(n, classifier(n, en2, opts.n_classes, opts), "loss_cls", w, deploy)
+
+
+def _pair(n, w: dict, opts: NetOptions, deploy: bool) -> None:
+    """Fig. 2(b): En_2 on X and on the TRUE reference X_r (one encoder, shared weights), d(.,.), classifier."""
+    _contrast_with(n, n.xr, w, opts, deploy)
+
+
+def _contrast_with(n, reference, w: dict, opts: NetOptions, deploy: bool) -> None:
+    """En_2 on X and on `reference` (shared weights, own BatchNorm statistics), delta, classifier."""
+    en2_x, _ = encoder(n, "en2", n.x, opts, masks=False)
+    en2_r, _ = encoder(n, "en2r", reference, opts, owner="en2", masks=False)
+    n.delta = L.Python(en2_x, en2_r, python_param=dict(module=PY_MODULE, layer="ElementwiseDistance"))
+    _head(n, classifier(n, n.delta, opts.n_classes, opts), "loss_cls", w, deploy)
+
+
+def _gcnet(n, w: dict, opts: NetOptions, deploy: bool) -> None:
+    """GCNet (Fig. 3): Generator(X), En_2 on X and on it, delta, classifier; L_Contr with "loss_contr" (S1), De_2r
+    and De_2i with "loss_rec_r" (R1) in the row's losses."""
+    contrastive, recon = "loss_contr" in w, "loss_rec_r" in w
+    dec_lr, out_lr = opts.decoder_lr_mult, _output_scale_lr(opts)
     # Generator(X) = De_1r(En_1(X)) estimates the reference X_r (section 3.2)
     en1, en1_masks = encoder(n, "en1", n.x, opts)
     n.gen_r = decoder(n, "de1r", en1, en1_masks, opts, lr=dec_lr, output_scale_lr=out_lr)
@@ -227,40 +248,42 @@ def _body(n, model: str, opts: NetOptions, deploy: bool) -> None:
     en2_r, en2_r_masks = encoder(n, "en2r", n.gen_r, opts, owner="en2", masks=recon)
     # contrastive representation delta = d(En_2(X), En_2(X_r hat)) (Eq. 2)
     n.delta = L.Python(en2_x, en2_r, python_param=dict(module=PY_MODULE, layer="ElementwiseDistance"))
-    out = classifier(n, n.delta, opts.n_classes, opts)
-    _head(n, out, "loss_cls", deploy)
+    _head(n, classifier(n, n.delta, opts.n_classes, opts), "loss_cls", w, deploy)
     if recon:
         n.rec_r = decoder(n, "de2r", en2_r, en2_r_masks, opts, lr=dec_lr, output_scale_lr=out_lr)    # De_2r(En_2(Generator(X)))
         n.rec_i = decoder(n, "de2i", en2_x, en2_x_masks, opts, lr=dec_lr, output_scale_lr=out_lr)    # De_2i(En_2(X))
     if deploy:
         return
     if contrastive:
-        n.loss_contr = L.Python(en2_x, en2_r, n.label, loss_weight=opts.lambda_s, python_param=dict(
+        n.loss_contr = L.Python(en2_x, en2_r, n.label, loss_weight=w["loss_contr"], python_param=dict(
             module=PY_MODULE, layer="ContrastiveLoss",
             param_str=json.dumps({"margin": opts.margin, "neutral_label": opts.neutral_label,
                                   "distance": opts.contrastive_distance})))
-    n.loss_gen_r = L.EuclideanLoss(n.gen_r, n.xr, loss_weight=opts.lambda_gen_r)
+    n.loss_gen_r = L.EuclideanLoss(n.gen_r, n.xr, loss_weight=w["loss_gen_r"])
     if recon:
-        n.loss_rec_r = L.EuclideanLoss(n.rec_r, n.xr, loss_weight=opts.lambda_rec_r)
-        n.loss_rec_i = L.EuclideanLoss(n.rec_i, n.x, loss_weight=opts.lambda_rec_i)
+        n.loss_rec_r = L.EuclideanLoss(n.rec_r, n.xr, loss_weight=w["loss_rec_r"])
+        n.loss_rec_i = L.EuclideanLoss(n.rec_i, n.x, loss_weight=w["loss_rec_i"])
 
 
-def _reference_input_body(n, model: str, opts: NetOptions) -> None:
+# config.MODELS[model].body -> its builder (docs/ARCHITECTURE.md "Add a model")
+BODIES = {"autoencoder": _autoencoder, "generator": _generator, "identity": _identity, "cnn": _cnn, "pair": _pair,
+          "gcnet": _gcnet}
+
+
+def _reference_input_body(n, w: dict, opts: NetOptions) -> None:
     """The deploy net with the person's own reference (phase "deploy_ref", inputs `x` and `xr`): En_2 on X and on
     the given X_r in place of Generator(X) (the same layers, weights and BatchNorm statistics as `en2r_*` on the
     generated reference), delta, classifier, `prob`.  No generator and no decoders: a reference is given."""
-    en2_x, _ = encoder(n, "en2", n.x, opts, masks=False)
-    en2_r, _ = encoder(n, "en2r", n.xr, opts, owner="en2", masks=False)
-    n.delta = L.Python(en2_x, en2_r, python_param=dict(module=PY_MODULE, layer="ElementwiseDistance"))
-    _head(n, classifier(n, n.delta, opts.n_classes, opts), "loss_cls", True)
+    _contrast_with(n, n.xr, w, opts, True)
 
 
-def _head(n, out, loss_name: str, deploy: bool) -> None:
+def _head(n, out, loss_name: str, w: dict, deploy: bool) -> None:
     if deploy:
         n.prob = L.Softmax(out)
-    else:
-        setattr(n, loss_name, L.SoftmaxWithLoss(out, n.label))
-        n.accuracy = L.Accuracy(out, n.label, include=dict(phase=caffe.TEST))
+        return
+    weight = {} if w[loss_name] == 1 else {"loss_weight": w[loss_name]}   # Caffe's default 1 left implicit
+    setattr(n, loss_name, L.SoftmaxWithLoss(out, n.label, **weight))
+    n.accuracy = L.Accuracy(out, n.label, include=dict(phase=caffe.TEST))
 
 
 def build_net(model: str, opts: NetOptions = None, phase: str = "train_val") -> caffe_pb2.NetParameter:
@@ -274,6 +297,11 @@ def build_net(model: str, opts: NetOptions = None, phase: str = "train_val") -> 
     if phase == "deploy_ref" and not has_reference_variant(model):
         raise ValueError("%s has no generated reference to replace: no deploy_ref net" % model)
     check_options(opts)
+    facts = MODELS[model]
+    if facts.body not in BODIES:
+        raise ValueError("model %s: body %r is not one of gcnet.nets.BODIES (%s)" % (model, facts.body,
+                                                                                  ", ".join(BODIES)))
+    w = facts.loss_weights
     n = caffe.NetSpec()
     deploy = phase != "train_val"
     if deploy:
@@ -284,16 +312,16 @@ def build_net(model: str, opts: NetOptions = None, phase: str = "train_val") -> 
         n.data, n.label = _data_layer(opts.train_source, opts.batch_size, opts, caffe.TRAIN)
         # Datum channels [X, X_r] -> x, xr
         n.x, n.xr = L.Slice(n.data, slice_param=dict(axis=1, slice_point=[1]), ntop=2)
-        unused = [] if has_generator(model) or has_true_reference(model) else [n.xr]
-        if model in ("encdec", "generator"):
+        unused = [] if facts.generator or facts.true_reference else [n.xr]
+        if not {"loss_cls", "loss_id"} & set(w):               # no classifier: the labels are not read
             unused.append(n.label)
         if unused:
             n.silence = L.Silence(*unused, ntop=0)
     if phase == "deploy_ref":
         n.xr = L.Input(shape=dict(dim=[1, 1, opts.crop, opts.crop]))
-        _reference_input_body(n, model, opts)
+        _reference_input_body(n, w, opts)
     else:
-        _body(n, model, opts, deploy)
+        BODIES[facts.body](n, w, opts, deploy)
     net = n.to_proto()
     net.name = model
     # NetSpec names a layer after its top; the last deconvolution of a decoder has the output's name as top

@@ -1,5 +1,6 @@
 """Initial weights of the expression models from the pretrained nets (paper section 4.1), by net surgery in pycaffe.
 
+The rules are each model's `sources` in config.MODELS:
     GCNets   En_1 en1_*, De_1r de1r_* <- generator (the per-fold first step; encdec without it)
              En_2 en2_*, en2r_* (shared) <- cnn_id en2_*
     R1       De_2r de2r_*, De_2i de2i_* <- encdec de1r_* (renamed)
@@ -10,7 +11,7 @@ the solver's random_seed), so the same inputs give the same init.caffemodel; Bat
 bn_stats="copy" (docs/choices.md).  A missing source layer or a shape mismatch is a SurgeryError naming the layer.
 CLI (the experiment's surgery stage, in a subprocess so that a Caffe CHECK failure cannot kill the runner):
     python -m gcnet.surgery MODEL TRAIN_VAL.prototxt OUT.caffemodel --encdec E.caffemodel --cnn-id C.caffemodel
-        [--report surgery.json] [--bn-stats zero|copy] [--seed N]
+        [--generator G.caffemodel] [--report surgery.json] [--bn-stats zero|copy] [--seed N]
 """
 import argparse
 import os
@@ -20,11 +21,14 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from gcnet.caffe_io import WeightsError, read_caffemodel
-from gcnet.config import (EXPRESSION_MODELS, STAGE_MODELS, SolverOptions, has_generator, has_reconstruction,
-                          has_true_reference)
+from gcnet.config import MODELS, PRETRAIN_MODELS, STAGE_MODELS, SolverOptions
 from gcnet.util import write_json
 
 __all__ = ["SurgeryError", "rules_for", "plan", "init_weights", "main"]
+
+
+# the nets whose weights a surgery copies (a --<net> option each)
+SOURCE_NETS = PRETRAIN_MODELS + STAGE_MODELS
 
 
 class SurgeryError(Exception):
@@ -32,22 +36,18 @@ class SurgeryError(Exception):
 
 
 def rules_for(model: str, generator: bool = False) -> List[Tuple[str, str, str]]:
-    """[(target layer prefix, source net, source layer prefix)] of `model`; the first matching rule applies.
-    `generator`: En_1/De_1r come from the per-fold generator stage (the paper's first step) instead of encdec."""
-    if model not in EXPRESSION_MODELS + STAGE_MODELS:
-        raise SurgeryError("no surgery rules for model %r (models: %s)"
-                           % (model, ", ".join(EXPRESSION_MODELS + STAGE_MODELS)))
-    if model in STAGE_MODELS:
-        return [("en1_", "encdec", "en1_"), ("de1r_", "encdec", "de1r_")]
+    """[(target layer prefix, source net, source layer prefix)] of `model` (config.MODELS[model].sources); the first
+    matching rule applies.  `generator`: the per-fold generator stage (the paper's first step) was given; without it
+    a rule from the stage takes the stage's own source (En_1/De_1r from encdec)."""
+    if model not in MODELS or not MODELS[model].sources:
+        known = [m for m, f in MODELS.items() if f.sources]
+        raise SurgeryError("no surgery rules for model %r (models: %s)" % (model, ", ".join(known)))
     rules = []
-    if has_generator(model):
-        gen = "generator" if generator else "encdec"
-        rules += [("en1_", gen, "en1_"), ("de1r_", gen, "de1r_")]
-    if has_generator(model) or has_true_reference(model):
-        rules.append(("en2r_", "cnn_id", "en2_"))
-    rules.append(("en2_", "cnn_id", "en2_"))
-    if has_reconstruction(model):
-        rules += [("de2r_", "encdec", "de1r_"), ("de2i_", "encdec", "de1r_")]
+    for target, net, prefix in MODELS[model].sources:
+        if net in MODELS and MODELS[net].kind == "stage" and not generator:
+            # the stage's layer `prefix...` came from (net2, prefix2...): take it from there
+            net, prefix = next(((n2, p2) for t2, n2, p2 in MODELS[net].sources if t2 == prefix), (net, prefix))
+        rules.append((target, net, prefix))
     return rules
 
 
@@ -99,22 +99,19 @@ def _fmt_shapes(shapes) -> str:
     return " ".join("x".join(str(d) for d in s) for s in shapes)
 
 
-def init_weights(model: str, train_val: str, out_path: str, encdec: Optional[str] = None,
-                 cnn_id: Optional[str] = None, report_path: Optional[str] = None, log=print,
-                 bn_stats: str = "zero", seed: int = SolverOptions.random_seed,
-                 generator: Optional[str] = None) -> dict:
-    """Build `model`'s train_val net (TRAIN phase) in pycaffe, copy the pretrained layers into it, save it as
-    `out_path` (all layers, the uncopied ones with their filler's random values) and return the report.
-    `bn_stats` "zero" zeroes every BatchNorm layer's running statistics, "copy" keeps the pretrained ones."""
+def init_weights(model: str, train_val: str, out_path: str, weights: Dict[str, Optional[str]],
+                 report_path: Optional[str] = None, log=print, bn_stats: str = "zero",
+                 seed: int = SolverOptions.random_seed) -> dict:
+    """Build `model`'s train_val net (TRAIN phase) in pycaffe, copy the pretrained layers into it from `weights`
+    ({net of SOURCE_NETS: its .caffemodel}), save it as `out_path` (all layers, the uncopied ones with their filler's
+    random values) and return the report.  `bn_stats` "zero" zeroes every BatchNorm layer's running statistics,
+    "copy" keeps the pretrained ones."""
     if bn_stats not in ("zero", "copy"):
         raise SurgeryError("bn_stats must be zero or copy, not %r" % bn_stats)
-    sources = {}
-    if encdec:
-        sources["encdec"] = _read_source(encdec)
-    if cnn_id:
-        sources["cnn_id"] = _read_source(cnn_id)
-    if generator:
-        sources["generator"] = _read_source(generator)
+    unknown = sorted(set(weights) - set(SOURCE_NETS))
+    if unknown:
+        raise SurgeryError("no pretrained net %s (nets: %s)" % (", ".join(unknown), ", ".join(SOURCE_NETS)))
+    sources = {net: _read_source(weights[net]) for net in SOURCE_NETS if weights.get(net)}
     import caffe
     caffe.set_mode_cpu()
     caffe.set_random_seed(seed)             # the fillers of the layers that are not copied
@@ -143,9 +140,7 @@ def init_weights(model: str, train_val: str, out_path: str, encdec: Optional[str
     net.save(tmp)
     os.replace(tmp, out_path)
     report.update({"model": model, "train_val": os.path.abspath(train_val), "out": os.path.abspath(out_path),
-                   "sources": {"encdec": encdec and os.path.abspath(encdec),
-                               "cnn_id": cnn_id and os.path.abspath(cnn_id),
-                               "generator": generator and os.path.abspath(generator)}})
+                   "sources": {net: weights.get(net) and os.path.abspath(weights[net]) for net in SOURCE_NETS}})
     if report_path:
         write_json(report_path, report)
     return report
@@ -156,17 +151,17 @@ def main(argv=None) -> int:
     ap.add_argument("model")
     ap.add_argument("train_val")
     ap.add_argument("out")
-    ap.add_argument("--encdec")
-    ap.add_argument("--cnn-id")
-    ap.add_argument("--generator", help="the generator stage's weights: En_1/De_1r from it instead of encdec")
+    for net in SOURCE_NETS:                  # --encdec, --cnn-id, --generator
+        ap.add_argument("--" + net.replace("_", "-"), dest=net, metavar="CAFFEMODEL",
+                        help="weights of %s (a %s net)" % (net, MODELS[net].kind))
     ap.add_argument("--report")
     ap.add_argument("--bn-stats", choices=("zero", "copy"), default="zero")
     ap.add_argument("--seed", type=int, default=SolverOptions.random_seed,
                     help="seed of the random fillers (default: the solver's random_seed, %(default)s)")
     a = ap.parse_args(argv)
     try:
-        rep = init_weights(a.model, a.train_val, a.out, a.encdec, a.cnn_id, a.report, bn_stats=a.bn_stats,
-                           seed=a.seed, generator=a.generator)
+        rep = init_weights(a.model, a.train_val, a.out, {net: getattr(a, net) for net in SOURCE_NETS}, a.report,
+                           bn_stats=a.bn_stats, seed=a.seed)
     except SurgeryError as e:
         print("error: %s" % e, file=sys.stderr)
         return 2

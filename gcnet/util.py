@@ -59,6 +59,11 @@ def fmt_num(v) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- hashes
+def given(value, default):
+    """`value` when it was given (0 included), else `default`: never `value or default` (docs/choices.md)."""
+    return default if value is None else value
+
+
 def sha256_file(path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(str(path), "rb") as f:

@@ -166,7 +166,7 @@ def test_detector_finds_synthetic_face_points(tmp_path):
     """mediapipe (when installed) finds the 5 points of a synthetic face within a few pixels, in the right order."""
     pytest.importorskip("mediapipe")
     from gcnet.data import synthetic as syn
-    from gcnet.data.records import imread_gray
+    from gcnet.data.images import imread_gray
     root = str(tmp_path / "oulu")
     syn.make_synthetic("oulu", root, 1, seed=0, frames=2)
     d = os.path.join(root, "OriginalImg", "VL", "Strong", "P001", "Happiness")

@@ -95,7 +95,7 @@ def test_nan_and_inf_labels_are_named_skips_in_the_build(tmp_path):
 def test_unwritable_output_exits_2_before_any_work(tmp_path, out):
     root = make_ck_tree(str(tmp_path / "ck"), {("S001", "001"): (4, 3.0), ("S002", "001"): (4, 3.0)})
     one_line_error(build(root, out), "build_lmdb: error: output folder %s is not writable" % out)
-    p = subprocess.run([sys.executable, "-m", "gcnet.runner", "ck+", "--data", root, "--out", out,
+    p = subprocess.run([sys.executable, "-m", "gcnet.experiment", "ck+", "--data", root, "--out", out,
                         "--stop-after", "lmdb"], capture_output=True, text=True, cwd=REPO, timeout=300,
                        env=dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", "")))
     one_line_error(p, "error: output folder %s is not writable" % os.path.join(out, "ck+"))
@@ -291,6 +291,7 @@ def test_partial_leftovers_are_removed_at_the_start_of_a_build(tmp_path):
 
 def test_build_lmdb_exit_codes(tmp_path, monkeypatch):
     import importlib.util
+    monkeypatch.syspath_prepend(os.path.dirname(BUILD))         # the tool imports tools/_repo.py first
     spec = importlib.util.spec_from_file_location("build_lmdb_tool", BUILD)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)

@@ -190,6 +190,9 @@ def test_dockerfile_builds_caffe_before_copying_the_project():
         assert len(setup) == 1 and len(copy_all) == 1 and setup[0] < copy_all[0], target
         for l in lines[:setup[0]]:                       # only what the build key depends on comes before it
             if l.startswith("COPY"):
-                assert re.match(r"COPY\s+(tools/|patches/|requirements)", l), l
+                assert re.match(r"COPY\s+(--from=setup-files\s|tools/|patches/|requirements)", l), l
+    for l in stages["setup-files"] + stages["base"]:      # the stages the targets copy from / build on
+        if l.startswith("COPY"):
+            assert re.match(r"COPY\s+(tools/|patches/|requirements)", l), l
     cuda = "\n".join(stages["cuda-toolkit"] + stages["cuda"])
     assert "nvidia-cuda-toolkit" in cuda and "g++-11" in cuda and "CXX=g++-11" in cuda

@@ -1,7 +1,9 @@
-"""Equivalence of the CPU kernels that patches/0003-0007 rewrite (MAX pooling forward; ReLU, BatchNorm and Scale
+"""Equivalence of the CPU kernels that patches/0003-0009 rewrite (MAX pooling forward; ReLU, BatchNorm and Scale
 forward/backward; im2col and col2im, which Convolution and Deconvolution call): every result must be BIT-IDENTICAL to
 Caffe 1.0's original code, represented here by the references of tests/caffe_reference_layers.py (numpy, plus for
-the BLAS sums the same BLAS calls as the original; none of them uses the patched code).
+the BLAS sums the same BLAS calls as the original; none of them uses the patched code).  Patch 0008's fused
+BatchNorm-Scale-ReLU block (the last section) is checked against Caffe's own three layers instead: its forward and
+running statistics bit-identical, its backward within a stated tolerance.
 
 * whole nets (cnn and gcnet_s1r1 from gcnet/nets.py, seeded inputs, small batch): the net as built, and the same net
   with every Convolution, Deconvolution, MAX Pooling, ReLU, BatchNorm and Scale layer replaced by its reference (a
@@ -78,8 +80,13 @@ def cpu_mode():
 
 
 # ============================================================================================ whole nets
+@pytest.mark.parametrize("fused", [False, True], ids=["layers", "fused_bsr"])
 @pytest.mark.parametrize("model", ["cnn", "gcnet_s1r1"])
-def test_net_forward_backward_bit_identical_to_reference(model, tmp_path):
+def test_net_forward_backward_bit_identical_to_reference(model, fused, tmp_path, monkeypatch):
+    """`layers`: the net built with CAFFE_FUSE_BN_SCALE_RELU=0, every blob and parameter bit-identical.  `fused_bsr`:
+    the net as training builds it (patch 0008 fuses each BatchNorm-Scale-ReLU block): every blob's data and the
+    running statistics bit-identical, the diffs within NET_RTOL of each blob's largest |diff| (the fused block's
+    own sums, carried through the rest of the backward), and not all bit-identical (the fused backward ran)."""
     opts = NetOptions(n_classes=7, batch_size=BATCH, test_batch_size=BATCH, n_identities=5, mirror=False)
     param = _with_input_layer(nets.build_net(model, opts), BATCH, opts.crop)
     ref_param, replaced = R.to_reference(param)
@@ -90,7 +97,9 @@ def test_net_forward_backward_bit_identical_to_reference(model, tmp_path):
     assert replaced == n_pool + n_relu + n_bn + n_conv and n_pool >= 3 and n_relu >= 4 and n_bn >= 6
     assert n_conv >= 3 + 3 * (model != "cnn")
     caffe.set_random_seed(1)
+    monkeypatch.setenv("CAFFE_FUSE_BN_SCALE_RELU", "1" if fused else "0")
     net = _net_from_param(param, tmp_path, "patched")
+    monkeypatch.delenv("CAFFE_FUSE_BN_SCALE_RELU")
     ref = _net_from_param(ref_param, tmp_path, "reference")
     for name, blobs in net.params.items():            # same weights (xavier fillers drew different numbers)
         for b, rb in zip(blobs, ref.params[name]):
@@ -104,21 +113,43 @@ def test_net_forward_backward_bit_identical_to_reference(model, tmp_path):
         caffe.set_random_seed(7)                        # same Dropout masks
         n.forward()
         n.backward()
-    checked = 0
+    checked, identical_diffs = 0, 0
     for name in net.blobs:
         for kind in ("data", "diff"):
             a, b = getattr(net.blobs[name], kind), getattr(ref.blobs[name], kind)
-            assert same_bits(a, b), "blob %s %s differs %s" % (name, kind, first_difference(a, b))
+            if fused and kind == "diff":
+                _close_net(a, b, "blob %s diff" % name)
+                identical_diffs += same_bits(a, b)
+            else:
+                assert same_bits(a, b), "blob %s %s differs %s" % (name, kind, first_difference(a, b))
             checked += 1
     for name, blobs in net.params.items():
+        layer_scale = max(np.abs(rb.diff).max() for rb in ref.params[name])
         for i, (b, rb) in enumerate(zip(blobs, ref.params[name])):
             for kind in ("data", "diff"):
-                assert same_bits(getattr(b, kind), getattr(rb, kind)), "param %s[%d] %s differs" % (name, i, kind)
+                if fused and kind == "diff":
+                    _close_net(b.diff, rb.diff, "param %s[%d] diff" % (name, i), layer_scale)
+                else:
+                    assert same_bits(getattr(b, kind), getattr(rb, kind)), "param %s[%d] %s differs" % (name, i, kind)
+    assert identical_diffs < len(net.blobs) if fused else identical_diffs == 0
     # the test is not vacuous: gradients flowed and the pooling windows had ties (all-zero windows after ReLU)
     pool_in = [l.bottom[0] for l in param.layer if l.type == "Pooling"][0]
     assert np.abs(net.blobs[pool_in].diff).max() > 0
     assert (net.blobs[pool_in].data == 0).mean() > 0.2
     assert checked == 2 * len(net.blobs)
+
+
+# measured on cnn and gcnet_s1r1 (batch 4): at most 1.0e-6 of the scale below
+NET_RTOL = 1e-5
+
+
+def _close_net(a, b, what, scale=None):
+    """|a - b| <= NET_RTOL * scale; scale: max |b|, or for a parameter the largest |diff| of its layer's parameters
+    (a convolution's bias just before a BatchNorm has an exact gradient of 0: its diff is rounding noise, which
+    only the weights' diff puts on a scale)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    err, scale = np.abs(a - b).max(), np.abs(b).max() if scale is None else scale
+    assert err <= NET_RTOL * scale, "%s: max |difference| %.3g = %.3g of the scale" % (what, err, err / scale)
 
 
 # ============================================================================================ single layers
@@ -142,6 +173,8 @@ POOL_CASES = [  # (H, W, kernel (h, w), stride (h, w), pad (h, w))
     ((8, 8), (2, 2), (2, 2), (0, 0)),         # no overlap
     ((7, 9), (3, 3), (1, 1), (1, 1)),         # stride 1
     ((5, 6), (5, 6), (1, 1), (0, 0)),         # window = whole plane
+    ((11, 17), (2, 4), (3, 2), (0, 0)),       # stride 2, no pad, odd width: patch 0009's even/odd split
+    ((6, 2), (3, 2), (2, 2), (0, 0)),         # stride 2, one output column
 ]
 
 
@@ -385,3 +418,138 @@ def test_scale_matches_reference(tmp_path, shape, bias, in_place, frozen):
     if bias:
         assert same_bits(net.params["y"][1].diff, bd), first_difference(net.params["y"][1].diff, bd)
     assert frozen == same_bits(sd, diffs[0])            # not vacuous: a learned scale's diff moved
+
+
+# ============================================================================================ fused BatchNorm-Scale-ReLU
+# Patch 0008 runs BatchNorm -> Scale (bias) -> ReLU in place on one blob as one CPU block (Net::FusedBlockSize);
+# CAFFE_FUSE_BN_SCALE_RELU=0 at net construction keeps Caffe's three layers, which the tests above prove
+# bit-identical to the references, so they are the reference here.  Forward: top data and BatchNorm's running
+# statistics bit-identical.  Backward: the fused block sums in its own order (float lanes per plane, double across
+# planes) where Caffe calls BLAS gemv, so gradients agree to FUSED_RTOL of the gradient's scale (below).
+FUSED_RTOL = 2e-6
+FUSED_SUM_RTOL = 1e-6
+# the blocks of the nets at batch 4: (channels, size) after en*_conv1..3 and de*_deconv3..1
+FUSED_SHAPES = [(32, 64), (64, 31), (96, 15), (64, 15), (32, 31), (1, 64)]
+
+
+def _bsr_net(tmp_path, shape, global_stats, slope, frozen, fused, monkeypatch):
+    """x0 -> Bias (learned: the block's bottom needs a gradient) -> BatchNorm -> Scale (bias) -> ReLU, in place on
+    one blob, -> InjectGradient; `fused` False builds it with CAFFE_FUSE_BN_SCALE_RELU=0."""
+    n = caffe.NetSpec()
+    n.x0 = L.Input(shape=dict(dim=list(shape)))
+    n.x = L.Bias(n.x0, param=dict(lr_mult=1), filler=dict(type="constant", value=0))
+    n.bn = L.BatchNorm(n.x, in_place=True, use_global_stats=global_stats, moving_average_fraction=0.9, eps=1e-5,
+                       param=[dict(lr_mult=0)] * 3)
+    lr = 0 if frozen else 1
+    n.sc = L.Scale(n.x, in_place=True, bias_term=True, param=[dict(lr_mult=lr)] * 2)
+    n.relu = L.ReLU(n.x, in_place=True, negative_slope=slope)
+    n.inject = L.Python(n.x, module=R.__name__, layer="InjectGradient", loss_weight=1)
+    monkeypatch.setenv("CAFFE_FUSE_BN_SCALE_RELU", "1" if fused else "0")
+    net = _net_from_param(n.to_proto(), tmp_path, "bsr_%d" % fused)
+    monkeypatch.delenv("CAFFE_FUSE_BN_SCALE_RELU")
+    return net
+
+
+def _bsr_inputs(shape, rng):
+    c = shape[1]
+    x = (rng.randn(*shape) * rng.rand(1, c, 1, 1) * 4 + rng.randn(1, c, 1, 1) * 3).astype(np.float32)
+    if c > 2:
+        x[:, 0] = 1.5                                   # a constant channel: variance 0
+    gamma = rng.randn(c).astype(np.float32)
+    gamma[:2] = [0.0, 1.0][:c] if c > 1 else [1.0]      # sscal's special factors
+    beta = rng.randn(c).astype(np.float32)
+    stats = [(rng.rand(c) * 3).astype(np.float32), (rng.rand(c) * 2 + 0.1).astype(np.float32),
+             np.array([3.7], np.float32)]
+    return x, gamma, beta, stats
+
+
+def _close(a, b, what):
+    """|a - b| <= FUSED_RTOL * max|b| (elementwise, the scale of the whole gradient)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    tol = FUSED_RTOL * max(np.abs(b).max(), 1e-30)
+    err = np.abs(a - b).max()
+    assert err <= tol, "%s: max |difference| %.3g > %.3g (%.3g of max |value|)" % (what, err, tol, err / tol *
+                                                                                   FUSED_RTOL)
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["learned", "frozen"])
+@pytest.mark.parametrize("global_stats,slope", [(False, 0.0), (True, 0.0), (False, 0.1)],
+                         ids=["batch_stats", "global_stats", "leaky"])
+@pytest.mark.parametrize("c,size", FUSED_SHAPES, ids=["%dx%d" % s for s in FUSED_SHAPES])
+def test_fused_batchnorm_scale_relu_matches_caffe_layers(tmp_path, monkeypatch, c, size, global_stats, slope,
+                                                         frozen):
+    shape = (BATCH, c, size, size)
+    nets = [_bsr_net(tmp_path, shape, global_stats, slope, frozen, fused, monkeypatch) for fused in (False, True)]
+    rng = np.random.RandomState(c + size)
+    x, gamma, beta, stats = _bsr_inputs(shape, rng)
+    diffs = [rng.randn(c).astype(np.float32) for _ in range(2)]     # Caffe accumulates into parameter diffs
+    for net in nets:
+        for b, s in zip(net.params["bn"], stats):
+            b.data[...] = s
+        net.params["sc"][0].data[...] = gamma
+        net.params["sc"][1].data[...] = beta
+    for step in range(2):                     # twice: the moving averages build on the first update
+        dtop = rng.randn(*shape).astype(np.float32)
+        for net in nets:
+            net.blobs["x0"].data[...] = x + step
+            for blob, d in zip(net.params["sc"], diffs):
+                blob.diff[...] = d
+            net.params["x"][0].diff[...] = 0
+            net.forward()
+            net.layers[list(net._layer_names).index("inject")].dtop = dtop
+            net.backward()
+        ref, fused = nets
+        assert same_bits(fused.blobs["x"].data, ref.blobs["x"].data), first_difference(fused.blobs["x"].data,
+                                                                                      ref.blobs["x"].data)
+        for i in range(3):
+            assert same_bits(fused.params["bn"][i].data, ref.params["bn"][i].data), "running statistic %d" % i
+        _close(fused.blobs["x"].diff, ref.blobs["x"].diff, "bottom diff")
+        # the parameter gradients are sums over batch and plane: compared on the scale of the sum of |terms|
+        r = ref.blobs["x"].data
+        dz = dtop * np.where(r > 0, 1.0, slope)
+        if global_stats:
+            x_norm = R.batch_norm_forward(x + step, [s.copy() for s in stats], True, 0.9, 1e-5)[0]
+        else:
+            xb = (x + step).astype(np.float64)
+            x_norm = (xb - xb.mean(axis=(0, 2, 3), keepdims=True)) / np.sqrt(xb.var(axis=(0, 2, 3), keepdims=True)
+                                                                              + 1e-5)
+        terms = {"bias": np.abs(dz).sum(axis=(0, 2, 3)), "scale": np.abs(dz * x_norm).sum(axis=(0, 2, 3))}
+        for i, name in enumerate(("scale", "bias")):
+            got, want = fused.params["sc"][i].diff - diffs[i], ref.params["sc"][i].diff - diffs[i]
+            err = np.abs(got.astype(np.float64) - want)
+            assert (err <= FUSED_SUM_RTOL * terms[name] + 1e-30).all(), "%s diff: %.3g of the sum of |terms|" % (
+                name, (err / np.maximum(terms[name], 1e-30)).max())
+            assert frozen == same_bits(ref.params["sc"][i].diff, diffs[i])
+            assert frozen == same_bits(fused.params["sc"][i].diff, diffs[i])
+    assert np.abs(ref.blobs["x"].diff).max() > 0 and (ref.blobs["x"].data <= 0).mean() > 0.02    # ReLU at work
+
+
+def test_fused_block_runs_layer_by_layer_inside_partial_passes(tmp_path, monkeypatch):
+    """A forward that stops inside a block (gcnet.bnstats reads the BatchNorm output before the Scale) and a
+    backward that stops inside it run the layers one by one: bit-identical to Caffe's layers.  The partial backward
+    after a fused forward reads the Scale's input where the fused forward left it (the BatchNorm's x_norm_)."""
+    shape = (BATCH, 32, 31, 31)
+    nets = [_bsr_net(tmp_path, shape, False, 0.0, False, fused, monkeypatch) for fused in (False, True)]
+    rng = np.random.RandomState(5)
+    x, gamma, beta, _ = _bsr_inputs(shape, rng)
+    dtop = rng.randn(*shape).astype(np.float32)
+    for net in nets:
+        net.params["sc"][0].data[...] = gamma
+        net.params["sc"][1].data[...] = beta
+        net.blobs["x0"].data[...] = x
+        net.forward(end="bn")
+    ref, fused = nets
+    assert same_bits(fused.blobs["x"].data, ref.blobs["x"].data)        # the BatchNorm output, not the ReLU's
+    for net in nets:
+        net.forward()                          # the whole forward: fused in `fused`
+        net.blobs["x"].diff[...] = dtop
+        for blob in net.params["sc"]:
+            blob.diff[...] = 0
+        net.backward(start="relu", end="sc")   # ReLU and Scale only
+    for name in ("x",):
+        assert same_bits(fused.blobs[name].data, ref.blobs[name].data)
+        assert same_bits(fused.blobs[name].diff, ref.blobs[name].diff), first_difference(fused.blobs[name].diff,
+                                                                                         ref.blobs[name].diff)
+    for i in range(2):
+        assert same_bits(fused.params["sc"][i].diff, ref.params["sc"][i].diff)
+    assert np.abs(ref.params["sc"][0].diff).max() > 0

@@ -13,7 +13,8 @@ if REPO not in sys.path:
 
 from gcnet.data import ckplus, mmi, oulu, webface  # noqa: E402
 from gcnet.data.detect import detect_layout, read_dataset  # noqa: E402
-from gcnet.data.records import DataError, count_reasons, split_frame  # noqa: E402
+from gcnet.data.images import split_frame  # noqa: E402
+from gcnet.data.records import DataError, count_reasons  # noqa: E402
 
 W, H = 64, 56
 

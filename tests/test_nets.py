@@ -349,3 +349,16 @@ def test_cnn_pair_gradient_matches_finite_differences(tmp_path, tiny_lmdb):
         # a step that crosses a max-pooling / ReLU / |a - b| kink gives an outlier; most steps do not
         assert np.median(ratios) == pytest.approx(1, abs=0.03), (layer, ratios)
         assert sum(abs(r - 1) < 0.05 for r in ratios) >= 4, (layer, ratios)
+
+
+def test_solvers_name_the_out_folder_from_the_repository_root(tmp_path):
+    """make_prototxt --out DIR: the solvers name DIR/<model>/train_val.prototxt, relative to the repository root
+    (where Caffe runs) when DIR is inside it, else absolute."""
+    from gcnet.prototxts import net_dir
+    assert net_dir("prototxt") == "prototxt" and net_dir(os.path.join(REPO, "a", "b")) == "a/b"
+    assert net_dir(str(tmp_path)) == str(tmp_path.resolve())
+    r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_prototxt.py"), "--models", "cnn",
+                        "--out", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    solver = (tmp_path / "cnn" / "solver.prototxt").read_text()
+    assert 'net: "%s/cnn/train_val.prototxt"' % tmp_path.resolve().as_posix() in solver

@@ -92,7 +92,8 @@ def test_plumbing_layers_and_other_pooling_geometries(tmp_path):
     import caffe
     import onnxruntime as ort
     from gcnet.caffe_io import read_caffemodel
-    from gcnet.onnx_export import caffe_pooled_size, net_to_onnx, read_prototxt
+    from gcnet.onnx_export import net_to_onnx, read_prototxt
+    from gcnet.onnx_layers import caffe_pooled_size
     from gcnet.nets import pooled_size
     for size in range(5, 40):
         for k, s, p in ((5, 2, 0), (3, 2, 0), (3, 2, 1), (2, 3, 0), (3, 3, 1), (4, 2, 2)):

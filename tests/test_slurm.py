@@ -186,10 +186,10 @@ def test_submit_defaults_run_to_the_local_summary(runs, cluster):
         assert sl["models"][m]["n_folds_done"] == 1
     assert sl["folds_requested"] == lo["folds_requested"] == [0]
     ss, sloc = sl["settings"], lo["settings"]
-    for key in ("iterations", "pretrain_iterations", "batch", "n_folds", "data_hash", "data_root", "git_commit",
+    for key in ("iters", "pretrain_iters", "batch", "n_folds", "data_hash", "data_root", "git_commit",
                 "caffe_version", "synthetic", "profile", "device"):
         assert key in ss and key in sloc, key
-    assert ss["iterations"] == ss["pretrain_iterations"] == 20 and ss["batch"] == 4
+    assert ss["iters"] == ss["pretrain_iters"] == 20 and ss["batch"] == 4
     differ = {k: (ss[k], sloc[k]) for k in set(ss) & set(sloc) if ss[k] != sloc[k]}
     assert not differ, "settings records differ: %s" % differ
     md = (ds / "summary.md").read_text()

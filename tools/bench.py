@@ -5,6 +5,7 @@ Run through tools/bench.sh, which sources tools/env.sh first.
     tools/bench.sh [--batch 64] [--iterations 10] [--models cnn,gcnet_s1r1] [--gpu ID]
                    [--builds PREFIX[,PREFIX...]] [--layers DIR[,DIR...]] [--repeats R] [--profile]
                    [--concurrent K] [--json PATH]
+                   [--vs-pytorch [--torch-python PYTHON]] [--jobs-vs-threads]
 
 The nets are generated from gcnet/nets.py with the given batch and read a random LMDB of 2x66x66 Datums (the format
 of the real pipeline), written to a temporary folder.  Each `caffe time` run gives Caffe's own average over
@@ -26,7 +27,17 @@ the table gives the MEDIAN of the R averages, so builds are compared under the s
             run_folds.sh --jobs K does); a model's figure is then the mean over the K copies of Caffe's average.
 --json      also writes the medians as JSON: {"batch", "iterations", "repeats", "concurrent", "gpu", "builds",
             "models": {model: {build: {"fb", "f", "b"} (ms)}}}.
-Threads: whatever OPENBLAS_NUM_THREADS says (printed in the header).
+--vs-pytorch  also times the PyTorch eager twin of each net (gcnet/torch_twin.py: the same graph, shapes and
+            losses), interleaved with the Caffe runs (repeat, then model, then the builds and the twin), and prints
+            per build Caffe / PyTorch (ratio of the medians) and both GFLOP/s as a fraction of the sgemm rate
+            measured in the same run.  The twin runs in --torch-python (default: this Python), which needs
+            `pip install -r requirements-bench.txt`; it gets the same thread count as Caffe.
+--jobs-vs-threads  instead: per model, Caffe's forward-backward time with 2 BLAS threads in one process, and
+            with 1 thread in each of 2 processes started together (the main job's --jobs 2 --threads 1),
+            interleaved over --repeats (first build); prints the iterations per second of each way (2 jobs: both
+            added) and 2 jobs / 1 job (above 1: two single-thread jobs side by side do more work).
+Threads: whatever OPENBLAS_NUM_THREADS says (printed in the header; the twin gets the same number, or all cores
+when it is unset, like OpenBLAS).
 """
 import argparse
 import json
@@ -39,8 +50,7 @@ import tempfile
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from _repo import REPO
 
 from gcnet import config as C  # noqa: E402  (after the path)
 
@@ -64,6 +74,9 @@ def parse_args(argv=None):
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--concurrent", type=int, default=1, help="copies of each caffe time run at once")
     ap.add_argument("--json", help="write the medians to this JSON file")
+    ap.add_argument("--vs-pytorch", action="store_true", help="also time the PyTorch eager twin (interleaved)")
+    ap.add_argument("--torch-python", default=sys.executable, help="Python with torch for --vs-pytorch")
+    ap.add_argument("--jobs-vs-threads", action="store_true", help="2 threads in 1 job vs 1 thread in 2 jobs")
     a = ap.parse_args(argv)
     if a.batch < 1 or a.iterations < 1 or a.repeats < 1 or a.concurrent < 1:
         ap.error("--batch, --iterations, --repeats and --concurrent must be >= 1")
@@ -80,6 +93,13 @@ def parse_args(argv=None):
         if not os.path.isfile(os.path.join(d, "gcnet_layers.py")):
             ap.error("no gcnet_layers.py in --layers folder %s" % d)
     a.models = [m for m in a.models.split(",") if m]
+    if a.vs_pytorch:
+        if a.gpu:
+            ap.error("--vs-pytorch compares CPU runs; leave out --gpu")
+        r = subprocess.run([a.torch_python, "-c", "import torch"], capture_output=True)
+        if r.returncode != 0:
+            ap.error("--vs-pytorch needs torch in %s: pip install -r requirements-bench.txt, or pass --torch-python"
+                     % a.torch_python)
     return a
 
 
@@ -227,6 +247,79 @@ def caffe_time(model_path, iterations, env, gpu, log_path, concurrent=1):
     return out
 
 
+def caffe_time_together(model_path, iterations, envs, log_paths):
+    """`caffe time` in len(envs) processes started together -> their parsed logs."""
+    procs = []
+    for env, log in zip(envs, log_paths):
+        f = open(log, "w")
+        procs.append((subprocess.Popen(["caffe", "time", "-model", model_path, "-iterations", str(iterations)],
+                                       env=env, stdout=f, stderr=subprocess.STDOUT), f, log))
+    out = []
+    for p, f, log in procs:
+        rc = p.wait()
+        f.close()
+        text = open(log).read()
+        if rc != 0:
+            sys.stderr.write("\n".join(text.splitlines()[-5:]) + "\n")
+            raise SystemExit("bench: caffe time failed for %s (log %s)" % (model_path, log))
+        out.append(parse_time_log(text))
+    return out
+
+
+def jobs_vs_threads(a, env, tmp):
+    """--jobs-vs-threads: per model, iterations/s of 1 job x 2 threads and of 2 jobs x 1 thread side by side."""
+    two = dict(env, OPENBLAS_NUM_THREADS="2", OMP_NUM_THREADS="2")
+    one = dict(env, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    res = {}
+    for rep in range(a.repeats):
+        for m in a.models:
+            path = os.path.join(tmp, "nets", m, "train_val.prototxt")
+            (t2,) = caffe_time_together(path, a.iterations, [two], [os.path.join(tmp, "%s.t2.%d.log" % (m, rep))])
+            pair = caffe_time_together(path, a.iterations, [one, one],
+                                       [os.path.join(tmp, "%s.p%d.%d.log" % (m, k, rep)) for k in (0, 1)])
+            res.setdefault(m, []).append((t2["fb"], [r["fb"] for r in pair]))
+    print("%-12s %14s %14s %14s %8s" % ("model", "1 job x 2 thr", "2 jobs x 1 thr", "(ms each)", "ratio"))
+    for m in a.models:
+        one_job = med([1000.0 / t for t, _ in res[m]])
+        two_jobs = med([sum(1000.0 / t for t in p) for _, p in res[m]])
+        each = med([t for _, p in res[m] for t in p])
+        print("%-12s %11.2f it/s %11.2f it/s %11.1f ms %8.3f   (2 threads: %.1f ms/it)" % (
+            m, one_job, two_jobs, each, two_jobs / one_job, med([t for t, _ in res[m]])))
+    return 0
+
+
+def twin_threads():
+    """The twin's thread count: OPENBLAS_NUM_THREADS as Caffe gets it, else all cores (OpenBLAS's default)."""
+    v = os.environ.get("OPENBLAS_NUM_THREADS", "")
+    return int(v) if v.isdigit() and int(v) > 0 else (os.cpu_count() or 1)
+
+
+def write_twin(prototxt, path):
+    """The layer list of the PyTorch twin of a train_val prototxt (gcnet.torch_twin.describe), as JSON."""
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+    from gcnet import torch_twin
+    net = caffe_pb2.NetParameter()
+    with open(prototxt) as f:
+        text_format.Merge(f.read(), net)
+    with open(path, "w") as f:
+        json.dump(torch_twin.describe(net), f)
+
+
+def time_twin(python, net_json, iterations, log_path):
+    """gcnet.torch_twin in its own process -> {"forward_ms", "backward_ms", "fb_ms"}."""
+    t = str(twin_threads())
+    env = dict(os.environ, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, PYTHONPATH=REPO)
+    cmd = [python, "-m", "gcnet.torch_twin", net_json, "--iterations", str(iterations), "--threads", t]
+    with open(log_path, "w") as f:
+        r = subprocess.run(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=f, text=True)
+    if r.returncode != 0:
+        sys.stderr.write(open(log_path).read()[-2000:])
+        raise SystemExit("bench: the PyTorch twin failed for %s (log %s)" % (net_json, log_path))
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    return {"fb": out["fb_ms"], "f": out["forward_ms"], "b": out["backward_ms"]}
+
+
 def sgemm_net(path):
     with open(path, "w") as f:
         f.write('name: "sgemm"\nlayer { name: "a" type: "Input" top: "a" input_param { shape { dim: %d dim: %d } } }\n'
@@ -248,6 +341,10 @@ def main(argv=None):
                     "--models", ",".join(a.models), "--batch", str(a.batch), "--data-root",
                     os.path.join(tmp, "lmdb")], check=True, stdout=subprocess.DEVNULL)
     envs = [build_env(b, d) for b, d in zip(a.builds, a.layers)]
+    if a.jobs_vs_threads:
+        print("caffe time, batch %d, %d iterations x %d repeats (median), build %s"
+              % (a.batch, a.iterations, a.repeats, a.builds[0]))
+        return jobs_vs_threads(a, envs[0], tmp)
     names = [os.path.basename(b.rstrip("/")) + ("" if os.path.abspath(d) == LAYERS else "+" + os.path.basename(
         os.path.dirname(os.path.abspath(d)))) for b, d in zip(a.builds, a.layers)]
     print("caffe time, batch %d, %d iterations x %d repeats (median)%s, OPENBLAS_NUM_THREADS=%s, builds: %s"
@@ -256,9 +353,14 @@ def main(argv=None):
     sgemm_path = os.path.join(tmp, "sgemm.prototxt")
     sgemm_net(sgemm_path)
     runs = {}           # (model, build index) -> list of parsed logs
+    twin = {}           # model -> list of twin timings (--vs-pytorch)
     sgemm = []
+    if a.vs_pytorch:
+        for m in a.models:
+            write_twin(os.path.join(tmp, "nets", m, "train_val.prototxt"), os.path.join(tmp, m + ".twin.json"))
+        print("PyTorch twin: %s, %d threads" % (a.torch_python, twin_threads()))
     for rep in range(a.repeats):
-        if a.profile:
+        if a.profile or a.vs_pytorch:
             r = caffe_time(sgemm_path, 5, envs[0], a.gpu, os.path.join(tmp, "sgemm.log"))
             sgemm.append(2.0 * SGEMM_N ** 3 / (r["f"] * 1e-3) / 1e9)
         for m in a.models:
@@ -267,6 +369,9 @@ def main(argv=None):
                 runs.setdefault((m, i), []).append(
                     caffe_time(os.path.join(tmp, "nets", m, "train_val.prototxt"), a.iterations, env, a.gpu, log,
                                a.concurrent))
+            if a.vs_pytorch:
+                twin.setdefault(m, []).append(time_twin(a.torch_python, os.path.join(tmp, m + ".twin.json"),
+                                                        a.iterations, os.path.join(tmp, "%s.twin.%d.log" % (m, rep))))
     multi = len(envs) > 1
     print("%-12s %-34s %12s %12s %12s%s" % ("model", "build", "fwd+bwd ms", "forward ms", "backward ms",
                                             "  ratio" if multi else ""))
@@ -284,6 +389,8 @@ def main(argv=None):
                        "gpu": a.gpu or None, "builds": names,
                        "models": {m: {names[i]: {k: med([r[k] for r in runs[(m, i)]]) for k in ("fb", "f", "b")}
                                       for i in range(len(envs))} for m in a.models}}, f, indent=1)
+    if a.vs_pytorch:
+        print_vs_pytorch(a.models, names, runs, twin, sgemm, tmp)
     if not a.profile:
         return 0
     print("\nsgemm %dx%dx%d (InnerProduct forward, first build): %.1f GFLOP/s (median of %d)"
@@ -311,6 +418,27 @@ def main(argv=None):
                 (fwd + bwd) / 1e9 / (fb * 1e-3) / med(sgemm)))
     print_python_layers(a.models, names, runs, tmp)
     return 0
+
+
+def print_vs_pytorch(models, names, runs, twin, sgemm, tmp):
+    """--vs-pytorch: per model and build, Caffe / PyTorch eager (medians of the same interleaved run) and the
+    GFLOP/s of each as a fraction of the sgemm rate."""
+    rate = med(sgemm)
+    print("\nvs PyTorch eager (same graph; sgemm %dx%dx%d %.1f GFLOP/s, median of %d)"
+          % (SGEMM_N, SGEMM_N, SGEMM_N, rate, len(sgemm)))
+    print("%-12s %-34s %10s %10s %8s %8s %10s %10s" % ("model", "build", "caffe ms", "torch ms", "ratio", "GFLOP",
+                                                        "caffe %sg", "torch %sg"))
+    for m in models:
+        proto = os.path.join(tmp, "nets", m, "train_val.prototxt")
+        tf = med([t["fb"] for t in twin[m]])
+        for i in range(len(names)):
+            rs = runs[(m, i)]
+            fwd, bwd = net_flops(proto, rs[0]["shapes"])
+            gflop = (fwd + bwd) / 1e9
+            fb = med([r["fb"] for r in rs])
+            print("%-12s %-34s %10.1f %10.1f %8.3f %8.1f %9.0f%% %9.0f%%" % (
+                m, names[i], fb, tf, fb / tf, gflop, 100 * gflop / (fb * 1e-3) / rate,
+                100 * gflop / (tf * 1e-3) / rate))
 
 
 def print_python_layers(models, names, runs, tmp):

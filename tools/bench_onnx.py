@@ -20,7 +20,7 @@ import time
 os.environ["OPENBLAS_NUM_THREADS"] = "1"          # before numpy / Caffe load OpenBLAS
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("GLOG_minloglevel", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _repo  # noqa: E402,F401  (the repository on sys.path)
 
 import numpy as np  # noqa: E402
 

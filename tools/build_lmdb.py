@@ -22,9 +22,9 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _repo  # noqa: F401  (the repository on sys.path)
 
-from gcnet.config import DATASETS  # noqa: E402
+from gcnet.config import DATASETS, DEFAULT_AUGMENT  # noqa: E402
 from gcnet.util import UsageError, os_error_line, parse_folds  # noqa: E402
 
 
@@ -36,9 +36,9 @@ def main(argv=None) -> int:
     ap.add_argument("--folds", default=None, metavar="LIST",
                     help="folds to build, e.g. 0-9 (default: all), 0,3 or 2")
     ap.add_argument("--n-folds", type=int, default=10, help="number of subject-independent folds (default 10)")
-    ap.add_argument("--augment", type=int, default=4, metavar="K",
+    ap.add_argument("--augment", type=int, default=DEFAULT_AUGMENT, metavar="K",
                     help="augmented copies per training sample (random scale 0.9-1.1, rotation +-10 deg, "
-                         "intensity x0.8-1.2; default 4; 0 = none)")
+                         "intensity x0.8-1.2; default %(default)s; 0 = none)")
     ap.add_argument("--landmarks", default=None, metavar="DIR",
                     help="landmark mirror tree (relative image path with suffix .pts, 68 or 5 'x y' lines); "
                          "default: <ROOT>_landmarks/ next to the root when it exists")

@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _repo  # noqa: F401  (the repository on sys.path)
 os.environ.setdefault("GLOG_minloglevel", "2")           # keep Caffe's net-construction log out of the output
 
 from gcnet.figures import FIGURES, run_figures  # noqa: E402

@@ -11,10 +11,9 @@ De_2i, classifier, and each decoder's single-channel output Scale separately), t
 training failure (docs/choices.md).
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _repo  # noqa: F401  (the repository on sys.path)
 
 from gcnet.gradnorms import gradient_norms  # noqa: E402
 from gcnet.inference import ModelError  # noqa: E402

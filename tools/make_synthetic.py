@@ -9,10 +9,9 @@ Examples:
   python tools/make_synthetic.py --layout webface --subjects 50 --seed 3 --out data/synthetic/webface --size 128x128
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _repo  # noqa: F401  (the repository on sys.path)
 
 from gcnet.data.synthetic import DEFAULT_FRAMES, DEFAULT_SIZE, LAYOUTS, make_synthetic  # noqa: E402
 from gcnet.data.records import DataError  # noqa: E402

@@ -30,8 +30,7 @@ import json
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import _repo  # noqa: F401  (the repository on sys.path)
 os.environ.setdefault("GLOG_minloglevel", "2")           # keep Caffe's net-construction log out of the output
 
 

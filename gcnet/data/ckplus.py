@@ -13,9 +13,10 @@ import re
 from typing import List, Optional
 
 from gcnet.config import CKPLUS_EMOTIONS
+from gcnet.data.images import check_image_file
 from gcnet.data.records import (open_layout, auto_landmarks_root, DataError, ReadResult, Sample, SequenceInfo,
-                                check_image_file, class_index, find_wrapped, last_frames, list_dirs, list_files,
-                                list_frames, mirror_landmarks, natural_key, sequence_samples)
+                                class_index, find_wrapped, last_frames, list_dirs, list_files, list_frames,
+                                mirror_landmarks, natural_key, sequence_samples)
 
 IMAGES_DIR = "cohn-kanade-images"
 LABEL_DIRS = ("Emotion", "Emotion_labels")

@@ -22,10 +22,10 @@ import xml.etree.ElementTree as ET
 from typing import Dict, List, Optional
 
 from gcnet.config import BASIC6
-from gcnet.data.records import (open_layout, IMAGE_EXTS, VIDEO_EXTS, DataError, ReadResult, Sample, SequenceInfo,
-                                auto_landmarks_root, check_image_file, class_index, find_wrapped,
-                                list_dirs, list_files, mirror_landmarks, natural_key, sequence_samples,
-                                video_frame_count)
+from gcnet.data.images import VIDEO_EXTS, check_image_file, video_frame_count
+from gcnet.data.records import (open_layout, IMAGE_EXTS, DataError, ReadResult, Sample, SequenceInfo,
+                                auto_landmarks_root, class_index, find_wrapped, list_dirs, list_files, mirror_landmarks,
+                                natural_key, sequence_samples)
 
 SESSIONS = "Sessions"
 MMI_CODES = {i + 1: name for i, name in enumerate(BASIC6)}   # 1 anger ... 6 surprise

@@ -9,9 +9,9 @@ landmarks: faces are found by the detector unless a landmarks mirror tree is giv
 import os
 from typing import Optional
 
-from gcnet.data.records import (open_layout, ReadResult, Sample, SequenceInfo, auto_landmarks_root,
-                                check_image_file, class_index, find_wrapped, last_frames, list_dirs,
-                                list_frames, mirror_landmarks, sequence_samples)
+from gcnet.data.images import check_image_file
+from gcnet.data.records import (open_layout, ReadResult, Sample, SequenceInfo, auto_landmarks_root, class_index,
+                                find_wrapped, last_frames, list_dirs, list_frames, mirror_landmarks, sequence_samples)
 
 STRONG = os.path.join("OriginalImg", "VL", "Strong")
 EMOTIONS = {"anger": "anger", "disgust": "disgust", "fear": "fear", "happiness": "happiness", "happy": "happiness",

@@ -5,8 +5,9 @@ Landmarks: mirror tree `<identity>/<NNN>.pts` (given, or `<root>_landmarks/` nex
 import os
 from typing import Optional
 
-from gcnet.data.records import (IMAGE_EXTS, ReadResult, Sample, auto_landmarks_root, check_image_file, check_root,
-                                list_dirs, list_files, mirror_landmarks)
+from gcnet.data.images import check_image_file
+from gcnet.data.records import (IMAGE_EXTS, ReadResult, Sample, auto_landmarks_root, check_root, list_dirs, list_files,
+                                mirror_landmarks)
 
 
 def looks_like(root: str, probe: int = 5) -> bool:

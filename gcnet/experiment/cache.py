@@ -1,8 +1,8 @@
 """The one stage-cache scheme: a stage is skipped when the key of its inputs equals the key recorded with its
 outputs and those outputs exist.  key = sha256 of a version tag and the inputs (prototxts with <out> replaced,
 data fingerprint, weights' sha256, options).  Records: stage.json ("hash"; "bnstats": {"hash"}) of a job folder,
-test.json ("inputs_hash"), figures/inputs.json ("hash").  The keys are those of gcnet/runner.py: results made
-before the split stay valid.
+test.json ("inputs_hash"), figures/inputs.json ("hash").  The keys are those of the former gcnet/runner.py (its
+prototxt header included): results made before the split stay valid.
 """
 import hashlib
 import os
@@ -31,9 +31,9 @@ def _without_intervals(solver: str) -> str:
 
 
 def pretrain_keys(ctx: Context, job: Job, fingerprint: str):
-    """(key, legacy key) of a pretraining: the legacy key (runner.py) also hashed display and snapshot, so that a
+    """(key, legacy key) of a pretraining: the legacy key (the former runner.py) also hashed display and snapshot, so that a
     new --iters retrained the pretraining nets; a result recorded under it is still accepted."""
-    tv, sv = portable(job.texts["train_val"], ctx.s), job.texts["solver"]
+    tv, sv = portable(job.texts["train_val"], ctx), job.texts["solver"]
     # encdec's final weights: BatchNorm statistics and output Scale fitted on bn_samples of its data
     extra = (ctx.s.bn_samples, ctx.s.batch) if job.model == "encdec" and ctx.s.fit_output_scale else ()
     return (sha_text("pretrain-v2", tv, _without_intervals(sv), fingerprint, *extra),
@@ -42,13 +42,13 @@ def pretrain_keys(ctx: Context, job: Job, fingerprint: str):
 
 def train_key(ctx: Context, job: Job, fingerprint: str, init_sha: dict) -> str:
     """surgery + caffe train: nets, solver, data, the pretrained weights and the BatchNorm choice of surgery."""
-    return sha_text("model-v2", portable(job.texts["train_val"], ctx.s), job.texts["solver"], fingerprint, init_sha,
+    return sha_text("model-v2", portable(job.texts["train_val"], ctx), job.texts["solver"], fingerprint, init_sha,
                     ctx.s.surgery_bn_stats)
 
 
 def generator_key(ctx: Context, job: Job, fingerprint: str, encdec_sha: str) -> str:
     """The generator stage: its nets and solver, the fold's data, encdec's weights, the re-estimation's samples."""
-    return sha_text("generator-v1", portable(job.texts["train_val"], ctx.s), job.texts["solver"], fingerprint,
+    return sha_text("generator-v1", portable(job.texts["train_val"], ctx), job.texts["solver"], fingerprint,
                     encdec_sha, ctx.s.bn_samples, ctx.s.batch)
 
 
@@ -60,8 +60,8 @@ def bnstats_key(ctx: Context, job: Job, fingerprint: str) -> str:
 
 def test_key(ctx: Context, job: Job, fingerprint: str) -> str:
     s = ctx.s
-    parts = [portable(job.texts["deploy"], s), portable(job.texts["train_val"], s), sha256_file(job.dir / FINAL),
-             fingerprint, s.bn_samples, s.batch, portable(job.texts.get("deploy_ref", ""), s)]
+    parts = [portable(job.texts["deploy"], ctx), portable(job.texts["train_val"], ctx), sha256_file(job.dir / FINAL),
+             fingerprint, s.bn_samples, s.batch, portable(job.texts.get("deploy_ref", ""), ctx)]
     if "encdec" in job.pretrained and has_generator(job.model):       # the blurred-copy baseline's autoencoder
         parts.append(sha256_file(job.pretrained["encdec"] / FINAL))
     return sha_text("test-v5", *parts)

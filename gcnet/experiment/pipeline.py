@@ -9,10 +9,10 @@ from typing import Dict, List
 
 from gcnet import config as C
 from gcnet.experiment import stages
-from gcnet.experiment.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Settings
 from gcnet.experiment.plan import Context, Job, generator_jobs, model_jobs, pretrain_jobs, pretrain_source
 from gcnet.experiment.procs import Supervisor, caffe_binary, python_layer_kernels
 from gcnet.experiment.scheduler import run_jobs
+from gcnet.experiment.settings import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Settings
 from gcnet.experiment.summary import collect_summary, settings_record, summary_table, write_summary
 from gcnet.experiment.verify import remove_leftovers
 from gcnet.util import UsageError, fmt_duration, now, say, write_json
@@ -29,7 +29,7 @@ def run(s: Settings, sup: Supervisor) -> int:
     for d in (ctx.layout.root, ctx.layout.figures_dir):   # (job folders: under their locks, by their stages)
         remove_leftovers(d, tag, min_age=LEFTOVER_AGE)
     say("%s models %s, folds %s, %d iterations (pretraining %d), batch %d, %s, %d job(s); profile %s -> %s"
-        % (tag, ",".join(s.models), ",".join(map(str, s.folds)), s.max_iter, s.pretrain_max_iter, s.batch,
+        % (tag, ",".join(s.models), ",".join(map(str, s.folds)), s.schedule.iters, s.schedule.pretrain_iters, s.batch,
            "GPU " + ",".join(map(str, s.gpus)) if s.gpus else "CPU", s.jobs, s.profile, ctx.layout.root))
     if s.synthetic:
         stages.ensure_synthetic(ctx)
@@ -57,7 +57,7 @@ def run(s: Settings, sup: Supervisor) -> int:
     gen = generator_jobs(ctx)
     if gen:
         say("%s stage 3/8: generator (the paper's first step: X -> X_r from encdec, %d iterations per fold)"
-            % (tag, s.generator_max_iter))
+            % (tag, s.schedule.generator_iters))
         _run_stage(ctx, tag, "generator", _runnable(ctx, list(gen.values()), pre, {}), stages.run_generator)
         report["stages"]["generator"] = {j.label: j.status for j in gen.values()}
         if sup.stop.is_set():
@@ -105,7 +105,7 @@ def collect(s: Settings) -> int:
 # ----------------------------------------------------------------------------------------------- helpers
 def _context(s: Settings, sup: Supervisor) -> Context:
     from gcnet.data.records import check_writable
-    check_writable(s.out)               # DataError (exit 2) naming the folder, before any work
+    check_writable(s.layout.root)       # DataError (exit 2) naming the folder, before any work
     return Context(s, s.layout, sup)
 
 
@@ -160,7 +160,7 @@ def _summarise(ctx: Context, sm: dict) -> None:
     if s.synthetic:
         say("NOTE: synthetic data -- not comparable to the paper.")
     if s.scaled_down:
-        say("NOTE: scaled-down schedule (%d iterations, batch %d) -- not the paper's 3e5 / 64." % (s.max_iter,
+        say("NOTE: scaled-down schedule (%d iterations, batch %d) -- not the paper's 3e5 / 64." % (s.schedule.iters,
                                                                                                    s.batch))
     say("summary: %s" % ctx.layout.summary_md)
     if s.figures:

@@ -18,10 +18,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from gcnet import layout
 from gcnet.logparse import last_lines
 from gcnet.util import UsageError, say
 
-REPO = Path(os.environ.get("GCNET_ROOT") or Path(__file__).resolve().parents[2])
+REPO = Path(os.environ.get("GCNET_ROOT") or layout.REPO)
 
 
 class Interrupted(Exception):

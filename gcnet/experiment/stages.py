@@ -17,8 +17,8 @@ import time
 from gcnet import config as C
 from gcnet.experiment import cache, verify
 from gcnet.experiment.evaluate import generator_line, result_line
-from gcnet.experiment.plan import (Context, Job, clean_outputs, data_fingerprint, fold_info, pretrain_source,
-                                   write_prototxts)
+from gcnet.experiment.plan import (Context, Job, clean_outputs, data_fingerprint, fold_info,
+                                   pretrain_source, solver_iters, write_prototxts)
 from gcnet.experiment.procs import FileLock, Interrupted, child_env
 from gcnet.experiment.train import finalize, train_with_caffe
 from gcnet.layout import (BN_REPORT, DEPLOY, FINAL, INIT, META, REMOVAL, SOLVER, STAGE, SURGERY_REPORT, TEST,
@@ -90,7 +90,7 @@ def run_pretrain(ctx: Context, job: Job) -> None:
         verify.remove_leftovers(d, job.label)
         write_prototxts(ctx, job)
         meta = {"model": job.model, "kind": "pretrain", "fold": job.fold, "dataset": s.dataset,
-                "iters": s.pretrain_max_iter, "pretrain_source": pretrain_source(ctx.man)}
+                "iters": solver_iters(job), "pretrain_source": pretrain_source(ctx.man)}
         if read_json(d / META, {}) != meta:
             write_json(d / META, meta)          # what the folder holds (DeployModel reads it)
         fp = data_fingerprint(ctx.man, job.fold if job.fold >= 0 else s.folds[0], "pretrain")
@@ -106,19 +106,19 @@ def run_pretrain(ctx: Context, job: Job) -> None:
         if st.get("hash") not in (key, legacy):
             clean_outputs(d, keep=(TRAIN_VAL, DEPLOY, SOLVER, META, ".lock"))
         job.state = {"hash": key, "status": "running", "kind": "pretrain", "model": job.model, "fold": job.fold,
-                     "iters": s.pretrain_max_iter, "started": now(), "host": os.uname().nodename,
+                     "iters": solver_iters(job), "started": now(), "host": os.uname().nodename,
                      "resumed": (st.get("resumed") or []) if st.get("hash") in (key, legacy) else []}
         write_json(d / STAGE, job.state)
         t0 = time.time()
         with _recorded(job):
             if job.model == "encdec" and s.fit_output_scale:
                 # the autoencoder's BatchNorm statistics and output Scale fitted for its final weights (to X)
-                job.action = train_with_caffe(ctx, job, s.pretrain_max_iter, None, TRAINED)
+                job.action = train_with_caffe(ctx, job, None, TRAINED)
                 job.state["calibration"] = _recalibrate(ctx, job, s.bn_samples, fit_scale="x",
                                                         lmdb=str(ctx.layout.lmdb(job.fold, "pretrain") if
                                                                  job.fold >= 0 else ctx.layout.webface_lmdb(ctx.man)))
             else:
-                job.action = train_with_caffe(ctx, job, s.pretrain_max_iter, None, FINAL)
+                job.action = train_with_caffe(ctx, job, None, FINAL)
         job.state.update(status="done", finished=now(), seconds=round(time.time() - t0, 1),
                          weights_sha256=sha256_file(d / FINAL), pretrain_source=pretrain_source(ctx.man),
                          n_identities=job.texts["opts"]["n_identities"], diverged=job.diverged)
@@ -151,22 +151,20 @@ def run_generator(ctx: Context, job: Job) -> None:
             clean_outputs(d)
             st = {}
         job.state = {"hash": key, "status": "running", "kind": "generator", "model": job.model, "fold": k,
-                     "iters": s.generator_max_iter, "started": now(), "host": os.uname().nodename,
+                     "iters": solver_iters(job), "started": now(), "host": os.uname().nodename,
                      "stages": st.get("stages", {})}
         write_json(d / STAGE, job.state)
         write_json(d / META, {"model": job.model, "kind": "generator", "fold": k, "dataset": s.dataset,
-                              "iters": s.generator_max_iter, "init": str(encdec / FINAL)})
+                              "iters": solver_iters(job), "init": str(encdec / FINAL)})
         with _recorded(job):
             if not (d / INIT).exists():
                 say("%s net surgery -> %s (En_1, De_1r from encdec)" % (job.label, INIT))
-                ctx.sup.run_step([sys.executable, "-m", "gcnet.surgery", job.model, TRAIN_VAL, INIT, "--encdec",
-                                  str(encdec / FINAL), "--report", SURGERY_REPORT, "--bn-stats", "zero"],
-                                 d, "surgery", "net surgery", child_env(s.threads, quiet_glog=True))
+                _surgery(ctx, job, "zero")
             fit = "xr" if s.fit_output_scale else None
             if fit and not (d / FITTED_INIT).exists():      # the output Scale fitted to X_r before training
                 job.state["init_calibration"] = _recalibrate(ctx, job, s.bn_samples, fit, INIT, FITTED_INIT)
             t0 = time.time()
-            job.action = train_with_caffe(ctx, job, s.generator_max_iter, FITTED_INIT if fit else INIT, TRAINED)
+            job.action = train_with_caffe(ctx, job, FITTED_INIT if fit else INIT, TRAINED)
             job.state.update(train_seconds=round(time.time() - t0, 1), diverged=job.diverged)
             job.state["calibration"] = _recalibrate(ctx, job, s.bn_samples, fit)
             lay = ctx.layout
@@ -204,17 +202,22 @@ def _recalibrate(ctx: Context, job: Job, samples: int, fit_scale: str = None, we
 
 
 # ----------------------------------------------------------------------------------------------- model stages
+def _surgery(ctx: Context, job: Job, bn_stats: str) -> None:
+    """init.caffemodel of job.dir from the final weights of job.pretrained (gcnet.surgery, in a subprocess; the
+    rules: config.MODELS[model].sources)."""
+    cmd = [sys.executable, "-m", "gcnet.surgery", job.model, TRAIN_VAL, INIT, "--report", SURGERY_REPORT,
+           "--bn-stats", bn_stats]
+    for net, p in job.pretrained.items():
+        cmd += ["--" + net.replace("_", "-"), str(p / FINAL)]
+    ctx.sup.run_step(cmd, job.dir, "surgery", "net surgery", child_env(ctx.s.threads, quiet_glog=True))
+
+
 def run_surgery(ctx: Context, job: Job) -> None:
     d = job.dir
     if (d / INIT).exists() and (d / SURGERY_REPORT).exists():
         return
     say("%s net surgery -> %s" % (job.label, INIT))
-    cmd = [sys.executable, "-m", "gcnet.surgery", job.model, TRAIN_VAL, INIT,
-           "--encdec", str(job.pretrained["encdec"] / FINAL), "--cnn-id", str(job.pretrained["cnn_id"] / FINAL),
-           "--report", SURGERY_REPORT, "--bn-stats", ctx.s.surgery_bn_stats]
-    if "generator" in job.pretrained:
-        cmd += ["--generator", str(job.pretrained["generator"] / FINAL)]
-    ctx.sup.run_step(cmd, d, "surgery", "net surgery", child_env(ctx.s.threads, quiet_glog=True))
+    _surgery(ctx, job, ctx.s.surgery_bn_stats)
     verify.record_output(job.state, d, INIT)
     rep = read_json(d / SURGERY_REPORT, {})
     job.state["init"] = {"copied": len(rep.get("copied", [])), "random": [r["layer"] for r in rep.get("random", [])],
@@ -227,7 +230,7 @@ def run_train(ctx: Context, job: Job) -> None:
     d = job.dir
     if not ("train" in job.state["stages"] and (d / TRAINED).exists()):
         t0 = time.time()
-        job.action = train_with_caffe(ctx, job, ctx.s.max_iter, INIT, TRAINED)
+        job.action = train_with_caffe(ctx, job, INIT, TRAINED)
         verify.record_output(job.state, d, TRAINED)
         job.state.update(status="trained", train_seconds=round(time.time() - t0, 1), diverged=job.diverged)
         if job.diverged:
@@ -301,7 +304,7 @@ def run_model(ctx: Context, job: Job) -> None:
             clean_outputs(d)
             st = {}
         job.state = {"hash": key, "status": "running", "kind": "model", "model": job.model, "fold": job.fold,
-                     "iters": ctx.s.max_iter, "started": st.get("started") or now(), "host": os.uname().nodename,
+                     "iters": solver_iters(job), "started": st.get("started") or now(), "host": os.uname().nodename,
                      "init": st.get("init"), "stages": st.get("stages", {}), "bnstats": st.get("bnstats"),
                      "train_seconds": st.get("train_seconds"), "diverged": st.get("diverged"),
                      "outputs_sha256": st.get("outputs_sha256") or {}, "resumed": st.get("resumed") or []}
@@ -329,14 +332,14 @@ def make_meta(ctx: Context, job: Job) -> dict:
     info = fold_info(ctx.man, job.fold)
     so = texts["solver_opts"]
     return {"dataset": s.dataset, "model": job.model, "fold": job.fold, "class_names": list(spec.class_names),
-            "neutral_label": spec.neutral_label, "n_classes": len(spec.class_names), "iters": s.max_iter,
+            "neutral_label": spec.neutral_label, "n_classes": len(spec.class_names), "iters": so["max_iter"],
             "batch": s.batch, "base_lr": so["base_lr"], "lr_policy": so["lr_policy"], "gamma": so["gamma"],
             "power": so["power"], "momentum": so["momentum"], "weight_decay": so["weight_decay"],
             "margin": s.margin, "n_train": info["n_train"], "n_train_unique": info.get("n_train_unique"),
             "n_test": info["n_test"], "n_identities": info.get("n_identities"),
             "train_source": texts["opts"]["train_source"], "test_source": texts["opts"]["test_source"],
             "test_lmdb": texts["opts"]["test_source"],
-            "pretrain_source": pretrain_source(ctx.man), "pretrain_iters": s.pretrain_max_iter,
+            "pretrain_source": pretrain_source(ctx.man), "pretrain_iters": s.schedule.pretrain_iters,
             "init": job.state.get("init"), "synthetic": s.synthetic,
             "caffe_build": os.environ.get("CAFFE_BUILD", ""), "train_seconds": job.state.get("train_seconds"),
             "finished": now()}

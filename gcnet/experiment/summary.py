@@ -10,9 +10,9 @@ from typing import List, Optional, Sequence
 from gcnet import config as C
 from gcnet import diagnostics as D
 from gcnet.experiment.cache import read_state
-from gcnet.experiment.cli import Settings
 from gcnet.experiment.plan import pretrain_source
 from gcnet.experiment.procs import caffe_version, git_commit
+from gcnet.experiment.settings import Settings
 from gcnet.stats import significant
 from gcnet.layout import REMOVAL, TEST, TRAIN_LOG, ResultsLayout
 from gcnet.logparse import last_lines, parse_log
@@ -209,7 +209,7 @@ def summary_markdown(sm: dict) -> str:
                   "pipeline runs end to end.", ""]
     if st.get("scaled_down"):
         lines += ["> **Scaled-down schedule** (%s iterations, batch %s, %s folds of %s): not the paper's "
-                  "3e5 iterations, batch 64, 10 folds." % (st.get("iterations"), st.get("batch"),
+                  "3e5 iterations, batch 64, 10 folds." % (st.get("iters", st.get("iterations")), st.get("batch"),  # (old name)
                                                            len(sm.get("folds_requested", [])), st.get("n_folds")),
                   ""]
     lines += ["| model | folds done | mean ± std over folds | all test images (n, 95% CI) | paper |",
@@ -369,16 +369,18 @@ def write_summary(lay: ResultsLayout, sm: dict) -> None:
 
 
 def settings_record(s: Settings, man: Optional[dict]) -> dict:
+    """summary.json's "settings" (and run_settings.json's): one key per quantity, named as its option."""
+    sch = s.schedule
     return {
-        "iterations": s.max_iter, "pretrain_iterations": s.pretrain_max_iter,
-        "generator_iterations": s.generator_max_iter, "fit_output_scale": s.fit_output_scale,
+        "iters": sch.iters, "pretrain_iters": sch.pretrain_iters, "generator_iters": sch.generator_iters,
+        "fit_output_scale": s.fit_output_scale,
         "pretrain_source": pretrain_source(man) if man else (
             "webface:%s" % s.pretrain_data if s.pretrain_data else "training folds"),
         "batch": s.batch, "margin": s.margin, "contrastive_distance": s.contrastive_distance,
-        "finetune_output_scale": s.finetune_output_scale, "clip_gradients": s.clip_gradients,
-        "pretrain_clip_gradients": s.pretrain_clip_gradients, "recalibrate_bn": s.recalibrate_bn,
+        "finetune_output_scale": s.finetune_output_scale, "clip_gradients": sch.clip_gradients,
+        "pretrain_clip_gradients": sch.pretrain_clip_gradients, "recalibrate_bn": s.recalibrate_bn,
         "bn_samples": s.bn_samples, "surgery_bn_stats": s.surgery_bn_stats,
-        "gamma": s.gamma, "power": s.power, "base_lr": s.base_lr,
+        "gamma": sch.gamma, "power": sch.power, "base_lr": sch.base_lr,
         "lr_policy": "inv", "solver": "Nesterov", "momentum": C.SolverOptions.momentum,
         "weight_decay": C.SolverOptions.weight_decay, "n_folds": s.n_folds, "augment_copies":
             (man.get("options", {}).get("augment_copies") if man else s.augment),
@@ -387,6 +389,7 @@ def settings_record(s: Settings, man: Optional[dict]) -> dict:
         "caffe_build": os.environ.get("CAFFE_BUILD", "unknown"), "caffe_version": caffe_version(),
         "git_commit": git_commit(), "synthetic": s.synthetic, "scaled_down": s.scaled_down, "profile": s.profile,
         "device": "GPU %s" % ",".join(map(str, s.gpus)) if s.gpus else "CPU (%d threads per job)" % s.threads,
-        "jobs": s.jobs, "threads": s.threads, "display": s.display, "snapshot": s.snapshot, "test_interval": s.test_interval,
+        "jobs": s.jobs, "threads": s.threads, "display": sch.display, "snapshot": sch.snapshot,
+        "test_interval": sch.test_interval,
         "seed": s.seed,
     }

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from gcnet.experiment.plan import Context, Job
+from gcnet.experiment.plan import Context, Job, solver_iters
 from gcnet.experiment.procs import Interrupted, JobError, caffe_binary, child_env
 from gcnet.layout import SNAPSHOTS, SOLVER, TRAIN_LOG
 from gcnet.logparse import LogParser
@@ -150,10 +150,10 @@ def disk_full_note(d: Path, weights: Optional[str]) -> Optional[str]:
     return None
 
 
-def train_with_caffe(ctx: Context, job: Job, max_iter: int, weights: Optional[str], final_name: str) -> str:
-    """caffe train in job.dir (resuming from the latest snapshot), the last weights copied to `final_name`; returns
-    "trained" | "resumed" | "finalized"; JobError / Interrupted."""
-    s, d = ctx.s, job.dir
+def train_with_caffe(ctx: Context, job: Job, weights: Optional[str], final_name: str) -> str:
+    """caffe train of job.dir's solver.prototxt (resuming from the latest snapshot) to its max_iter, the last weights
+    copied to `final_name`; returns "trained" | "resumed" | "finalized"; JobError / Interrupted."""
+    s, d, max_iter = ctx.s, job.dir, solver_iters(job)
     (d / SNAPSHOTS).mkdir(exist_ok=True)
     final = d / final_name
     snaps = usable_snapshots(d, job.label)

@@ -1,5 +1,5 @@
 """errors: `fig4_errors` (Fig. 4), misclassified test images of the baseline CNN and of GCNet side by side."""
-from gcnet.data.records import iter_gray_frames
+from gcnet.data.images import iter_gray_frames
 from gcnet.figures.plot import message_axis, new_figure, save
 from gcnet.figures.results import BASELINE, Skip, label_name, load_json, load_test_set, pick_gcnet
 from gcnet.layout import META, TEST

@@ -8,9 +8,9 @@ import numpy as np
 from gcnet.caffe_io import WeightsError, read_caffemodel, read_lmdb
 from gcnet.config import EXPRESSION_MODELS, has_contrastive, has_generator, has_reconstruction
 from gcnet.inference import ModelError, import_caffe
+from gcnet.layout import REPO
 from gcnet.util import read_json
 
-REPO = Path(__file__).resolve().parents[2]
 BASELINE = "cnn"
 
 

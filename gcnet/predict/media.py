@@ -7,7 +7,8 @@ from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from gcnet.data.records import VIDEO_EXTS, natural_key
+from gcnet.data.images import VIDEO_EXTS
+from gcnet.data.records import natural_key
 from gcnet.util import IMAGE_EXTS, UsageError, walk_files
 
 
@@ -125,7 +126,7 @@ def landmark_finder(spec, n_images) -> LandmarkFinder:
 # ----------------------------------------------------------------------------------------------- frames
 def read_image(path):
     """(grey uint8 image, None) or (None, reason); the decoder of the LMDB build (records.imread_gray)."""
-    from gcnet.data.records import imread_gray
+    from gcnet.data.images import imread_gray
     try:
         return imread_gray(path), None
     except ValueError as e:

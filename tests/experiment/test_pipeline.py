@@ -58,8 +58,7 @@ def copied_context(first_run, out):
     from gcnet.experiment.plan import Context
     from gcnet.experiment.procs import Supervisor
     shutil.copytree(str(first_run["ds"]), str(out / "synthetic"), symlinks=True)
-    s = cli.resolve_settings(cli.build_parser().parse_args(MAIN + ["--data", str(first_run["data"]),
-                                                                   "--out", str(out)]))
+    s = cli.settings_from(MAIN + ["--data", str(first_run["data"]), "--out", str(out)])
     return Context(s, s.layout, Supervisor(), man=json.loads(s.layout.lmdb_manifest().read_text()))
 
 
@@ -71,14 +70,14 @@ def test_pipeline_summary(first_run):
     sm = json.loads((ds / "summary.json").read_text())
     assert sm["dataset"] == "synthetic"
     st = sm["settings"]
-    for key in ("iterations", "pretrain_source", "batch", "margin", "gamma", "power", "data_root", "data_hash",
+    for key in ("iters", "pretrain_iters", "pretrain_source", "batch", "margin", "gamma", "power", "data_root", "data_hash",
                 "caffe_build", "caffe_version", "git_commit", "synthetic", "contrastive_distance",
                 "finetune_output_scale", "clip_gradients", "pretrain_clip_gradients", "recalibrate_bn", "bn_samples",
                 "surgery_bn_stats"):
         assert key in st, key
-    assert st["synthetic"] is True and st["iterations"] == 6 and st["batch"] == 4 and st["scaled_down"] is True
+    assert st["synthetic"] is True and st["iters"] == 6 and st["batch"] == 4 and st["scaled_down"] is True
     assert "training folds" in st["pretrain_source"]
-    assert st["generator_iterations"] == 4 and st["fit_output_scale"] is True
+    assert st["generator_iters"] == 4 and st["pretrain_iters"] == 6 and st["fit_output_scale"] is True
     assert set(sm["models"]) == {"cnn", "cnn_pair", "gcnet_s1r1"}
     for m, e in sm["models"].items():
         assert set(e["folds"]) == {"0", "1"}, (m, e)
@@ -178,6 +177,7 @@ def test_fold_outputs(first_run):
             meta = json.loads((d / "meta.json").read_text())
             assert meta["model"] == m and meta["fold"] == k and meta["n_classes"] == 7
             assert len(meta["class_names"]) == 7 and meta["iters"] == 6
+            assert "max_iter: 6" in (d / "solver.prototxt").read_text()
             index = json.loads((ds / "lmdb" / ("fold_%d" % k) / "test_index.json").read_text())
             assert tj["frames"] == [e["frame"] for e in index]
             # the BatchNorm stage ran: final = trained with every BatchNorm layer's statistics replaced
@@ -295,12 +295,12 @@ def test_moved_results_cached_and_a_failing_stage_summarised(first_run, tmp_path
     stages.run_model(ctx, jobs[("gcnet_s1r1", 0)])
     assert jobs[("gcnet_s1r1", 0)].status == "cached"
     # pretraining: a new --iters (other snapshot interval) keeps it; a result recorded under the key of
-    # gcnet/runner.py (which hashed display and snapshot) is accepted and re-recorded under the new key
+    # the former gcnet/runner.py (which hashed display and snapshot) is accepted and re-recorded under the new key
     from gcnet.experiment import cache
     from gcnet.experiment.plan import data_fingerprint, pretrain_jobs, write_prototxts
     args = MAIN + ["--data", str(first_run["data"]), "--out", str(out)]
     args[args.index("--iters") + 1] = "12"
-    s2 = cli.resolve_settings(cli.build_parser().parse_args(args))
+    s2 = cli.settings_from(args)
     ctx2 = Context(s2, lay, Supervisor(), man=ctx.man)
     pre = pretrain_jobs(ctx2)[(0, "encdec")]
     write_prototxts(ctx2, pre)
@@ -422,8 +422,7 @@ def test_figures_stage_redraws_only_when_inputs_change(first_run, tmp_path, monk
     from gcnet.experiment.procs import Supervisor
     out = tmp_path / "figs"
     shutil.copytree(str(first_run["ds"]), str(out / "synthetic"), symlinks=True)
-    s = cli.resolve_settings(cli.build_parser().parse_args(MAIN + ["--data", str(first_run["data"]),
-                                                                   "--out", str(out)]))
+    s = cli.settings_from(MAIN + ["--data", str(first_run["data"]), "--out", str(out)])
     ctx = Context(s, s.layout, Supervisor())
     calls = []
 
@@ -576,3 +575,43 @@ def test_webface_pretraining_is_shared_by_results_folders(work):
         assert link.is_symlink() and link.resolve() == shared[0].parent.parent.resolve(), link
         st = json.loads((out / name / "cnn" / "fold_0" / "stage.json").read_text())
         assert st["status"] == "done"
+
+
+def test_reference_value_retrains_cnn_pair_on_generated_references(first_run, tmp_path):
+    """gcnet.experiment.reference_value: cnn_pair retrained on G(X_r) / G(X) (computed here with a plain caffe.Net
+    of the generator stage), tested on the cnn's test images, paired statistics written."""
+    import shutil
+    import caffe
+    from gcnet.caffe_io import read_lmdb
+    ds = tmp_path / "synthetic"
+    shutil.copytree(str(first_run["ds"]), str(ds), symlinks=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "python_layers"),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    bad = subprocess.run([sys.executable, "-m", "gcnet.experiment.reference_value", str(ds), "--references", "xr"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=env)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--references" in bad.stderr
+    p = subprocess.run([sys.executable, "-m", "gcnet.experiment.reference_value", str(ds), "--folds", "0"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lay = ResultsLayout.at(ds)
+    res = json.loads(lay.reference_value_json.read_text())
+    n = json.loads((ds / "cnn" / "fold_0" / "test.json").read_text())["n_test"]
+    assert set(res["paired"]) == {"blurred-true_vs_cnn", "blurred-true_vs_cnn_pair", "generated_vs_cnn",
+                                  "generated_vs_cnn_pair", "blurred-true_vs_generated"}
+    assert all(v["n"] == n for v in res["paired"].values())
+    gen = caffe.Net(str(lay.generator_dir(0) / "deploy.prototxt"), str(lay.generator_dir(0) / "final.caffemodel"),
+                    caffe.TEST)
+    orig = np.stack([a for _, a, _ in read_lmdb(str(lay.lmdb(0, "test")))])
+    for ref, channel in (("blurred-true", 1), ("generated", 0)):
+        d = lay.reference_value_dir(ref, 0)
+        new = np.stack([a for _, a, _ in read_lmdb(str(d / "lmdb_test"))])
+        x = orig[:, channel:channel + 1, 1:65, 1:65].astype(np.float32) / 256
+        gen.blobs["x"].reshape(*x.shape)
+        gen.blobs["x"].data[...] = x
+        g = np.clip(np.rint(gen.forward()["gen_r"][:, 0] * 256), 0, 255)
+        assert np.array_equal(new[:, 0], orig[:, 0])                      # X untouched
+        assert np.abs(new[:, 1, 1:65, 1:65].astype(int) - g).max() <= 1   # the reference is G(.)
+        assert np.array_equal(new[:, 1, 0], orig[:, 1, 0])                # border: X_r's
+        assert str(d / "lmdb_train") in (d / "train_val.prototxt").read_text()
+        t = json.loads((d / "test.json").read_text())
+        assert t["n_test"] == n and 0 <= t["accuracy"] <= 1

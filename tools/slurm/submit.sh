@@ -55,9 +55,8 @@ PLAN=$(python - "${RUN_ARGS[@]}" <<'EOF'
 import sys
 from gcnet.experiment import cli
 from gcnet.util import UsageError
-a = cli.build_parser().parse_args(sys.argv[1:])
 try:
-    s = cli.resolve_settings(a)
+    s = cli.settings_from(sys.argv[1:])
 except UsageError as e:
     sys.exit("submit.sh: %s" % e)
 print(len(s.folds), len(s.folds) * len(s.models), "gpu" if s.gpus else "cpu", s.layout.slurm_logs)

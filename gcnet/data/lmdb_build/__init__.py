@@ -6,7 +6,7 @@ The Datum codec and LMDB reading are gcnet.caffe_io's.
 """
 from gcnet.data.lmdb_build.align_cache import AlignCache  # noqa: F401
 from gcnet.data.lmdb_build.augment import (AUG_INTENSITY, AUG_ROTATION_DEG, AUG_SCALE, CANVAS_MARGIN,  # noqa: F401
-                                           DEFAULT_AUGMENT, SIZE, augment_pair, crop)
+                                           SIZE, augment_pair, crop)
 from gcnet.data.lmdb_build.build import build_lmdbs  # noqa: F401
 from gcnet.data.lmdb_build.manifest import BUILD_VERSION  # noqa: F401
 from gcnet.data.lmdb_build.store import COMMIT_EVERY, Progress, lmdb_problem, write_lmdb  # noqa: F401

@@ -15,7 +15,8 @@ import numpy as np
 from gcnet.data import align as A
 from gcnet.data.lmdb_build.augment import CANVAS_MARGIN, SIZE, crop
 from gcnet.data.lmdb_build.store import Progress
-from gcnet.data.records import Sample, count_reasons, iter_gray_frames, natural_key, split_frame
+from gcnet.data.images import iter_gray_frames, split_frame
+from gcnet.data.records import Sample, count_reasons, natural_key
 from gcnet.layout import LmdbLayout
 from gcnet.util import DataError, cleanup_on_error
 

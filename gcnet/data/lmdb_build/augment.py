@@ -6,7 +6,6 @@ CANVAS_MARGIN = 15                      # canvas 96x96: covers scale 0.9 x rotat
 AUG_SCALE = (0.9, 1.1)                  # uniform
 AUG_ROTATION_DEG = (-10.0, 10.0)        # uniform
 AUG_INTENSITY = (0.8, 1.2)              # uniform multiplicative factor
-DEFAULT_AUGMENT = 4
 
 
 def augment_pair(cx: np.ndarray, cr: np.ndarray, rng: np.random.RandomState, size: int = SIZE):

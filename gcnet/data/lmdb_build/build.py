@@ -4,12 +4,11 @@ import os
 import time
 from typing import Callable, List, Optional, Sequence
 
-from gcnet.config import DATASETS
+from gcnet.config import DATASETS, DEFAULT_AUGMENT
 from gcnet.data import align as A
 from gcnet.data.detect import read_dataset
 from gcnet.data.folds import assign_folds, write_folds
 from gcnet.data.lmdb_build.align_cache import align_frames, drop_unaligned
-from gcnet.data.lmdb_build.augment import DEFAULT_AUGMENT
 from gcnet.data.lmdb_build.fold_build import build_fold, build_webface
 from gcnet.data.lmdb_build.manifest import build_options, cached_manifest, input_hashes, write_reports
 from gcnet.data.lmdb_build.store import remove_partials

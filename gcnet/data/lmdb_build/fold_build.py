@@ -11,7 +11,8 @@ from gcnet.data.folds import fold_subjects
 from gcnet.data.lmdb_build.augment import SIZE, augment_pair, crop, pair
 from gcnet.data.lmdb_build.manifest import per_class
 from gcnet.data.lmdb_build.store import lmdb_problem, rm, write_lmdb
-from gcnet.data.records import Sample, iter_gray_frames, natural_key
+from gcnet.data.images import iter_gray_frames
+from gcnet.data.records import Sample, natural_key
 from gcnet.layout import LmdbLayout
 from gcnet.util import write_json
 

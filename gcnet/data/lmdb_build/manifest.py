@@ -13,7 +13,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from gcnet.data.lmdb_build.align_cache import align_version, file_stat
 from gcnet.data.lmdb_build.augment import AUG_INTENSITY, AUG_ROTATION_DEG, AUG_SCALE, CANVAS_MARGIN
 from gcnet.data.lmdb_build.store import lmdb_problem
-from gcnet.data.records import count_reasons, natural_key, split_frame
+from gcnet.data.images import split_frame
+from gcnet.data.records import count_reasons, natural_key
 from gcnet.layout import LmdbLayout
 from gcnet.util import write_json
 
