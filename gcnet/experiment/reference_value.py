@@ -99,27 +99,17 @@ def retrain(lay: ResultsLayout, k: int, reference: str) -> Path:
 
 def compare(lay: ResultsLayout, folds: List[int], references) -> Dict[str, dict]:
     """Paired statistics, pooled over `folds`: each reference against cnn and cnn_pair, and blurred-true against
-    generated."""
-    from gcnet.stats import paired_comparison
-
-    def correct(d_of):
-        c, s = [], []
-        for k in folds:
-            t = json.loads((d_of(k) / TEST).read_text())
-            c += [a == b for a, b in zip(t["labels"], t["predictions"])]
-            s += ["%d:%s" % (k, x) for x in t["subjects"]]
-        return np.array(c), s
-    runs = {m: correct(lambda k, m=m: lay.model_dir(m, k)) for m in BASELINES}
-    runs.update({r: correct(lambda k, r=r: lay.reference_value_dir(r, k)) for r in references})
-    subjects = runs["cnn"][1]
-    out = {}
-    for r in references:
-        if runs[r][1] != subjects:
-            raise SystemExit("error: %s was not tested on the cnn's test images" % r)
-        for b in BASELINES:
-            out["%s_vs_%s" % (r, b)] = paired_comparison(runs[r][0], runs[b][0], subjects)
+    generated (the summary's paired_folds)."""
+    from gcnet.experiment.summary import paired_folds
+    pairs = [(r, b, lay.reference_value_dir, lay.model_dir) for r in references for b in BASELINES]
     if set(REFERENCES) <= set(references):
-        out["blurred-true_vs_generated"] = paired_comparison(runs["blurred-true"][0], runs["generated"][0], subjects)
+        pairs.append(("blurred-true", "generated", lay.reference_value_dir, lay.reference_value_dir))
+    out = {}
+    for a, b, dir_a, dir_b in pairs:
+        pooled, _, mismatched = paired_folds(lay, {k: dir_a(a, k) for k in folds}, {k: dir_b(b, k) for k in folds})
+        if mismatched or pooled is None:
+            raise SystemExit("error: %s and %s were not tested on the same images (folds %s)" % (a, b, mismatched))
+        out["%s_vs_%s" % (a, b)] = pooled
     return out
 
 

@@ -5,7 +5,7 @@ import json
 import os
 import statistics
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from gcnet import config as C
 from gcnet import diagnostics as D
@@ -159,7 +159,6 @@ def paired_statistics(lay: ResultsLayout, models: dict, folds: Sequence[int], ba
     """Every model against `baseline` on the same test images (gcnet.stats): per fold and all folds pooled;
     {} when the baseline has no results.  Images are matched by fold and position; a fold whose two test sets
     differ (labels or frames) is left out and named."""
-    from gcnet.stats import paired_comparison
     base = models.get(baseline) or {}
     if not base.get("folds"):
         return {}
@@ -167,29 +166,35 @@ def paired_statistics(lay: ResultsLayout, models: dict, folds: Sequence[int], ba
     for m, e in models.items():
         if m == baseline or not e.get("folds"):
             continue
-        a_all, b_all, subj_all, per_fold, mismatched = [], [], [], {}, []
-        for k in folds:
-            ka = str(k)
-            if ka not in e["folds"] or ka not in base["folds"]:
-                continue
-            ta = read_json(lay.model_dir(m, k) / TEST) or {}
-            tb = read_json(lay.model_dir(baseline, k) / TEST) or {}
-            if ta.get("labels") != tb.get("labels") or ta.get("frames") != tb.get("frames"):
-                mismatched.append(k)
-                continue
-            a = [p == t for p, t in zip(ta["predictions"], ta["labels"])]
-            b = [p == t for p, t in zip(tb["predictions"], tb["labels"])]
-            subj = ["%d/%s" % (k, x) for x in (ta.get("subjects") or _subjects_of(lay, k, len(a)))]
-            per_fold[ka] = paired_comparison(a, b, subj)
-            a_all += a
-            b_all += b
-            subj_all += subj
-        if not a_all:
+        both = [k for k in folds if str(k) in e["folds"] and str(k) in base["folds"]]
+        pooled, per_fold, mismatched = paired_folds(lay, {k: lay.model_dir(m, k) for k in both},
+                                                    {k: lay.model_dir(baseline, k) for k in both})
+        if pooled is None:
             continue
-        out[m] = dict(paired_comparison(a_all, b_all, subj_all), baseline=baseline, folds=per_fold)
+        out[m] = dict(pooled, baseline=baseline, folds=per_fold)
         if mismatched:
             out[m]["folds_left_out"] = mismatched
     return out
+
+
+def paired_folds(lay: ResultsLayout, dirs_a: Dict[int, Path], dirs_b: Dict[int, Path]):
+    """Test folders {fold: dir} A against B, same images -> (pooled comparison or None, per fold, folds differing)."""
+    from gcnet.stats import paired_comparison
+    a_all, b_all, subj_all, per_fold, mismatched = [], [], [], {}, []
+    for k in sorted(dirs_a):
+        ta = read_json(Path(dirs_a[k]) / TEST) or {}
+        tb = read_json(Path(dirs_b[k]) / TEST) or {}
+        if ta.get("labels") != tb.get("labels") or ta.get("frames") != tb.get("frames"):
+            mismatched.append(k)
+            continue
+        a = [p == t for p, t in zip(ta["predictions"], ta["labels"])]
+        b = [p == t for p, t in zip(tb["predictions"], tb["labels"])]
+        subj = ["%d/%s" % (k, x) for x in (ta.get("subjects") or _subjects_of(lay, k, len(a)))]
+        per_fold[str(k)] = paired_comparison(a, b, subj)
+        a_all += a
+        b_all += b
+        subj_all += subj
+    return (paired_comparison(a_all, b_all, subj_all) if a_all else None), per_fold, mismatched
 
 
 def _subjects_of(lay: ResultsLayout, k: int, n: int) -> list:
