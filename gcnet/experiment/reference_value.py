@@ -128,7 +128,11 @@ def main(argv=None) -> int:
         print("error: --references: choose from %s" % ", ".join(REFERENCES), file=sys.stderr)
         return 2
     done = sorted(lay.trained_models(["cnn_pair"], need=(TEST,)).get("cnn_pair", {}))
-    folds = done if a.folds is None else [int(x) for x in a.folds.split(",") if x]
+    try:
+        folds = done if a.folds is None else [int(x) for x in a.folds.split(",") if x]
+    except ValueError:
+        print("error: --folds: a comma-separated list of fold numbers, e.g. 0,1 (got %r)" % a.folds, file=sys.stderr)
+        return 2
     missing = [k for k in folds if k not in done or not (lay.generator_dir(k) / FINAL).exists()
                or not (lay.model_dir("cnn", k) / TEST).exists()]
     if missing or not folds:
