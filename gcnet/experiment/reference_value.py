@@ -20,8 +20,9 @@ from typing import Dict, List
 
 import numpy as np
 
-from gcnet.layout import DEPLOY, FINAL, INIT, META, SNAPSHOTS, SOLVER, TEST, TRAIN_VAL, TRAINED, ResultsLayout
-from gcnet.util import copy_file, say, write_json, write_text
+from gcnet.layout import (BN_REPORT, DEPLOY, FINAL, INIT, META, SNAPSHOTS, SOLVER, TEST, TRAIN_LOG, TRAIN_VAL, TRAINED,
+                          ResultsLayout)
+from gcnet.util import UsageError, copy_file, parse_folds, say, write_json, write_text
 
 REFERENCES = ("blurred-true", "generated")
 SOURCE_CHANNEL = {"blurred-true": 1, "generated": 0}     # the generator's input: X_r or X
@@ -65,6 +66,7 @@ def retrain(lay: ResultsLayout, k: int, reference: str) -> Path:
     from gcnet.bnstats import recalibrate
     from gcnet.experiment.evaluate import evaluate
     from gcnet.experiment.procs import caffe_binary, child_env
+    from gcnet.experiment.train import snapshots
     src, d = lay.model_dir("cnn_pair", k), lay.reference_value_dir(reference, k)
     d.mkdir(parents=True, exist_ok=True)
     lmdbs = {s: d / ("lmdb_" + s) for s in ("train", "test")}
@@ -80,15 +82,15 @@ def retrain(lay: ResultsLayout, k: int, reference: str) -> Path:
     write_text(d / TRAIN_VAL, with_sources((src / TRAIN_VAL).read_text(), lmdbs))
     if not (d / TRAINED).exists():
         (d / SNAPSHOTS).mkdir(exist_ok=True)
-        say("[fold %d %s] caffe train (%s)" % (k, reference, d / "train.log"))
-        with open(d / "train.log", "w") as log:
+        say("[fold %d %s] caffe train (%s)" % (k, reference, d / TRAIN_LOG))
+        with open(d / TRAIN_LOG, "w") as log:
             rc = subprocess.call([caffe_binary(), "train", "--solver", SOLVER, "--weights", INIT], cwd=str(d),
                                  stdout=log, stderr=subprocess.STDOUT, env=child_env(1))
-        snaps = sorted((d / SNAPSHOTS).glob("*_iter_*.caffemodel"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+        snaps = snapshots(d)
         if rc or not snaps:
-            raise SystemExit("error: caffe train failed (exit %d), see %s" % (rc, d / "train.log"))
-        copy_file(snaps[-1], d / TRAINED)
-    n_bn = int(json.loads((src / "bn_stats.json").read_text()).get("n_samples", 1024))
+            raise SystemExit("error: caffe train failed (exit %d), see %s" % (rc, d / TRAIN_LOG))
+        copy_file(snaps[-1][2], d / TRAINED)
+    n_bn = int(json.loads((src / BN_REPORT).read_text()).get("n_samples", 1024))
     batch = int(meta.get("batch", 16))
     recalibrate(str(d), str(d / TRAINED), str(d / FINAL), str(lmdbs["train"]), n_bn, batch)
     res = evaluate(str(d), str(lmdbs["test"]), str(lay.test_index(k)), int(meta["n_classes"]))
@@ -118,7 +120,7 @@ def main(argv=None) -> int:
                                  description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("results", help="a dataset's results folder (<out>/<dataset>) with cnn, cnn_pair and the "
                                     "generator stage done")
-    ap.add_argument("--folds", default=None, help="e.g. 0,1 (default: every fold with cnn_pair tested)")
+    ap.add_argument("--folds", default=None, help="e.g. 0-1 or 0,2 (default: every fold with cnn_pair tested)")
     ap.add_argument("--references", default=",".join(REFERENCES), help="comma-separated: " + ", ".join(REFERENCES))
     a = ap.parse_args(argv)
     lay = ResultsLayout.at(a.results)
@@ -129,9 +131,9 @@ def main(argv=None) -> int:
         return 2
     done = sorted(lay.trained_models(["cnn_pair"], need=(TEST,)).get("cnn_pair", {}))
     try:
-        folds = done if a.folds is None else [int(x) for x in a.folds.split(",") if x]
-    except ValueError:
-        print("error: --folds: a comma-separated list of fold numbers, e.g. 0,1 (got %r)" % a.folds, file=sys.stderr)
+        folds = done if a.folds is None else parse_folds(a.folds)
+    except UsageError as e:
+        print("error: %s" % e, file=sys.stderr)
         return 2
     missing = [k for k in folds if k not in done or not (lay.generator_dir(k) / FINAL).exists()
                or not (lay.model_dir("cnn", k) / TEST).exists()]

@@ -590,7 +590,7 @@ def test_reference_value_retrains_cnn_pair_on_generated_references(first_run, tm
     bad = subprocess.run([sys.executable, "-m", "gcnet.experiment.reference_value", str(ds), "--references", "xr"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=env)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--references" in bad.stderr
-    bad = subprocess.run([sys.executable, "-m", "gcnet.experiment.reference_value", str(ds), "--folds", "0-1"],
+    bad = subprocess.run([sys.executable, "-m", "gcnet.experiment.reference_value", str(ds), "--folds", "x"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=env)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--folds" in bad.stderr
     p = subprocess.run([sys.executable, "-m", "gcnet.experiment.reference_value", str(ds), "--folds", "0"],
