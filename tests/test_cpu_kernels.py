@@ -3,7 +3,8 @@ forward/backward; im2col and col2im, which Convolution and Deconvolution call): 
 Caffe 1.0's original code, represented here by the references of tests/caffe_reference_layers.py (numpy, plus for
 the BLAS sums the same BLAS calls as the original; none of them uses the patched code).  Patch 0008's fused
 BatchNorm-Scale-ReLU block (the last section) is checked against Caffe's own three layers instead: its forward and
-running statistics bit-identical, its backward within a stated tolerance.
+running statistics bit-identical, its backward within a stated tolerance.  Patch 0010's Winograd path for 3x3
+convolutions is switched off here (CAFFE_WINOGRAD=0) and checked in tests/test_winograd.py.
 
 * whole nets (cnn and gcnet_s1r1 from gcnet/nets.py, seeded inputs, small batch): the net as built, and the same net
   with every Convolution, Deconvolution, MAX Pooling, ReLU, BatchNorm and Scale layer replaced by its reference (a
@@ -98,8 +99,10 @@ def test_net_forward_backward_bit_identical_to_reference(model, fused, tmp_path,
     assert n_conv >= 3 + 3 * (model != "cnn")
     caffe.set_random_seed(1)
     monkeypatch.setenv("CAFFE_FUSE_BN_SCALE_RELU", "1" if fused else "0")
+    monkeypatch.setenv("CAFFE_WINOGRAD", "0")          # patch 0010's 3x3 path: tests/test_winograd.py
     net = _net_from_param(param, tmp_path, "patched")
     monkeypatch.delenv("CAFFE_FUSE_BN_SCALE_RELU")
+    monkeypatch.delenv("CAFFE_WINOGRAD")
     ref = _net_from_param(ref_param, tmp_path, "reference")
     for name, blobs in net.params.items():            # same weights (xavier fillers drew different numbers)
         for b, rb in zip(blobs, ref.params[name]):
