@@ -202,6 +202,20 @@ def python_layer_kernels() -> None:
         raise UsageError(str(e))
 
 
+# Caffe's CPU code paths that our patches switch by environment variable at net construction (docs/choices.md):
+# 0008 fuses BatchNorm-Scale-ReLU blocks, 0010 runs 3x3 convolutions with Winograd F(4x4, 3x3); "0" keeps Caffe's.
+CAFFE_SWITCHES = {"fuse_bn_scale_relu": "CAFFE_FUSE_BN_SCALE_RELU", "winograd": "CAFFE_WINOGRAD"}
+
+
+def caffe_settings() -> Dict[str, object]:
+    """The Caffe this run uses, for summary.json: build mode, version, install folder (its name is the build key:
+    Debian source + patches + options) and which patched CPU paths its processes take (they inherit this
+    environment)."""
+    return {"caffe_build": os.environ.get("CAFFE_BUILD", "unknown"), "caffe_version": caffe_version(),
+            "caffe_root": os.path.basename(os.environ.get("CAFFE_ROOT", "")),
+            "caffe_switches": {name: os.environ.get(var, "1") != "0" for name, var in CAFFE_SWITCHES.items()}}
+
+
 def caffe_version() -> str:
     if "v" not in _caffe_cache:
         try:

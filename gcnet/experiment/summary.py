@@ -2,7 +2,6 @@
 mean and std over folds, all test images pooled, the paper's numbers, the diagnostics, failures
 -> summary.json, summary.md and the table printed at the end of a run."""
 import json
-import os
 import statistics
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -11,7 +10,7 @@ from gcnet import config as C
 from gcnet import diagnostics as D
 from gcnet.experiment.cache import read_state
 from gcnet.experiment.plan import pretrain_source
-from gcnet.experiment.procs import caffe_version, git_commit
+from gcnet.experiment.procs import caffe_settings, git_commit
 from gcnet.experiment.settings import Settings
 from gcnet.stats import significant
 from gcnet.layout import REMOVAL, TEST, TRAIN_LOG, ResultsLayout
@@ -391,8 +390,7 @@ def settings_record(s: Settings, man: Optional[dict]) -> dict:
             (man.get("options", {}).get("augment_copies") if man else s.augment),
         "data_root": s.data_root, "data_hash": (man or {}).get("inputs", {}).get("hash"),
         "n_samples": (man or {}).get("n_samples"), "n_subjects": (man or {}).get("n_subjects"),
-        "caffe_build": os.environ.get("CAFFE_BUILD", "unknown"), "caffe_version": caffe_version(),
-        "git_commit": git_commit(), "synthetic": s.synthetic, "scaled_down": s.scaled_down, "profile": s.profile,
+        **caffe_settings(), "git_commit": git_commit(), "synthetic": s.synthetic, "scaled_down": s.scaled_down, "profile": s.profile,
         "device": "GPU %s" % ",".join(map(str, s.gpus)) if s.gpus else "CPU (%d threads per job)" % s.threads,
         "jobs": s.jobs, "threads": s.threads, "display": sch.display, "snapshot": sch.snapshot,
         "test_interval": sch.test_interval,

@@ -73,8 +73,9 @@ def test_pipeline_summary(first_run):
     for key in ("iters", "pretrain_iters", "pretrain_source", "batch", "margin", "gamma", "power", "data_root", "data_hash",
                 "caffe_build", "caffe_version", "git_commit", "synthetic", "contrastive_distance",
                 "finetune_output_scale", "clip_gradients", "pretrain_clip_gradients", "recalibrate_bn", "bn_samples",
-                "surgery_bn_stats"):
+                "surgery_bn_stats", "caffe_root", "caffe_switches"):
         assert key in st, key
+    assert st["caffe_switches"] == {"fuse_bn_scale_relu": True, "winograd": True}
     assert st["synthetic"] is True and st["iters"] == 6 and st["batch"] == 4 and st["scaled_down"] is True
     assert "training folds" in st["pretrain_source"]
     assert st["generator_iters"] == 4 and st["pretrain_iters"] == 6 and st["fit_output_scale"] is True
