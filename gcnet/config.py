@@ -266,7 +266,6 @@ SCHEDULES: Dict[str, dict] = {
         batch=16,
         augment=2,                # augmented copies per training sample in the LMDB
         display=20,
-        jobs=2,                   # two trainings side by side, one BLAS thread each
         bn_samples=512,           # training samples of the BatchNorm re-estimation and of the training-set scores
     ),
 }

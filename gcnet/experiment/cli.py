@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = ap.add_argument_group("execution")
     g.add_argument("--gpu", default="cpu", metavar="ID[,ID..]|cpu", help="GPUs; each job gets its own "
                    "(default cpu)")
-    g.add_argument("--jobs", type=int, help="fold trainings run at once (default: number of GPUs, 1 on CPU)")
+    g.add_argument("--jobs", type=int, help="fold trainings run at once (default: number of GPUs; on CPU one per "
+                   "core, which with the --threads default gives each job one BLAS thread)")
     g.add_argument("--threads", type=int, help="BLAS/OpenMP threads per job (default: cores // jobs, so one "
                    "per job when the jobs fill the cores)")
     g.add_argument("--out", default=str(REPO / RESULTS), help="results root (default %(default)s); "

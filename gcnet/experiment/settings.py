@@ -169,7 +169,9 @@ def resolve_settings(a) -> Settings:
     if augment is not None:
         _check_range("--augment", augment, 0)
     gpus = parse_gpus(a.gpu)
-    jobs = given(a.jobs, len(gpus) if gpus else prof.get("jobs", 1))
+    # CPU: one job per core, one BLAS thread each (a second OpenBLAS thread in one job was slower than two jobs even
+    # on an idle machine: docs/choices.md "threads")
+    jobs = given(a.jobs, len(gpus) if gpus else prof.get("jobs", n_cores()))
     _check_range("--jobs", jobs, 1)
     threads = given(a.threads, max(1, n_cores() // jobs))
     _check_range("--threads", threads, 1)

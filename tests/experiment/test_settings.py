@@ -31,7 +31,8 @@ def test_settings_profiles():
     row = C.SCHEDULES["synthetic-cpu"]
     assert s.profile == "synthetic-cpu" and s.schedule.iters == row["iters"] and s.scaled_down
     assert s.folds == parse_folds(row["folds"], row["n_folds"])
-    assert s.jobs == 2 and s.bn_samples == 512 and s.synthetic_subjects == 100 and s.lmdb_folds == s.folds
+    assert s.jobs == n_cores() and s.threads == 1      # CPU default: one job per core, one BLAS thread each
+    assert s.bn_samples == 512 and s.synthetic_subjects == 100 and s.lmdb_folds == s.folds
     assert s.data_root.endswith("ck+_100subjects_seed0")
     # pretraining on a synthetic WebFace set of other identities (fixed seed), then the generator stage
     assert s.pretrain_data.endswith("webface_300ids_seed0") and s.webface_identities == 300
@@ -121,6 +122,8 @@ def test_threads_per_job():
     assert env["OPENBLAS_NUM_THREADS"] == env["OMP_NUM_THREADS"] == "1"
     assert settings_record(s, None)["threads"] == 1
     assert settings("synthetic", "--jobs", "2").threads == max(1, n_cores() // 2)
+    paper = settings("ck+", "--data", str(REPO))
+    assert (paper.jobs, paper.threads) == (n_cores(), 1)              # outside the profiles too
     with pytest.raises(UsageError):
         settings("synthetic", "--threads", "0")
 
@@ -148,7 +151,7 @@ def test_schedule_table():
     """config.SCHEDULES holds every schedule (the synthetic rows as measured for README "Results"); the settings and
     tools/make_prototxt.py take a row through make_schedule, and solver_options gives each net's solver from it."""
     synthetic = dict(subjects=100, n_folds=10, folds="0-1", webface_identities=300, pretrain_iters=3000,
-                     generator_iters=1000, iters=200, batch=16, augment=2, display=20, jobs=2, bn_samples=512)
+                     generator_iters=1000, iters=200, batch=16, augment=2, display=20, bn_samples=512)
     assert C.SCHEDULES == {"paper": dict(n_folds=10, iters=300000, batch=64), "synthetic-cpu": synthetic,
                            "ablation": dict(synthetic, subjects=250, generator_iters=2000, iters=1000, display=50,
                                             bn_samples=1024)}
