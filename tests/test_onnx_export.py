@@ -86,7 +86,7 @@ def test_export_cli_check_on_a_trained_folder(tiny_results, tmp_path):
     assert meta["variant"] == "deploy" and meta["opset"] == "17"
 
 
-def test_plumbing_layers_and_other_pooling_geometries(tmp_path):
+def test_plumbing_layers_and_other_pooling_geometries(tmp_path, monkeypatch):
     """Slice, Split, Silence, pooling with padding (Caffe's clipped last window), a non-overlapping stride, and an
     unpooling into a larger plane than the pooling input, against Caffe."""
     import caffe
@@ -119,6 +119,9 @@ layer { name: "fc" type: "InnerProduct" bottom: "pool_stride" top: "fc" inner_pr
         weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 } } }
 layer { name: "silence" type: "Silence" bottom: "fc" }
 ''')
+    # Caffe's own im2col convolution (patch 0010's Winograd rounds at ~1e-5 of the value: the export's --check
+    # tolerance, 1e-4, covers it; this test keeps the mapping's exactness at 1e-5)
+    monkeypatch.setenv("CAFFE_WINOGRAD", "0")
     net = caffe.Net(str(proto), caffe.TEST)
     weights = tmp_path / "w.caffemodel"
     net.save(str(weights))

@@ -9,7 +9,8 @@ function in a different order of float operations, so it is checked within a sta
   measured beside it, is the yardstick: its error is printed on failure);
 * the gate: every other geometry (5x5, stride 2, pad 0, group 2, dilation 2) and CAFFE_WINOGRAD=0 run the old path
   (bit-identical with the variable set or not), and the 3x3 layers do not (not bit-identical: the new path ran);
-* whole nets (cnn, gcnet_s1r1): every blob's data and diff and every parameter diff within NET_RTOL of the scale.
+* whole nets (cnn, gcnet_s1r1): masks, every blob's data and diff and every parameter diff within NET_FLIP_RTOL,
+  which allows for MAX pooling argmax flips at near-ties (see the test).
 
 Run:  source tools/env.sh && python -m pytest -q tests/test_winograd.py
 """
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("caffe")
 # en*_conv2 the worst), Caffe's im2col + GEMM 0.2-7.9e-7; whole nets at most 1.1e-5 of a blob's scale (gcnet_s1r1's
 # fc2, after BatchNorm and three encoders)
 WINOGRAD_RTOL = 3e-5
-NET_RTOL = 1e-4
+NET_FLIP_RTOL = 2e-2
 
 # (layer type, batch, input channels, output channels, size): the nets' 3x3 layers, then odd cases
 LAYER_CASES = [
@@ -178,8 +179,14 @@ def test_other_geometries_keep_im2col(tmp_path, monkeypatch, kind, conv):
 
 @pytest.mark.parametrize("model", ["cnn", "gcnet_s1r1"])
 def test_net_with_winograd_matches_im2col(model, tmp_path, monkeypatch):
-    """The whole net as training builds it, with and without Winograd: every blob's data and diff and every
-    parameter's diff within NET_RTOL of its scale (the largest |value| of the blob, or of the layer's diffs)."""
+    """The whole net as training builds it, with and without Winograd.  A 1e-6 difference can move the argmax of a
+    MAX pooling window whose two largest values nearly tie (the same effect as ONNX's near-ties, issue 24): that
+    window's gradient then goes to another input, and an unpooling puts its value elsewhere, so a flip changes a few
+    elements by their whole value and, upstream, every diff a little.  Measured (gcnet_s1r1, batch 4): with one
+    OpenBLAS thread no flip, every blob within 1.1e-5 of its scale; with two threads 2 flipped positions of 123008 in
+    en2r_pool1's mask, blob data within 1.1e-3 and diffs within 4.6e-3 in norm.  So: masks the same on all but 1e-4
+    of positions; every blob's data and diff, and every layer's parameter diffs, within NET_FLIP_RTOL in norm (a
+    wrong transform is off by O(1); the single-layer tests above hold the tight tolerance)."""
     batch = 4
     opts = NetOptions(n_classes=7, batch_size=batch, test_batch_size=batch, n_identities=5, mirror=False)
     param = _with_input_layer(nets.build_net(model, opts), batch, opts.crop)
@@ -201,19 +208,27 @@ def test_net_with_winograd_matches_im2col(model, tmp_path, monkeypatch):
         caffe.set_random_seed(7)                        # same Dropout masks
         n.forward()
         n.backward()
+
+    def norm_err(a, b):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+
     differ = 0
     for name in net.blobs:
+        a, b = net.blobs[name].data, ref.blobs[name].data
+        differ += not same_bits(a, b)
+        if name.endswith("_mask"):
+            flips = int((a != b).sum())
+            assert flips <= 1e-4 * a.size, "%s: %d of %d argmax positions differ" % (name, flips, a.size)
+            continue
         for kind in ("data", "diff"):
-            a, b = getattr(net.blobs[name], kind), getattr(ref.blobs[name], kind)
-            err = np.abs(a.astype(np.float64) - b).max()
-            assert err <= NET_RTOL * max(np.abs(b).max(), 1e-30), "blob %s %s: %.3g of the scale" % (
-                name, kind, err / max(np.abs(b).max(), 1e-30))
-            differ += not same_bits(a, b)
+            err = norm_err(getattr(net.blobs[name], kind), getattr(ref.blobs[name], kind))
+            assert err <= NET_FLIP_RTOL, "blob %s %s: %.3g in norm" % (name, kind, err)
     for name, blobs in net.params.items():
         scale = max(np.abs(rb.diff).max() for rb in ref.params[name])
         for i, (b, rb) in enumerate(zip(blobs, ref.params[name])):
             err = np.abs(b.diff.astype(np.float64) - rb.diff).max()
-            assert err <= NET_RTOL * scale, "param %s[%d] diff: %.3g of the scale" % (name, i, err / scale)
+            assert err <= NET_FLIP_RTOL * scale, "param %s[%d] diff: %.3g of the scale" % (name, i, err / scale)
     n_3x3 = sum(l.type in ("Convolution", "Deconvolution") and l.convolution_param.kernel_size[:1] == [3]
                 for l in param.layer)
     assert n_3x3 >= 2 and differ > 0                    # the nets have 3x3 layers and Winograd ran
