@@ -56,11 +56,12 @@ def cpu_mode():
 
 def _layer_net(tmp_path, monkeypatch, kind, shape, n_out, winograd, **conv):
     """x -> Convolution / Deconvolution (weights gaussian, bias 0.1) with force_backward; built with
-    CAFFE_WINOGRAD=1 or 0."""
+    CAFFE_WINOGRAD=1 or 0.  `conv` overrides the 3x3 / pad 1 / stride 1 geometry (None leaves a field out)."""
     n = caffe.NetSpec()
     n.x = L.Input(shape=dict(dim=list(shape)))
     geometry = dict(kernel_size=3, pad=1, stride=1)
     geometry.update(conv)
+    geometry = {k: v for k, v in geometry.items() if v is not None}     # None: leave the field out
     n.y = getattr(L, kind)(n.x, convolution_param=dict(
         num_output=n_out, weight_filler=dict(type="gaussian", std=0.1),
         bias_filler=dict(type="constant", value=0.1), **geometry))
@@ -143,31 +144,14 @@ def test_winograd_layer_matches_float64_reference(tmp_path, monkeypatch, kind, n
 
 
 GATE_CASES = [dict(kernel_size=5, pad=2), dict(stride=2), dict(pad=0), dict(group=2), dict(dilation=2, pad=2),
-              dict(kernel_h=3, kernel_w=5, pad_h=1, pad_w=2, kernel_size=[], pad=[])]
+              dict(kernel_h=3, kernel_w=5, pad_h=1, pad_w=2, kernel_size=None, pad=None)]
 
 
 @pytest.mark.parametrize("kind", ["Convolution", "Deconvolution"])
 @pytest.mark.parametrize("conv", GATE_CASES, ids=["5x5", "stride2", "pad0", "group2", "dilation2", "3x5"])
 def test_other_geometries_keep_im2col(tmp_path, monkeypatch, kind, conv):
     shape = (3, 4, 11, 9)
-    conv = {k: v for k, v in conv.items() if v != []}
-    if "kernel_h" in conv:
-        conv.update(kernel_size=None, pad=None)
-    nets_ = []
-    for winograd in (True, False):
-        n = caffe.NetSpec()
-        n.x = L.Input(shape=dict(dim=list(shape)))
-        geometry = dict(kernel_size=3, pad=1, stride=1)
-        geometry.update(conv)
-        geometry = {k: v for k, v in geometry.items() if v is not None}
-        n.y = getattr(L, kind)(n.x, convolution_param=dict(num_output=4, weight_filler=dict(type="gaussian"),
-                                                              **geometry))
-        param = n.to_proto()
-        param.force_backward = True
-        monkeypatch.setenv("CAFFE_WINOGRAD", "1" if winograd else "0")
-        nets_.append(_net_from_param(param, tmp_path, "gate_%d" % winograd))
-        monkeypatch.delenv("CAFFE_WINOGRAD")
-    a, b = nets_
+    a, b = [_layer_net(tmp_path, monkeypatch, kind, shape, 4, winograd, **conv) for winograd in (True, False)]
     for p, q in zip(a.params["y"], b.params["y"]):
         q.data[...] = p.data
     rng = np.random.RandomState(3)

@@ -171,7 +171,7 @@ def resolve_settings(a) -> Settings:
     gpus = parse_gpus(a.gpu)
     # CPU: one job per core, one BLAS thread each (a second OpenBLAS thread in one job was slower than two jobs even
     # on an idle machine: docs/choices.md "threads")
-    jobs = given(a.jobs, len(gpus) if gpus else prof.get("jobs", n_cores()))
+    jobs = given(a.jobs, len(gpus) if gpus else n_cores())
     _check_range("--jobs", jobs, 1)
     threads = given(a.threads, max(1, n_cores() // jobs))
     _check_range("--threads", threads, 1)
