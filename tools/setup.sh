@@ -348,7 +348,7 @@ if [ "$RUNTEST" = 1 ]; then
     [ "$MODE" = cuda ] || FILTER="$FILTER-*GPU*"
     [ -z "$FILTER" ] || GTEST_ARGS+=("--gtest_filter=$FILTER")
     T_RUN=$(date +%s)
-    stage "running Caffe's test suite: test.testbin ${GTEST_ARGS[*]} ($([ -n "$RUNTEST_CASES" ] && echo "the cases named" || echo "all CPU tests: 1068 with patches 0001-0010, about 1 min on 2 cores")); log: $RT/gtest.log.partial"
+    stage "running Caffe's test suite: test.testbin ${GTEST_ARGS[*]} ($([ -n "$RUNTEST_CASES" ] && echo "the cases named" || echo "all CPU tests: 1076 with patches 0001-0012, about 1 min on 2 cores")); log: $RT/gtest.log.partial"
     set +e
     (
       # shellcheck disable=SC1090
