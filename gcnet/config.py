@@ -195,6 +195,11 @@ class NetOptions:
     # batch x 64 x 64 pixels and carry ~90% of the gradient norm; trained, they kill the output within a few
     # iterations or, under clipping, starve the classifier (measured, docs/choices.md).
     finetune_output_scale: str = "frozen"
+    # each decoder's 5x5 layer as one UnpoolDeconvolution (Caffe patch 0012: the unpooling built one image at a time
+    # inside the Deconvolution, bit-identical to MaxUnpool + Deconvolution, without writing the mostly-zero
+    # unpooled blob) instead of the MaxUnpool Python layer + Deconvolution.  Only where Winograd (patch 0010) does
+    # not apply, i.e. not for the 3x3 layers.  GPU mode runs its CPU code: off for --gpu runs (docs/choices.md).
+    fused_unpool: bool = True
     # contrastive margin m of Eq. 4.  Caffe's default 1.0 is far below the distances between En_2 features
     # (96x7x7 = 4704 values; ~50-80 apart at initialisation), which would make L_Contr identically 0 for every
     # dissimilar pair, i.e. for all samples of the 6- and 7-class protocols.  See docs/choices.md.

@@ -37,7 +37,7 @@ WEIGHT_FILLER = dict(type="xavier")
 BIAS_FILLER = dict(type="constant", value=0)
 
 PHASES = ("train_val", "deploy", "deploy_ref")
-# decoder output blob -> name of the decoder's last deconvolution layer
+# decoder output blob -> name of the decoder's last deconvolution layer (Deconvolution or UnpoolDeconvolution)
 DECODER_OUTPUTS = {"gen_r": "de1r_deconv1", "rec_r": "de2r_deconv1", "rec_i": "de2i_deconv1"}
 
 
@@ -142,22 +142,34 @@ def encoder(n, prefix: str, bottom, opts: NetOptions, owner: str = None, lr: flo
     return top, masks
 
 
+def winograd_applies(kernel: int, pad: int) -> bool:
+    """Whether Caffe's CPU Winograd path (patch 0010) takes a stride-1 (De)Convolution: 3x3 kernel, pad 1."""
+    return kernel == 3 and pad == 1
+
+
 def decoder(n, prefix: str, bottom, masks: Sequence, opts: NetOptions, lr: float, output_scale_lr: float = None):
     """Table 1 decoder, mirroring the encoder: 3 x [MaxUnPool (with the encoder's pooling mask) - DeConv - BNorm -
     ReLU], layers numbered by the encoder layer they mirror (`<prefix>_unpool3` is applied first).
-    `output_scale_lr` is the rate of the single-channel output block's Scale (`<prefix>_scale1`; None: `lr`)."""
+    `output_scale_lr` is the rate of the single-channel output block's Scale (`<prefix>_scale1`; None: `lr`).
+    With opts.fused_unpool, a MaxUnPool - DeConv pair that Winograd does not take (the 5x5 layer) is one
+    UnpoolDeconvolution layer named `<prefix>_deconv<j>` (same weights, same results)."""
     sizes = encoder_sizes(opts)
     top = bottom
     n_layers = len(opts.conv_channels)
     for j, c in zip(range(n_layers, 0, -1), opts.decoder_channels):
         k = opts.conv_kernels[j - 1]
-        unpool = L.Python(top, masks[j - 1], python_param=dict(
-            module=PY_MODULE, layer="MaxUnpool",
-            param_str=json.dumps({"out_h": sizes[j - 1], "out_w": sizes[j - 1]})))
-        setattr(n, "%s_unpool%d" % (prefix, j), unpool)
-        deconv = L.Deconvolution(unpool, convolution_param=dict(
-            num_output=c, kernel_size=k, pad=k // 2 if opts.conv_pad_same else 0, stride=1,
-            weight_filler=WEIGHT_FILLER, bias_filler=BIAS_FILLER), param=_params("", lr, False))
+        pad = k // 2 if opts.conv_pad_same else 0
+        conv = dict(num_output=c, kernel_size=k, pad=pad, stride=1, weight_filler=WEIGHT_FILLER,
+                    bias_filler=BIAS_FILLER)
+        if opts.fused_unpool and not winograd_applies(k, pad):
+            deconv = L.UnpoolDeconvolution(top, masks[j - 1], convolution_param=conv, param=_params("", lr, False),
+                                           unpool_param=dict(out_h=sizes[j - 1], out_w=sizes[j - 1]))
+        else:
+            unpool = L.Python(top, masks[j - 1], python_param=dict(
+                module=PY_MODULE, layer="MaxUnpool",
+                param_str=json.dumps({"out_h": sizes[j - 1], "out_w": sizes[j - 1]})))
+            setattr(n, "%s_unpool%d" % (prefix, j), unpool)
+            deconv = L.Deconvolution(unpool, convolution_param=conv, param=_params("", lr, False))
         setattr(n, "%s_deconv%d" % (prefix, j), deconv)
         _bn_scale_relu(n, prefix, j, deconv, prefix, lr, False, scale_lr=output_scale_lr if j == 1 else None)
         top = deconv
@@ -326,7 +338,7 @@ def build_net(model: str, opts: NetOptions = None, phase: str = "train_val") -> 
     net.name = model
     # NetSpec names a layer after its top; the last deconvolution of a decoder has the output's name as top
     for layer in net.layer:
-        if layer.type == "Deconvolution" and layer.name in DECODER_OUTPUTS:
+        if layer.type in ("Deconvolution", "UnpoolDeconvolution") and layer.name in DECODER_OUTPUTS:
             layer.name = DECODER_OUTPUTS[layer.name]
     if not deploy:
         # the TEST-phase Data layer has the same tops as the TRAIN one; NetSpec cannot name two layers' tops alike

@@ -123,11 +123,12 @@ def _input(g, layer):
         g.shape[top] = tuple(dims[1:])
 
 
-def _conv(g, layer, transpose: bool):
+def _conv(g, layer, transpose: bool, x: Optional[str] = None):
+    """Convolution / Deconvolution of bottom 0 (or of the tensor `x`: UnpoolDeconvolution's unpooled input)."""
     p = layer.convolution_param
     if p.axis != 1 or p.force_nd_im2col:
         _unmappable(layer, "axis %d / force_nd_im2col" % p.axis)
-    x = g.bottom(layer, 0)
+    x = x or g.bottom(layer, 0)
     shp = g.shape[x]
     if len(shp) != 3:
         _unmappable(layer, "input of shape %s is not (C, H, W)" % (shp,))
@@ -261,20 +262,36 @@ def _python(g, layer):
 
 
 def _max_unpool(g, layer):
-    """python_layers/gcnet_layers.py MaxUnpool: zeros (N, C, out_h, out_w), each pooled value ADDED at its
-    argmax (overlapping windows can share one): ScatterElements(reduction="add") on the flattened output."""
+    """python_layers/gcnet_layers.py MaxUnpool (see _unpool)."""
     try:
         par = json.loads(layer.python_param.param_str or "{}")
         oh, ow = int(par["out_h"]), int(par["out_w"])
     except (ValueError, KeyError, TypeError) as e:
         _unmappable(layer, "param_str %r (%s)" % (layer.python_param.param_str, e))
+    t = g.tensor(layer, layer.top[0])
+    g.set_top(layer, 0, t, _unpool(g, layer, oh, ow, t))
+
+
+def _unpool_deconv(g, layer):
+    """UnpoolDeconvolution (Caffe patch 0012): the unpooling of _unpool, then ConvTranspose (_conv)."""
+    p = layer.unpool_param
+    if not (p.out_h > 0 and p.out_w > 0):
+        _unmappable(layer, "unpool_param needs positive out_h and out_w")
+    u = g.tensor(layer, layer.top[0]) + ":unpooled"
+    g.shape[u] = _unpool(g, layer, int(p.out_h), int(p.out_w), u)
+    _conv(g, layer, True, x=u)
+
+
+def _unpool(g, layer, oh: int, ow: int, t: str) -> Tuple[int, int, int]:
+    """Nodes writing tensor t = the max unpooling of bottoms (x, Caffe's mask): zeros (N, C, oh, ow), each pooled
+    value ADDED at its argmax (overlapping windows can share one): ScatterElements(reduction="add") on the
+    flattened output.  Returns t's shape without the batch axis."""
     x, m = g.bottom(layer, 0), g.bottom(layer, 1)
     if m not in g.mask_plane:
         _unmappable(layer, "its mask %r is not the mask top of a MAX Pooling layer" % layer.bottom[1])
     c, h, w = g.shape[x]
     if g.shape[m] != (c, h, w) or h > oh or w > ow:
         _unmappable(layer, "x %s, mask %s, output %dx%d" % (g.shape[x], g.shape[m], oh, ow))
-    t = g.tensor(layer, layer.top[0])
     plane = g.mask_plane[m]
     idx = m
     if plane != oh * ow:
@@ -297,7 +314,7 @@ def _max_unpool(g, layer):
     g.node("ScatterElements", [t + ":zeros", t + ":idx_flat", t + ":x_flat"], [t + ":out_flat"], layer, axis=0,
            reduction="add")
     g.node("Reshape", [t + ":out_flat", t + ":shape"], [t], layer)
-    g.set_top(layer, 0, t, (c, oh, ow))
+    return c, oh, ow
 
 
 def _inner_product(g, layer):
@@ -373,6 +390,7 @@ def _silence(g, layer):
 
 MAPPERS = {
     "Input": _input, "Convolution": lambda g, l: _conv(g, l, False), "Deconvolution": lambda g, l: _conv(g, l, True),
+    "UnpoolDeconvolution": _unpool_deconv,
     "BatchNorm": _batchnorm, "Scale": _scale, "ReLU": _relu, "Pooling": _pooling, "Python": _python,
     "InnerProduct": _inner_product, "Dropout": _dropout, "Softmax": _softmax, "Split": _split, "Slice": _slice,
     "Silence": _silence,

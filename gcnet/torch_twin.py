@@ -11,6 +11,7 @@ Caffe layer, so both frameworks run the same graph with the same shapes:
     Pooling MAX (mask top)        F.max_pool2d(ceil_mode=True, return_indices=True)
     MaxUnpool (Python)            F.max_unpool2d with the pooling indices (where two pooled cells share an argmax
                                   it keeps one value instead of their sum: the same memory traffic)
+    UnpoolDeconvolution           F.max_unpool2d, then F.conv_transpose2d (what a PyTorch user writes for it)
     ElementwiseDistance (Python)  (a - b).abs()
     ContrastiveLoss (Python)      Eq. 4-5 with the rms or l2 distance and the margin of its param_str
     EuclideanLoss, SoftmaxWithLoss  sum((a - b)^2) / 2N, F.cross_entropy; each times its loss_weight
@@ -29,7 +30,7 @@ import math
 import sys
 import time
 
-SUPPORTED = ("Data", "Slice", "Silence", "Convolution", "Deconvolution", "BatchNorm", "Scale", "ReLU", "Pooling",
+SUPPORTED = ("Data", "Slice", "Silence", "Convolution", "Deconvolution", "UnpoolDeconvolution", "BatchNorm", "Scale", "ReLU", "Pooling",
              "Python", "InnerProduct", "Dropout", "EuclideanLoss", "SoftmaxWithLoss", "Accuracy")
 
 
@@ -61,6 +62,9 @@ def describe(net_param):
             d.update(axis=layer.slice_param.axis, points=list(layer.slice_param.slice_point))
         elif layer.type in ("Convolution", "Deconvolution"):
             d.update(_conv_geometry(layer.convolution_param))
+        elif layer.type == "UnpoolDeconvolution":
+            d.update(_conv_geometry(layer.convolution_param), out_h=layer.unpool_param.out_h,
+                     out_w=layer.unpool_param.out_w)
         elif layer.type == "BatchNorm":
             p = layer.batch_norm_param
             d.update(momentum=1.0 - p.moving_average_fraction, eps=p.eps)
@@ -109,7 +113,7 @@ class Twin(object):
                 c, start = channels[d["bottom"][0]], 0
                 for top, end in zip(d["top"], d["points"] + [c]):
                     channels[top], start = end - start, end
-            elif t in ("Convolution", "Deconvolution"):
+            elif t in ("Convolution", "Deconvolution", "UnpoolDeconvolution"):
                 cin, cout, k = channels[d["bottom"][0]], d["num_output"], d["kernel"]
                 shape = (cout, cin, k, k) if t == "Convolution" else (cin, cout, k, k)
                 fan_in = cin * k * k if t == "Convolution" else cout * k * k    # Caffe's xavier fan_in
@@ -192,8 +196,13 @@ class Twin(object):
                 continue
             if t == "Convolution":
                 out = F.conv2d(b[0], self._p(d, 0), self._p(d, 1) if d["bias"] else None, d["stride"], d["pad"])
-            elif t == "Deconvolution":
-                out = F.conv_transpose2d(b[0], self._p(d, 0), self._p(d, 1) if d["bias"] else None, d["stride"],
+            elif t in ("Deconvolution", "UnpoolDeconvolution"):
+                x = b[0]
+                if t == "UnpoolDeconvolution":
+                    pool = self.pool_of_mask[d["bottom"][1]]
+                    x = F.max_unpool2d(x, b[1], pool["kernel"], pool["stride"], pool["pad"],
+                                       output_size=(d["out_h"], d["out_w"]))
+                out = F.conv_transpose2d(x, self._p(d, 0), self._p(d, 1) if d["bias"] else None, d["stride"],
                                          d["pad"])
             elif t == "BatchNorm":
                 mean, var = self.stats[d["name"]]

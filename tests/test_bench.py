@@ -34,7 +34,10 @@ def test_twin_describes_every_train_layer_with_shared_and_frozen_params():
     assert [p["learn"] for p in by_name["de1r_scale1"]["params"]] == [False, False]
     assert [p["learn"] for p in by_name["de1r_scale2"]["params"]] == [True, True]
     assert by_name["loss_contr"]["param"] == {"margin": 2.0, "neutral_label": -1, "distance": "rms"}
-    assert by_name["de2i_unpool1"]["param"] == {"out_h": 64, "out_w": 64}
+    assert by_name["de2i_unpool2"]["param"] == {"out_h": 31, "out_w": 31}
+    # the 5x5 layer with its unpooling (patch 0012): the unpooled size for F.max_unpool2d
+    assert by_name["de2i_deconv1"]["type"] == "UnpoolDeconvolution"
+    assert (by_name["de2i_deconv1"]["out_h"], by_name["de2i_deconv1"]["out_w"]) == (64, 64)
     assert by_name["en1_pool1"]["kernel"] == 5 and by_name["en1_pool1"]["stride"] == 2
     assert by_name["de1r_deconv1"]["num_output"] == 1 and by_name["de1r_deconv1"]["kernel"] == 5
     assert by_name["loss_rec_i"]["loss_weight"] == [0.25]
@@ -82,6 +85,30 @@ def test_bench_vs_pytorch_without_torch_is_a_one_line_usage_error():
                         "/bin/false"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "--vs-pytorch needs torch in /bin/false" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bench_fused_unpool_choice_per_build(tmp_path):
+    """--fused-unpool: one on/off per build, else a one-line usage error; by default a build runs the fused nets
+    when it has patch 0012's layer (its header is installed), the MaxUnpool nets otherwise."""
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    try:
+        import bench
+    finally:
+        sys.path.pop(0)
+    old, new = tmp_path / "old", tmp_path / "new"
+    for b in (old, new):
+        (b / "bin").mkdir(parents=True)
+        (b / "bin" / "caffe").write_text("")
+    (new / "include" / "caffe" / "layers").mkdir(parents=True)
+    (new / "include" / "caffe" / "layers" / "unpool_deconv_layer.hpp").write_text("")
+    builds = "%s,%s" % (old, new)
+    assert bench.parse_args(["--builds", builds]).fused_unpool == [False, True]
+    assert bench.parse_args(["--builds", builds, "--gpu", "0"]).fused_unpool == [False, False]
+    assert bench.parse_args(["--builds", builds, "--fused-unpool", "off,off"]).fused_unpool == [False, False]
+    r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "bench.py"), "--builds", builds,
+                        "--fused-unpool", "on"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--fused-unpool needs on or off for each of the 2 build(s)" in r.stderr
     assert "Traceback" not in r.stderr
 
 

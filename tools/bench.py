@@ -3,7 +3,8 @@
 Run through tools/bench.sh, which sources tools/env.sh first.
 
     tools/bench.sh [--batch 64] [--iterations 10] [--models cnn,gcnet_s1r1] [--gpu ID]
-                   [--builds PREFIX[,PREFIX...]] [--layers DIR[,DIR...]] [--repeats R] [--profile]
+                   [--builds PREFIX[,PREFIX...]] [--layers DIR[,DIR...]] [--fused-unpool on|off[,...]]
+                   [--repeats R] [--profile]
                    [--concurrent K] [--json PATH]
                    [--vs-pytorch [--torch-python PYTHON]] [--jobs-vs-threads]
 
@@ -17,12 +18,16 @@ the table gives the MEDIAN of the R averages, so builds are compared under the s
             line gives the ratio of its median to the first build's (same model).
 --layers    the python_layers/ folder each build runs (one per build, same order; default: this tree's for all),
             e.g. a `git worktree` of an older commit's python_layers, to compare Python layer versions as well.
+--fused-unpool  on or off per build (same order): the nets with each decoder's 5x5 unpooling inside its
+            Deconvolution (UnpoolDeconvolution, patch 0012) or as the MaxUnpool Python layer + Deconvolution
+            (make_prototxt --no-fused-unpool); default: on for a build that has the layer (and no --gpu), else off.
 --profile   per layer type, the share of the forward-backward time (Caffe's per-layer timings: Convolution,
-            Deconvolution, Pooling, ReLU, BatchNorm, Scale, Python, and the rest), and the GFLOP/s of the whole
-            iteration (multiply-adds of Convolution, Deconvolution and InnerProduct, forward and backward, x2)
-            beside the sgemm rate of the same BLAS measured in the same run (a 1024x1024x1024 InnerProduct forward
-            under `caffe time`, once per repeat with the first build; median); then each Python layer's median
-            forward / backward ms.
+            Deconvolution, UnpoolDeconvolution, Pooling, ReLU, BatchNorm, Scale, Python, and the rest), and the
+            GFLOP/s of the whole iteration (multiply-adds of the (Unpool)Deconvolution, Convolution and InnerProduct
+            layers, forward and backward, x2) beside the sgemm rate of the same BLAS measured in the same run (a
+            1024x1024x1024 InnerProduct forward under `caffe time`, once per repeat with the first build; median);
+            then each Python and UnpoolDeconvolution layer's median forward / backward ms, and the decoders' 5x5
+            blocks (unpool1 + deconv1, fused or not) in ms.
 --concurrent K  runs K copies of each `caffe time` at once (on one GPU with --gpu: trainings sharing it, as
             run_folds.sh --jobs K does); a model's figure is then the mean over the K copies of Caffe's average.
 --json      also writes the medians as JSON: {"batch", "iterations", "repeats", "concurrent", "gpu", "builds",
@@ -54,7 +59,7 @@ from _repo import REPO
 
 from gcnet import config as C  # noqa: E402  (after the path)
 
-TYPES = ["Convolution", "Deconvolution", "Pooling", "ReLU", "BatchNorm", "Scale", "Python"]
+TYPES = ["Convolution", "Deconvolution", "UnpoolDeconvolution", "Pooling", "ReLU", "BatchNorm", "Scale", "Python"]
 ALL = ",".join(C.ALL_MODELS)      # every net: pretraining, the generator stage, the expression models
 SGEMM_N = 1024
 LAYERS = os.path.join(REPO, "python_layers")
@@ -70,6 +75,8 @@ def parse_args(argv=None):
     ap.add_argument("--builds", default=os.environ.get("CAFFE_ROOT", ""),
                     help="comma list of installed Caffe prefixes (default $CAFFE_ROOT)")
     ap.add_argument("--layers", default="", help="comma list of python_layers folders, one per build")
+    ap.add_argument("--fused-unpool", default="", help="comma list of on/off, one per build (default: on where the "
+                    "build has UnpoolDeconvolution)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--concurrent", type=int, default=1, help="copies of each caffe time run at once")
@@ -92,6 +99,10 @@ def parse_args(argv=None):
     for d in a.layers:
         if not os.path.isfile(os.path.join(d, "gcnet_layers.py")):
             ap.error("no gcnet_layers.py in --layers folder %s" % d)
+    fused = [v for v in a.fused_unpool.split(",") if v]
+    if fused and (len(fused) != len(a.builds) or set(fused) - {"on", "off"}):
+        ap.error("--fused-unpool needs on or off for each of the %d build(s), got %r" % (len(a.builds), a.fused_unpool))
+    a.fused_unpool = [v == "on" for v in fused] if fused else [has_fused_unpool(b) and not a.gpu for b in a.builds]
     a.models = [m for m in a.models.split(",") if m]
     if a.vs_pytorch:
         if a.gpu:
@@ -101,6 +112,20 @@ def parse_args(argv=None):
             ap.error("--vs-pytorch needs torch in %s: pip install -r requirements-bench.txt, or pass --torch-python"
                      % a.torch_python)
     return a
+
+
+def has_fused_unpool(prefix):
+    """Whether an installed Caffe build has the UnpoolDeconvolution layer (patch 0012)."""
+    return os.path.isfile(os.path.join(prefix, "include", "caffe", "layers", "unpool_deconv_layer.hpp"))
+
+
+def nets_dir(tmp, fused):
+    """Where main() writes the nets, with or without the fused unpooling."""
+    return os.path.join(tmp, "nets" if fused else "nets-unfused")
+
+
+def net_path(tmp, model, fused):
+    return os.path.join(nets_dir(tmp, fused), model, "train_val.prototxt")
 
 
 def build_env(prefix, layers=None):
@@ -190,18 +215,21 @@ def net_flops(prototxt, shapes):
             kh = p.kernel_h or p.kernel_size[0]
             kw = p.kernel_w or (p.kernel_size[-1] if p.kernel_size else kh)
             macs = np.prod(tops[0]) * (bshape[0][1] // max(1, p.group)) * kh * kw
-        elif layer.type == "Deconvolution" and tops[0]:
+        elif layer.type in ("Deconvolution", "UnpoolDeconvolution") and tops[0]:
             p = layer.convolution_param
             kh = p.kernel_h or p.kernel_size[0]
             kw = p.kernel_w or (p.kernel_size[-1] if p.kernel_size else kh)
-            macs = np.prod(bshape[0]) * (tops[0][1] // max(1, p.group)) * kh * kw
+            x = list(bshape[0])
+            if layer.type == "UnpoolDeconvolution":     # the products run on the unpooled (out_h, out_w) input
+                x[2:] = [layer.unpool_param.out_h, layer.unpool_param.out_w]
+            macs = np.prod(x) * (tops[0][1] // max(1, p.group)) * kh * kw
         elif layer.type == "InnerProduct" and tops[0]:
             axis = layer.inner_product_param.axis
             macs = np.prod(bshape[0][:axis]) * np.prod(bshape[0][axis:]) * layer.inner_product_param.num_output
         if macs:
             fwd += 2.0 * macs
             bwd += 2.0 * macs * (2 if grad_in else 1)
-        has_weights = layer.type in ("Convolution", "Deconvolution", "InnerProduct", "Scale")
+        has_weights = layer.type in ("Convolution", "Deconvolution", "UnpoolDeconvolution", "InnerProduct", "Scale")
         for k, t in enumerate(layer.top):
             if tops[k] is not None:
                 blob_shape[t] = tops[k]
@@ -273,7 +301,7 @@ def jobs_vs_threads(a, env, tmp):
     res = {}
     for rep in range(a.repeats):
         for m in a.models:
-            path = os.path.join(tmp, "nets", m, "train_val.prototxt")
+            path = net_path(tmp, m, a.fused_unpool[0])
             (t2,) = caffe_time_together(path, a.iterations, [two], [os.path.join(tmp, "%s.t2.%d.log" % (m, rep))])
             pair = caffe_time_together(path, a.iterations, [one, one],
                                        [os.path.join(tmp, "%s.p%d.%d.log" % (m, k, rep)) for k in (0, 1)])
@@ -337,9 +365,12 @@ def main(argv=None):
     a = parse_args(argv)
     tmp = tempfile.mkdtemp(prefix="gcnet-bench-")
     write_lmdb(os.path.join(tmp, "lmdb"), 2 * a.batch)
-    subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_prototxt.py"), "--out", os.path.join(tmp, "nets"),
-                    "--models", ",".join(a.models), "--batch", str(a.batch), "--data-root",
-                    os.path.join(tmp, "lmdb")], check=True, stdout=subprocess.DEVNULL)
+    for fused in sorted(set(a.fused_unpool)):
+        subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_prototxt.py"), "--out",
+                        nets_dir(tmp, fused),
+                        "--models", ",".join(a.models), "--batch", str(a.batch), "--data-root",
+                        os.path.join(tmp, "lmdb"), "--fused-unpool" if fused else "--no-fused-unpool"],
+                       check=True, stdout=subprocess.DEVNULL)
     envs = [build_env(b, d) for b, d in zip(a.builds, a.layers)]
     if a.jobs_vs_threads:
         print("caffe time, batch %d, %d iterations x %d repeats (median), build %s"
@@ -347,6 +378,8 @@ def main(argv=None):
         return jobs_vs_threads(a, envs[0], tmp)
     names = [os.path.basename(b.rstrip("/")) + ("" if os.path.abspath(d) == LAYERS else "+" + os.path.basename(
         os.path.dirname(os.path.abspath(d)))) for b, d in zip(a.builds, a.layers)]
+    if len(set(a.fused_unpool)) > 1:
+        names = [n + (" fused" if f else " unfused") for n, f in zip(names, a.fused_unpool)]
     print("caffe time, batch %d, %d iterations x %d repeats (median)%s, OPENBLAS_NUM_THREADS=%s, builds: %s"
           % (a.batch, a.iterations, a.repeats, ", %d copies at once" % a.concurrent if a.concurrent > 1 else "",
              os.environ.get("OPENBLAS_NUM_THREADS", "default"), ", ".join(names)))
@@ -357,7 +390,7 @@ def main(argv=None):
     sgemm = []
     if a.vs_pytorch:
         for m in a.models:
-            write_twin(os.path.join(tmp, "nets", m, "train_val.prototxt"), os.path.join(tmp, m + ".twin.json"))
+            write_twin(net_path(tmp, m, a.fused_unpool[0]), os.path.join(tmp, m + ".twin.json"))
         print("PyTorch twin: %s, %d threads" % (a.torch_python, twin_threads()))
     for rep in range(a.repeats):
         if a.profile or a.vs_pytorch:
@@ -367,7 +400,7 @@ def main(argv=None):
             for i, env in enumerate(envs):
                 log = os.path.join(tmp, "%s.%d.%d.log" % (m, i, rep))
                 runs.setdefault((m, i), []).append(
-                    caffe_time(os.path.join(tmp, "nets", m, "train_val.prototxt"), a.iterations, env, a.gpu, log,
+                    caffe_time(net_path(tmp, m, a.fused_unpool[i]), a.iterations, env, a.gpu, log,
                                a.concurrent))
             if a.vs_pytorch:
                 twin.setdefault(m, []).append(time_twin(a.torch_python, os.path.join(tmp, m + ".twin.json"),
@@ -390,7 +423,7 @@ def main(argv=None):
                        "models": {m: {names[i]: {k: med([r[k] for r in runs[(m, i)]]) for k in ("fb", "f", "b")}
                                       for i in range(len(envs))} for m in a.models}}, f, indent=1)
     if a.vs_pytorch:
-        print_vs_pytorch(a.models, names, runs, twin, sgemm, tmp)
+        print_vs_pytorch(a.models, names, runs, twin, sgemm, tmp, a.fused_unpool)
     if not a.profile:
         return 0
     print("\nsgemm %dx%dx%d (InnerProduct forward, first build): %.1f GFLOP/s (median of %d)"
@@ -400,9 +433,9 @@ def main(argv=None):
     print("%-12s %-34s %8s %8s  %s" % ("model", "build", "GFLOP", "GFLOP/s",
                                         "  ".join("%6s" % short.get(t, t) for t in TYPES) + "   other"))
     for m in a.models:
-        proto = os.path.join(tmp, "nets", m, "train_val.prototxt")
-        types = layer_types(proto)
         for i in range(len(envs)):
+            proto = net_path(tmp, m, a.fused_unpool[i])
+            types = layer_types(proto)
             rs = runs[(m, i)]
             fwd, bwd = net_flops(proto, rs[0]["shapes"])
             fb = med([r["fb"] for r in rs])
@@ -416,11 +449,11 @@ def main(argv=None):
                 m, names[i], (fwd + bwd) / 1e9, (fwd + bwd) / 1e9 / (fb * 1e-3),
                 "  ".join("%6.1f" % s for s in shares), other, fwd / 1e9, bwd / 1e9,
                 (fwd + bwd) / 1e9 / (fb * 1e-3) / med(sgemm)))
-    print_python_layers(a.models, names, runs, tmp)
+    print_python_layers(a.models, names, runs, tmp, a.fused_unpool)
     return 0
 
 
-def print_vs_pytorch(models, names, runs, twin, sgemm, tmp):
+def print_vs_pytorch(models, names, runs, twin, sgemm, tmp, fused):
     """--vs-pytorch: per model and build, Caffe / PyTorch eager (medians of the same interleaved run) and the
     GFLOP/s of each as a fraction of the sgemm rate."""
     rate = med(sgemm)
@@ -429,11 +462,10 @@ def print_vs_pytorch(models, names, runs, twin, sgemm, tmp):
     print("%-12s %-34s %10s %10s %8s %8s %10s %10s" % ("model", "build", "caffe ms", "torch ms", "ratio", "GFLOP",
                                                         "caffe %sg", "torch %sg"))
     for m in models:
-        proto = os.path.join(tmp, "nets", m, "train_val.prototxt")
         tf = med([t["fb"] for t in twin[m]])
         for i in range(len(names)):
             rs = runs[(m, i)]
-            fwd, bwd = net_flops(proto, rs[0]["shapes"])
+            fwd, bwd = net_flops(net_path(tmp, m, fused[i]), rs[0]["shapes"])
             gflop = (fwd + bwd) / 1e9
             fb = med([r["fb"] for r in rs])
             print("%-12s %-34s %10.1f %10.1f %8.3f %8.1f %9.0f%% %9.0f%%" % (
@@ -441,19 +473,27 @@ def print_vs_pytorch(models, names, runs, twin, sgemm, tmp):
                 100 * gflop / (tf * 1e-3) / rate))
 
 
-def print_python_layers(models, names, runs, tmp):
-    """--profile: each Python layer's median forward / backward ms (they are one type in the share table)."""
+def print_python_layers(models, names, runs, tmp, fused):
+    """--profile: each Python (and UnpoolDeconvolution) layer's median forward / backward ms (they are one type in
+    the share table), and the decoders' 5x5 blocks: the unpool1 + deconv1 layers, or the fused deconv1 layers."""
     for m in models:
-        types = layer_types(os.path.join(tmp, "nets", m, "train_val.prototxt"))
-        layers = [n for n, t in types.items() if t == "Python"]
-        if not layers:
+        types = [layer_types(net_path(tmp, m, f)) for f in fused]
+        if not any(t in ("Python", "UnpoolDeconvolution") for ty in types for t in ty.values()):
             continue
-        print("\nPython layers of %s, ms forward / backward (median):" % m)
+        print("\nPython and UnpoolDeconvolution layers of %s, ms forward / backward (median):" % m)
         for i, name in enumerate(names):
             rs = runs[(m, i)]
+            layers = [n for n, t in types[i].items() if t in ("Python", "UnpoolDeconvolution")]
             cells = ["%s %.2f / %.2f" % (n, med([r["layers"].get(n, {}).get("forward") for r in rs]),
                                          med([r["layers"].get(n, {}).get("backward") for r in rs])) for n in layers]
             print("  %-34s %s" % (name, ", ".join(cells)))
+        print("decoders' 5x5 blocks of %s (the *_unpool1 + *_deconv1 layers), ms forward + backward (median):" % m)
+        for i, name in enumerate(names):
+            rs = runs[(m, i)]
+            blocks = [n for n in types[i] if n.endswith("_unpool1") or n.endswith("_deconv1")]
+            ms = med([sum(r["layers"].get(n, {}).get(k, 0) for n in blocks for k in ("forward", "backward"))
+                      for r in rs])
+            print("  %-34s %.1f ms (%s)" % (name, ms, "fused" if fused[i] else "unfused"))
 
 
 if __name__ == "__main__":

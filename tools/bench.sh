@@ -2,7 +2,7 @@
 # Forward/backward time per iteration of every train_val net with `caffe time` (the figures of BENCHMARKS.md).
 #
 #   tools/bench.sh [--batch 64] [--iterations 10] [--models cnn,gcnet_s1r1] [--gpu ID]
-#                  [--builds PREFIX[,PREFIX...]] [--repeats R] [--profile]
+#                  [--builds PREFIX[,PREFIX...]] [--fused-unpool on|off[,...]] [--repeats R] [--profile]
 #
 # Sources tools/env.sh, then runs tools/bench.py (its --help explains every option): one line per model (and
 # build) with the median over the repeats of Caffe's own "Average Forward-Backward" figure; --builds compares

@@ -55,6 +55,9 @@ def parse_args(argv=None):
                     default=C.NetOptions.finetune_output_scale)
     ap.add_argument("--contrastive-distance", choices=C.CONTRASTIVE_DISTANCES,
                     default=C.NetOptions.contrastive_distance)
+    ap.add_argument("--fused-unpool", action=argparse.BooleanOptionalAction, default=C.NetOptions.fused_unpool,
+                    help="each decoder's 5x5 unpooling + deconvolution as one UnpoolDeconvolution layer (Caffe patch "
+                         "0012; default on); --no-fused-unpool: the MaxUnpool Python layer + Deconvolution")
     ap.add_argument("--results", help="results folder whose lmdb/fold_0 the train_val nets read and where the "
                     "snapshots go (default %s/<dataset>, relative to the repository root)" % RESULTS)
     ap.add_argument("--data-root", help="LMDB folder (its train, test, pretrain) named in the train_val nets "
@@ -74,7 +77,8 @@ def main(argv=None):
                                 margin=args.margin,
                                 decoder_lr_mult=args.decoder_lr_mult, pool_stride=args.pool_stride,
                                 finetune_output_scale=args.finetune_output_scale,
-                                contrastive_distance=args.contrastive_distance, batch_size=args.batch)
+                                contrastive_distance=args.contrastive_distance, batch_size=args.batch,
+                                fused_unpool=args.fused_unpool)
     except ValueError as e:
         print("make_prototxt: %s" % e, file=sys.stderr)
         return 2

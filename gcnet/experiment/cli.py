@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--finetune-output-scale", choices=C.FINETUNE_OUTPUT_SCALE, default=C.NetOptions.finetune_output_scale,
                    help="Scale of each decoder's 1-channel output block while fine-tuning: frozen at its pretrained "
                         "values, or trained at the decoder rate (paper; default %(default)s; docs/choices.md)")
+    g.add_argument("--fused-unpool", action=argparse.BooleanOptionalAction, default=None,
+                   help="each decoder's 5x5 unpooling + deconvolution as one Caffe layer (UnpoolDeconvolution, patch "
+                        "0012: same results, no mostly-zero unpooled blob written) instead of the MaxUnpool Python "
+                        "layer + Deconvolution (default: on for CPU runs, off with --gpu, where it would run on the "
+                        "CPU; docs/choices.md)")
     g.add_argument("--clip-gradients", type=float,
                    help="solver clip_gradients of the expression models, 0 = off (default %g)" % C.Schedule.clip_gradients)
     g.add_argument("--pretrain-clip-gradients", type=float,

@@ -130,7 +130,7 @@ def net_options(ctx: Context, k: int, model: str) -> C.NetOptions:
     spec = C.DATASETS[s.dataset]
     opts = C.NetOptions(n_classes=len(spec.class_names), neutral_label=spec.neutral_label, batch_size=s.batch,
                         margin=s.margin, contrastive_distance=s.contrastive_distance,
-                        finetune_output_scale=s.finetune_output_scale)
+                        finetune_output_scale=s.finetune_output_scale, fused_unpool=s.fused_unpool)
     if model in C.PRETRAIN_MODELS:
         # the shared WebFace LMDB by its own path, so that the shared pretraining does not depend on --folds
         src = str(lay.webface_lmdb(ctx.man)) if ctx.shared_pretrain else str(lay.lmdb(k, "pretrain"))

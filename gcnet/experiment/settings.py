@@ -58,6 +58,7 @@ class Settings:
     margin: float
     contrastive_distance: str
     finetune_output_scale: str
+    fused_unpool: bool                 # NetOptions.fused_unpool: the 5x5 unpooling inside its Deconvolution (patch 0012)
     recalibrate_bn: bool
     bn_samples: int
     surgery_bn_stats: str
@@ -180,6 +181,8 @@ def resolve_settings(a) -> Settings:
     _check_range("--test-interval", schedule.test_interval, 1)
     margin = given(a.margin, C.DEFAULT_MARGIN[a.contrastive_distance])
     _check_range("--margin", margin, 0, above=True)
+    # the fused layer has no GPU kernel (GPU mode runs its CPU code): on for CPU runs only, unless asked
+    fused_unpool = given(a.fused_unpool, not gpus)
     bn_samples = given(a.bn_samples, prof.get("bn_samples", 1024))
     _check_range("--bn-samples", bn_samples, 1)
     _check_range("--base-lr", schedule.base_lr, 0, above=True)
@@ -217,7 +220,8 @@ def resolve_settings(a) -> Settings:
         dataset=a.dataset, data_root=data_root, out=os.path.abspath(a.out), models=models, folds=folds,
         n_folds=n_folds, schedule=schedule, fit_output_scale=a.fit_output_scale, batch=batch, augment=augment,
         margin=margin, contrastive_distance=a.contrastive_distance, finetune_output_scale=a.finetune_output_scale,
-        recalibrate_bn=a.recalibrate_bn, bn_samples=bn_samples, surgery_bn_stats=a.surgery_bn_stats, gpus=gpus,
+        fused_unpool=fused_unpool, recalibrate_bn=a.recalibrate_bn, bn_samples=bn_samples,
+        surgery_bn_stats=a.surgery_bn_stats, gpus=gpus,
         jobs=jobs, threads=threads, seed=a.seed,
         pretrain_data=pretrain_data and os.path.abspath(pretrain_data), webface_identities=webface_identities,
         landmarks=a.landmarks and os.path.abspath(a.landmarks),

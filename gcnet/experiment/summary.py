@@ -381,7 +381,8 @@ def settings_record(s: Settings, man: Optional[dict]) -> dict:
         "pretrain_source": pretrain_source(man) if man else (
             "webface:%s" % s.pretrain_data if s.pretrain_data else "training folds"),
         "batch": s.batch, "margin": s.margin, "contrastive_distance": s.contrastive_distance,
-        "finetune_output_scale": s.finetune_output_scale, "clip_gradients": sch.clip_gradients,
+        "finetune_output_scale": s.finetune_output_scale, "fused_unpool": s.fused_unpool,
+        "clip_gradients": sch.clip_gradients,
         "pretrain_clip_gradients": sch.pretrain_clip_gradients, "recalibrate_bn": s.recalibrate_bn,
         "bn_samples": s.bn_samples, "surgery_bn_stats": s.surgery_bn_stats,
         "gamma": sch.gamma, "power": sch.power, "base_lr": sch.base_lr,

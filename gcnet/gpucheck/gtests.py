@@ -23,6 +23,8 @@ LAYER_TESTS: Dict[str, List[Tuple[str, Optional[str]]]] = {
     "Convolution": [("ConvolutionLayerTest", None), ("Im2colLayerTest", None), ("Im2colKernelTest", None)],
     "Data": [("DataLayerTest", None)],
     "Deconvolution": [("DeconvolutionLayerTest", None)],
+    # patch 0012 (GPU mode runs its CPU code); it reuses Deconvolution's code
+    "UnpoolDeconvolution": [("UnpoolDeconvolutionLayerTest", None), ("DeconvolutionLayerTest", None)],
     "Dropout": [("NeuronLayerTest", "Dropout")],
     "EuclideanLoss": [("EuclideanLossLayerTest", None)],
     "InnerProduct": [("InnerProductLayerTest", None)],

@@ -169,3 +169,13 @@ def test_schedule_table():
     assert so["encdec"].clip_gradients == C.PRETRAIN_CLIP_GRADIENTS and so["gcnet_s1r1"].clip_gradients == 0
     assert all(o.solver_mode == "GPU" for o in so.values())
 
+
+
+def test_fused_unpool_on_cpu_off_on_gpu_unless_asked():
+    """Patch 0012's UnpoolDeconvolution has no GPU kernel: CPU runs use it, --gpu runs keep MaxUnpool, either way
+    on request; summary.json records the choice under the option's name."""
+    assert settings("synthetic").fused_unpool is True
+    assert settings("synthetic", "--gpu", "0").fused_unpool is False
+    assert settings("synthetic", "--no-fused-unpool").fused_unpool is False
+    assert settings("synthetic", "--gpu", "0", "--fused-unpool").fused_unpool is True
+    assert settings_record(settings("synthetic", "--no-fused-unpool"), None)["fused_unpool"] is False
