@@ -62,6 +62,23 @@ def _net_from_param(param, tmp_path, name):
     return caffe.Net(path, caffe.TRAIN)
 
 
+def step_pair(net, ref, n_labels):
+    """Give `ref` the weights of `net` (their fillers drew different numbers), then one forward + backward of each
+    on the same random batch (data in [0, 1), labels i % n_labels) with the same Dropout masks."""
+    for name, blobs in net.params.items():
+        for b, rb in zip(blobs, ref.params[name]):
+            rb.data[...] = b.data
+    rng = np.random.RandomState(0)
+    data = (rng.randint(0, 256, net.blobs["data"].data.shape) / 256.0).astype(np.float32)
+    label = np.arange(net.blobs["label"].data.shape[0]) % n_labels
+    for n in (net, ref):
+        n.blobs["data"].data[...] = data
+        n.blobs["label"].data[...] = label
+        caffe.set_random_seed(7)                        # same Dropout masks
+        n.forward()
+        n.backward()
+
+
 def _with_input_layer(param, batch, crop):
     """The train_val net with its two Data layers replaced by one Input layer (tops data, label)."""
     out = caffe_pb2.NetParameter()
@@ -104,18 +121,7 @@ def test_net_forward_backward_bit_identical_to_reference(model, fused, tmp_path,
     monkeypatch.delenv("CAFFE_FUSE_BN_SCALE_RELU")
     monkeypatch.delenv("CAFFE_WINOGRAD")
     ref = _net_from_param(ref_param, tmp_path, "reference")
-    for name, blobs in net.params.items():            # same weights (xavier fillers drew different numbers)
-        for b, rb in zip(blobs, ref.params[name]):
-            rb.data[...] = b.data
-    rng = np.random.RandomState(0)
-    data = (rng.randint(0, 256, net.blobs["data"].data.shape) / 256.0).astype(np.float32)
-    label = np.arange(BATCH) % 7
-    for n in (net, ref):
-        n.blobs["data"].data[...] = data
-        n.blobs["label"].data[...] = label
-        caffe.set_random_seed(7)                        # same Dropout masks
-        n.forward()
-        n.backward()
+    step_pair(net, ref, 7)
     checked, identical_diffs = 0, 0
     for name in net.blobs:
         for kind in ("data", "diff"):

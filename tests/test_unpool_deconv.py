@@ -25,7 +25,7 @@ try:
 except ImportError:
     caffe = caffe_pb2 = nets = None
 
-from test_cpu_kernels import _net_from_param, _with_input_layer, first_difference, same_bits
+from test_cpu_kernels import _net_from_param, _with_input_layer, first_difference, same_bits, step_pair
 
 pytestmark = pytest.mark.usefixtures("caffe")
 
@@ -132,17 +132,7 @@ def test_fused_net_matches_unfused(model, tmp_path):
     unpools = [l.name for l in rparam.layer if l.type == "Python" and l.python_param.layer == "MaxUnpool"]
     assert len(unpools) == 3 * sum(l.type == "UnpoolDeconvolution" for l in fparam.layer)
     assert set(ref.blobs) - set(net.blobs) == {n for n in unpools if n.endswith("_unpool1")}
-    for name, blobs in net.params.items():
-        for b, rb in zip(blobs, ref.params[name]):
-            rb.data[...] = b.data
-    rng = np.random.RandomState(0)
-    data = (rng.randint(0, 256, net.blobs["data"].data.shape) / 256.0).astype(np.float32)
-    for n in (net, ref):
-        n.blobs["data"].data[...] = data
-        n.blobs["label"].data[...] = np.arange(batch) % 5
-        caffe.set_random_seed(7)                        # same Dropout masks
-        n.forward()
-        n.backward()
+    step_pair(net, ref, 5)
     for name in net.blobs:
         for kind in ("data", "diff"):
             a, b = getattr(net.blobs[name], kind), getattr(ref.blobs[name], kind)

@@ -26,7 +26,7 @@ try:
 except ImportError:
     caffe = L = nets = None
 
-from test_cpu_kernels import _net_from_param, _with_input_layer, first_difference, same_bits
+from test_cpu_kernels import _net_from_param, _with_input_layer, first_difference, same_bits, step_pair
 
 pytestmark = pytest.mark.usefixtures("caffe")
 
@@ -181,17 +181,7 @@ def test_net_with_winograd_matches_im2col(model, tmp_path, monkeypatch):
         built.append(_net_from_param(param, tmp_path, "net_%d" % winograd))
         monkeypatch.delenv("CAFFE_WINOGRAD")
     net, ref = built
-    for name, blobs in net.params.items():
-        for b, rb in zip(blobs, ref.params[name]):
-            rb.data[...] = b.data
-    rng = np.random.RandomState(0)
-    data = (rng.randint(0, 256, net.blobs["data"].data.shape) / 256.0).astype(np.float32)
-    for n in (net, ref):
-        n.blobs["data"].data[...] = data
-        n.blobs["label"].data[...] = np.arange(batch) % 7
-        caffe.set_random_seed(7)                        # same Dropout masks
-        n.forward()
-        n.backward()
+    step_pair(net, ref, 7)
 
     def norm_err(a, b):
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
