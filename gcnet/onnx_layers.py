@@ -128,7 +128,8 @@ def _conv(g, layer, transpose: bool, x: Optional[str] = None):
     p = layer.convolution_param
     if p.axis != 1 or p.force_nd_im2col:
         _unmappable(layer, "axis %d / force_nd_im2col" % p.axis)
-    x = x or g.bottom(layer, 0)
+    if x is None:
+        x = g.bottom(layer, 0)
     shp = g.shape[x]
     if len(shp) != 3:
         _unmappable(layer, "input of shape %s is not (C, H, W)" % (shp,))

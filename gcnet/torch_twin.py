@@ -30,8 +30,8 @@ import math
 import sys
 import time
 
-SUPPORTED = ("Data", "Slice", "Silence", "Convolution", "Deconvolution", "UnpoolDeconvolution", "BatchNorm", "Scale", "ReLU", "Pooling",
-             "Python", "InnerProduct", "Dropout", "EuclideanLoss", "SoftmaxWithLoss", "Accuracy")
+SUPPORTED = ("Data", "Slice", "Silence", "Convolution", "Deconvolution", "UnpoolDeconvolution", "BatchNorm", "Scale",
+             "ReLU", "Pooling", "Python", "InnerProduct", "Dropout", "EuclideanLoss", "SoftmaxWithLoss", "Accuracy")
 
 
 def _conv_geometry(p):

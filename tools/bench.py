@@ -428,7 +428,8 @@ def main(argv=None):
         return 0
     print("\nsgemm %dx%dx%d (InnerProduct forward, first build): %.1f GFLOP/s (median of %d)"
           % (SGEMM_N, SGEMM_N, SGEMM_N, med(sgemm), len(sgemm)))
-    short = {"Convolution": "Conv", "Deconvolution": "Deconv", "Pooling": "Pool", "BatchNorm": "BNorm"}
+    short = {"Convolution": "Conv", "Deconvolution": "Deconv", "UnpoolDeconvolution": "UnpDec", "Pooling": "Pool",
+             "BatchNorm": "BNorm"}
     print("share of the forward-backward time, % (Caffe's per-layer timings; other = remaining layers + overhead)")
     print("%-12s %-34s %8s %8s  %s" % ("model", "build", "GFLOP", "GFLOP/s",
                                         "  ".join("%6s" % short.get(t, t) for t in TYPES) + "   other"))

@@ -58,7 +58,7 @@ class Settings:
     margin: float
     contrastive_distance: str
     finetune_output_scale: str
-    fused_unpool: bool                 # NetOptions.fused_unpool: the 5x5 unpooling inside its Deconvolution (patch 0012)
+    fused_unpool: bool                 # NetOptions.fused_unpool: each 5x5 unpooling inside its Deconvolution (0012)
     recalibrate_bn: bool
     bn_samples: int
     surgery_bn_stats: str

@@ -170,7 +170,6 @@ def test_schedule_table():
     assert all(o.solver_mode == "GPU" for o in so.values())
 
 
-
 def test_fused_unpool_on_cpu_off_on_gpu_unless_asked():
     """Patch 0012's UnpoolDeconvolution has no GPU kernel: CPU runs use it, --gpu runs keep MaxUnpool, either way
     on request; summary.json records the choice under the option's name."""
